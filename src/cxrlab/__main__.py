@@ -1,0 +1,5 @@
+"""`python -m cxrlab` = `cxr`."""
+
+from cxrlab.cli import main
+
+main()

@@ -1,0 +1,225 @@
+"""One typed config object that describes a run completely and round-trips to YAML.
+
+Sections mirror the pipeline: ``data`` → ``model`` → ``train`` → ``eval``. Every value is a
+plain value (nanoGPT style) and can be overridden from the command line with
+``--set section.key=value``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cxrlab.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Section):
+    """Keras ImageDataGenerator-style augmentation (applied to the training split only)."""
+
+    rotation: float = Field(10.0, description="max rotation in degrees (Keras rotation_range)")
+    width_shift: float = Field(0.1, description="max horizontal shift, fraction of width")
+    height_shift: float = Field(0.1, description="max vertical shift, fraction of height")
+    shear: float = Field(5.0, description="max shear angle in degrees")
+    zoom: float = Field(0.1, description="zoom range: scale drawn from [1-zoom, 1+zoom]")
+    horizontal_flip: bool = Field(True, description="flip left-right with probability 0.5")
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they become tensors."""
+
+    path: str | None = Field(None, description="folder (split or class subfolders) or MedMNIST .npz")
+    classes: list[str] | None = Field(None, description="subset and order of classes; default: all")
+    label_map: dict[str, str] = Field(default_factory=dict, description="rename classes: source → name")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="validation share carved from train")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="test share when the data has no test/")
+    group_pattern: str | None = Field(
+        r"(person\d+)[_-]", description="regex on file names whose first group is a patient id"
+    )
+    image_size: int | None = Field(None, ge=8, le=1024, description="input size; default: the model's")
+    resize: Literal["squash", "pad", "crop"] = Field(
+        "squash", description="squash (like Keras), pad to square, or centre-crop to square"
+    )
+    augment: bool = Field(False, description="random affine + flip on the training split")
+    augmentation: AugmentConfig = Field(default_factory=AugmentConfig)
+    cache_dir: str | None = Field(None, description="decoded-image cache; default $CXRLAB_CACHE_DIR")
+    extra_train: str | None = Field(None, description="folder of extra (e.g. synthetic) training images")
+    max_per_class: int | None = Field(None, ge=1, description="cap images per class and split (quick runs)")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _split_classes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [c.strip() for c in value.split(",") if c.strip()]
+        return value
+
+
+class HeadConfig(_Section):
+    """The classification head put on top of a backbone's feature map."""
+
+    pooling: Literal["avg", "max", "flatten"] = "avg"
+    batch_norm: bool = Field(False, description="batch norm on the feature map before pooling")
+    hidden: list[int] | None = Field(None, description="widths of dense layers before output; null: model's")
+    activation: Literal["relu", "leaky_relu"] = "relu"
+    leaky_slope: float = 0.01
+    dropout: float | list[float] = Field(0.2, description="dropout before each dense layer")
+    l2: float = Field(0.0, ge=0, description="L2 penalty (sum of squares × l2) on the head's weights")
+    output: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="softmax over classes, or one sigmoid logit (binary tasks only)"
+    )
+
+
+class ModelConfig(_Section):
+    """Which network, with which weights, and what is trained."""
+
+    name: str = Field("mobilenet_v2", description="a name from `cxr models`")
+    pretrained: bool = Field(False, description="start from torchvision ImageNet weights")
+    freeze: str = Field("none", description="none | backbone | N (first N layers)")
+    in_channels: int | None = Field(None, description="1 or 3; default: the model's")
+    width: float = Field(1.0, gt=0, description="width multiplier for the small CNNs")
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _freeze_text(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "backbone" if value else "none"
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, str) and value not in ("none", "backbone") and not value.isdigit():
+            raise ValueError("must be 'none', 'backbone' or a number of layers")
+        return value
+
+
+class TrainConfig(_Section):
+    """The optimisation loop."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, description="SGD only")
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    early_stopping: int | None = Field(5, ge=1, description="patience in epochs; null turns it off")
+    monitor: Literal["val_loss", "val_acc"] = "val_loss"
+    class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    devices: str = Field("auto", description="number of devices (Lightning --devices)")
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = Field("auto", description="Lightning strategy, e.g. ddp")
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
+    fast_path: bool = Field(True, description="frozen backbone + no augmentation → cache features")
+    num_workers: int = Field(0, ge=0)
+    tensorboard: bool = True
+
+
+class EvalConfig(_Section):
+    """How the test split is scored."""
+
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for 95% CIs")
+    tsne: bool = True
+    threshold: Literal["youden", "argmax"] = Field(
+        "youden", description="binary operating point chosen on validation data"
+    )
+    target_sensitivity: float | None = Field(None, gt=0, le=1)
+    temperature_scaling: bool = False
+
+
+class RunConfig(_Section):
+    """A run, completely: ``cxr train --config RUN/config.yaml`` repeats it."""
+
+    task: str | None = Field(None, description="free text shown in reports")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_yaml(self) -> str:
+        """Serialise to YAML text (every field, defaults included)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as YAML."""
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
+        """Validate a nested dict; errors name the offending key."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, source)) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """Read a YAML config file."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" (line {line + 1})" if line is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}; check indentation and colons") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval)")
+        return cls.from_dict(raw, source=str(path))
+
+    def override(self, assignments: list[str]) -> RunConfig:
+        """Apply ``section.key=value`` strings (values parsed as YAML scalars)."""
+        raw = self.model_dump(mode="json")
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+            key, text = item.split("=", 1)
+            node = raw
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"--set {key}: unknown key {part!r}{_suggest(part, node)}")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(f"--set {key}: unknown key {parts[-1]!r}{_suggest(parts[-1], node)}")
+            node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        return RunConfig.from_dict(raw, source="--set")
+
+
+def _suggest(key: str, node: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(key, list(node), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(node)})"
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    """Turn pydantic's report into one line naming the key."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    if err["type"] == "extra_forbidden":
+        parent = RunConfig
+        for part in err["loc"][:-1]:
+            field = parent.model_fields.get(str(part)) if hasattr(parent, "model_fields") else None
+            parent = field.annotation if field is not None else None
+        known = list(parent.model_fields) if parent is not None and hasattr(parent, "model_fields") else []
+        close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        hint = (
+            f"; did you mean {close[0]!r}?"
+            if close
+            else (f"; known keys: {', '.join(known)}" if known else "")
+        )
+        return f"{source}: unknown key '{key}'{hint}{more}"
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+    return f"{source}: '{key}': {err['msg']}{shown}{more}"

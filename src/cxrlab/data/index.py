@@ -1,0 +1,360 @@
+"""Find the images, their classes and their splits.
+
+Three layouts are understood:
+
+* ``DATA/train/<class>/…`` with optional ``val/`` (also ``valid``/``validation``) and ``test/``;
+* ``DATA/<class>/…`` with no splits — stratified, patient-grouped, seeded splits are made;
+* a MedMNIST ``.npz`` file (``train_images``, ``train_labels``, optional ``val_*``/``test_*``).
+
+Missing validation (and test) splits are carved out with a stratified, *group-aware* split:
+images of one patient (from ``group_pattern`` on the file name) never straddle two splits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxrlab.data.images import is_image_file
+from cxrlab.errors import DataError
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLITS = ("train", "val", "test")
+
+#: Class names of MedMNIST files, by file stem (the .npz files carry only integer labels).
+MEDMNIST_CLASSES = {
+    "pneumoniamnist": ["normal", "pneumonia"],
+    "chestmnist": None,  # multi-label: not supported
+    "breastmnist": ["malignant", "normal_benign"],
+}
+
+
+@dataclass
+class Sample:
+    """One image: where it is, its class index, split and patient group."""
+
+    path: str
+    label: int
+    split: str
+    group: str
+    synthetic: bool = False
+
+
+@dataclass
+class DatasetIndex:
+    """Everything known about a dataset before any pixel is decoded."""
+
+    source: str
+    layout: str  # "splits" | "classes" | "npz"
+    classes: list[str]
+    samples: list[Sample]
+    split_origin: dict[str, str] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored_files: int = 0
+    npz: dict[str, np.ndarray] | None = None
+
+    def split(self, name: str) -> list[Sample]:
+        """The samples of one split, in a stable order."""
+        return [s for s in self.samples if s.split == name]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per split and class."""
+        out: dict[str, dict[str, int]] = {}
+        for split in SPLITS:
+            tally = Counter(s.label for s in self.samples if s.split == split)
+            out[split] = {c: tally.get(i, 0) for i, c in enumerate(self.classes)}
+        return out
+
+    def synthetic_counts(self) -> dict[str, int]:
+        """Synthetic (extra) training images per class."""
+        tally = Counter(s.label for s in self.samples if s.synthetic)
+        return {c: tally.get(i, 0) for i, c in enumerate(self.classes)}
+
+
+def discover(
+    path: str | Path,
+    classes: list[str] | None = None,
+    label_map: dict[str, str] | None = None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    group_pattern: str | None = r"(person\d+)[_-]",
+    seed: int = 0,
+    max_per_class: int | None = None,
+    require_test: bool = True,
+) -> DatasetIndex:
+    """Index a dataset folder or ``.npz`` file; raise :class:`DataError` with advice if unusable."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"data not found: {root} (give a folder of class subfolders, or a MedMNIST .npz)")
+    label_map = label_map or {}
+    try:
+        pattern = re.compile(group_pattern) if group_pattern else None
+    except re.error as exc:
+        raise DataError(f"group_pattern {group_pattern!r} is not a valid regular expression: {exc}") from None
+
+    if root.is_file():
+        if root.suffix.lower() != ".npz":
+            raise DataError(f"{root} is a file; --data takes a folder of class subfolders or a .npz file")
+        index = _index_npz(root)
+    else:
+        index = _index_folder(root, pattern)
+
+    if label_map:
+        _apply_label_map(index, label_map)
+    _select_classes(index, classes)
+    _check_classes(index)
+    if max_per_class:
+        _cap(index, max_per_class, seed)
+    if not index.split("val"):
+        _carve(index, "train", "val", val_fraction, seed)
+    if require_test and not index.split("test"):
+        _carve(index, "train", "test", test_fraction / (1 - val_fraction), seed + 1)
+    return index
+
+
+def add_extra_train(index: DatasetIndex, folder: str | Path, pattern: str | None = None) -> int:
+    """Add images from ``folder/<class>/`` to the training split only, marked synthetic."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--extra-train folder not found: {root}")
+    added = 0
+    for class_dir in _class_dirs(root):
+        name = class_dir.name
+        if name not in index.classes:
+            raise DataError(
+                f"--extra-train class {name!r} is not a class of the data ({', '.join(index.classes)})"
+            )
+        for file in _image_files(class_dir, index):
+            index.samples.append(
+                Sample(str(file), index.classes.index(name), "train", f"synthetic:{file}", True)
+            )
+            added += 1
+    if added == 0:
+        raise DataError(f"--extra-train {root} holds no images in class subfolders")
+    return added
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def _index_npz(root: Path) -> DatasetIndex:
+    try:
+        with np.load(root, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # noqa: BLE001 - any unreadable archive is the user's file problem
+        raise DataError(f"cannot read {root} as a .npz file: {exc}") from None
+    if "train_images" not in arrays or "train_labels" not in arrays:
+        raise DataError(
+            f"{root} lacks the MedMNIST keys train_images/train_labels "
+            f"(has: {', '.join(arrays) or 'nothing'})"
+        )
+    samples: list[Sample] = []
+    n_classes = 0
+    for split in SPLITS:
+        if f"{split}_images" not in arrays:
+            continue
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            raise DataError(f"{root} is multi-label ({labels.shape[1]} labels per image); not supported")
+        labels = labels.reshape(-1).astype(np.int64)
+        if len(labels) != len(images):
+            raise DataError(f"{root}: {split}_images and {split}_labels differ in length")
+        arrays[f"{split}_labels"] = labels
+        n_classes = max(n_classes, int(labels.max()) + 1 if len(labels) else 0)
+        samples += [
+            Sample(f"npz:{split}:{i}", int(y), split, f"npz:{split}:{i}") for i, y in enumerate(labels)
+        ]
+    names = MEDMNIST_CLASSES.get(root.stem.lower().split("_")[0]) or [f"class_{i}" for i in range(n_classes)]
+    return DatasetIndex(str(root), "npz", list(names), samples, npz=arrays)
+
+
+def _index_folder(root: Path, pattern: re.Pattern[str] | None) -> DatasetIndex:
+    subdirs = _subdirs(root)
+    split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_NAMES}
+    index = DatasetIndex(str(root), "splits" if "train" in split_dirs else "classes", [], [])
+    if split_dirs and "train" not in split_dirs:
+        raise DataError(f"{root} has {', '.join(sorted(split_dirs))}/ but no train/ folder")
+    roots = split_dirs if "train" in split_dirs else {"train": root}
+    names: list[str] = []
+    per_split: dict[str, dict[str, Path]] = {}
+    for split, folder in roots.items():
+        per_split[split] = {d.name: d for d in _class_dirs(folder)}
+        names += [n for n in sorted(per_split[split]) if n not in names]
+    if not names:
+        raise DataError(
+            f"{root} has no class subfolders (expected {root}/<class>/<image> or {root}/train/<class>/)"
+        )
+    index.classes = names
+    for split, class_dirs in per_split.items():
+        for name, class_dir in class_dirs.items():
+            files = _image_files(class_dir, index)
+            if not files:
+                raise DataError(
+                    f"class folder {class_dir} holds no images; add images or leave it out with --classes"
+                )
+            for file in files:
+                group = _group(file.name, pattern) or f"file:{file}"
+                index.samples.append(Sample(str(file), names.index(name), split, group))
+    return index
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except PermissionError:
+        raise DataError(f"cannot read folder {folder}: permission denied") from None
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return _subdirs(folder)
+
+
+def _image_files(class_dir: Path, index: DatasetIndex) -> list[Path]:
+    """All image files below ``class_dir`` (recursive, symlink loops broken, hidden files skipped)."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            file = Path(dirpath) / name
+            if is_image_file(file) and file.is_file():
+                found.append(file)
+            else:
+                index.ignored_files += 1
+    return found
+
+
+def _group(name: str, pattern: re.Pattern[str] | None) -> str | None:
+    if pattern is None:
+        return None
+    match = pattern.search(name)
+    if not match:
+        return None
+    return match.group(1) if match.groups() else match.group(0)
+
+
+# --------------------------------------------------------------------------- classes
+
+
+def _apply_label_map(index: DatasetIndex, label_map: dict[str, str]) -> None:
+    unknown = [k for k in label_map if k not in index.classes]
+    if unknown:
+        raise DataError(
+            f"--label-map names {', '.join(map(repr, unknown))}, not classes of {index.source} "
+            f"(it has: {', '.join(index.classes)})"
+        )
+    renamed = [label_map.get(c, c) for c in index.classes]
+    merged = list(dict.fromkeys(renamed))
+    for s in index.samples:
+        s.label = merged.index(renamed[s.label])
+    index.classes = merged
+
+
+def _select_classes(index: DatasetIndex, classes: list[str] | None) -> None:
+    if not classes:
+        return
+    lower = {c.lower(): c for c in index.classes}
+    chosen = []
+    for name in classes:
+        actual = name if name in index.classes else lower.get(name.lower())
+        if actual is None:
+            raise DataError(
+                f"class {name!r} not found in {index.source}; available: {', '.join(index.classes)}"
+            )
+        chosen.append(actual)
+    if len(set(chosen)) != len(chosen):
+        raise DataError(f"--classes lists a class twice: {', '.join(classes)}")
+    old = index.classes
+    index.samples = [s for s in index.samples if old[s.label] in chosen]
+    for s in index.samples:
+        s.label = chosen.index(old[s.label])
+    index.classes = chosen
+
+
+def _check_classes(index: DatasetIndex) -> None:
+    counts = index.counts()
+    if len(index.classes) < 2:
+        raise DataError(
+            f"{index.source} has only one class ({', '.join(index.classes)}); a classifier needs at least two"
+        )
+    has_test = any(counts["test"].values())
+    for name in index.classes:
+        if counts["train"][name] == 0:
+            where = [s for s in SPLITS if counts[s][name]]
+            raise DataError(
+                f"class {name!r} has no training images (only in {', '.join(where)}); "
+                "add training images or leave it out with --classes"
+            )
+        if has_test and counts["test"][name] == 0:
+            raise DataError(
+                f"class {name!r} is in train but not in test, so it cannot be evaluated; "
+                "add test images or leave it out with --classes"
+            )
+
+
+def _cap(index: DatasetIndex, limit: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    kept: list[Sample] = []
+    for split in SPLITS:
+        for label in range(len(index.classes)):
+            group = [s for s in index.samples if s.split == split and s.label == label]
+            if len(group) > limit:
+                group = [group[i] for i in sorted(rng.choice(len(group), limit, replace=False))]
+            kept += group
+    index.samples = kept
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _carve(index: DatasetIndex, source: str, target: str, fraction: float, seed: int) -> None:
+    """Move a stratified, patient-grouped ``fraction`` of ``source`` into ``target``."""
+    pool = [s for s in index.samples if s.split == source and not s.synthetic]
+    labels = np.array([s.label for s in pool])
+    groups = np.array([s.group for s in pool])
+    held = group_stratified_holdout(labels, groups, fraction, seed)
+    for i in np.flatnonzero(held):
+        pool[i].split = target
+    left = Counter(s.label for s in index.samples if s.split == source)
+    for i, name in enumerate(index.classes):
+        if left.get(i, 0) == 0:
+            raise DataError(f"class {name!r} has too few images to split into train/{target}; add images")
+    index.split_origin[target] = (
+        f"carved from {source}: {held.sum()} images ({fraction:.0%}), stratified by class, "
+        f"grouped by patient, seed {seed}"
+    )
+
+
+def group_stratified_holdout(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """Boolean mask of a held-out share: stratified by label, never splitting a group."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = max(2, round(1 / fraction))
+    if len(set(groups)) < n_splits:
+        mask = np.zeros(len(labels), dtype=bool)
+        mask[
+            np.random.default_rng(seed).permutation(len(labels))[: max(1, round(fraction * len(labels)))]
+        ] = True
+        return mask
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, held = next(iter(splitter.split(np.zeros(len(labels)), labels, groups)))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return mask

@@ -1,0 +1,213 @@
+"""From a :class:`DataConfig` to in-memory uint8 arrays per split, and on to torch datasets."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from cxrlab.config import AugmentConfig, DataConfig
+from cxrlab.data.cache import ImageCache, file_key
+from cxrlab.data.index import SPLITS, DatasetIndex, add_extra_train, discover
+from cxrlab.errors import DataError
+
+
+@dataclass
+class PreparedData:
+    """Decoded images of every split, ready to become tensors."""
+
+    index: DatasetIndex
+    image_size: int
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, H, W) uint8
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N,) int64
+    paths: dict[str, list[str]] = field(default_factory=dict)
+    keys: dict[str, list[str]] = field(default_factory=dict)  # identity of each image (for feature caches)
+    decode_s: float = 0.0
+
+    @property
+    def classes(self) -> list[str]:
+        return self.index.classes
+
+
+def prepare_data(
+    cfg: DataConfig,
+    image_size: int,
+    seed: int = 0,
+    require_test: bool = True,
+    progress: bool = True,
+) -> PreparedData:
+    """Index the dataset, then decode (or read from cache) every image at ``image_size``."""
+    if not cfg.path:
+        raise DataError("no data given: pass --data FOLDER (or a .npz file), or set data.path in the config")
+    index = discover(
+        cfg.path,
+        cfg.classes,
+        cfg.label_map,
+        cfg.val_fraction,
+        cfg.test_fraction,
+        cfg.group_pattern,
+        seed,
+        cfg.max_per_class,
+        require_test,
+    )
+    if cfg.extra_train:
+        add_extra_train(index, cfg.extra_train)
+    start = time.perf_counter()
+    out = PreparedData(index, image_size)
+    if index.npz is not None:
+        _from_npz(out, image_size)
+    else:
+        _from_files(out, image_size, cfg, progress)
+    out.decode_s = time.perf_counter() - start
+    return out
+
+
+def _from_npz(out: PreparedData, size: int) -> None:
+    npz = out.index.npz or {}
+    for split in SPLITS:
+        samples = out.index.split(split)
+        if not samples:
+            continue
+        rows = []
+        for s in samples:
+            _, src_split, i = s.path.split(":")
+            rows.append((src_split, int(i)))
+        images = np.stack([_npz_gray(npz[f"{sp}_images"][i]) for sp, i in rows])
+        if images.shape[1:] != (size, size):
+            images = np.stack(
+                [
+                    np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR))
+                    for im in images
+                ]
+            )
+        out.images[split] = images.astype(np.uint8)
+        out.labels[split] = np.array([s.label for s in samples], dtype=np.int64)
+        out.paths[split] = [s.path for s in samples]
+        out.keys[split] = [f"{out.index.source}:{s.path}:{size}" for s in samples]
+
+
+def _npz_gray(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3:
+        return np.asarray(Image.fromarray(image.astype(np.uint8)).convert("L"))
+    return image
+
+
+def _from_files(out: PreparedData, size: int, cfg: DataConfig, progress: bool) -> None:
+    index = out.index
+    cache = ImageCache(cfg.cache_dir)
+    paths = [s.path for s in index.samples]
+    bar = _progress_bar(len(paths), "decoding images") if progress else None
+    try:
+        arrays, failures = cache.load_many(paths, size, cfg.resize, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    if failures:
+        index.skipped += sorted(failures.items())
+    keep = [a is not None for a in arrays]
+    index.samples = [s for s, k in zip(index.samples, keep, strict=True) if k]
+    arrays = [a for a in arrays if a is not None]
+    counts = index.counts()
+    for name in index.classes:
+        if counts["train"][name] == 0:
+            raise DataError(
+                f"class {name!r} has no readable training images ({len(failures)} files unreadable)"
+            )
+    by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for i, s in enumerate(index.samples):
+        by_split[s.split].append(i)
+    for split, rows in by_split.items():
+        if not rows:
+            continue
+        out.images[split] = np.stack([arrays[i] for i in rows])
+        out.labels[split] = np.array([index.samples[i].label for i in rows], dtype=np.int64)
+        out.paths[split] = [index.samples[i].path for i in rows]
+        out.keys[split] = [file_key(index.samples[i].path, size, cfg.resize) for i in rows]
+
+
+class _Bar:
+    def __init__(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        self._bar.update(n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress_bar(total: int, desc: str) -> _Bar | None:
+    return _Bar(total, desc) if total else None
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def to_tensor(
+    images: np.ndarray, channels: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """uint8 ``(N, H, W)`` → normalised float ``(N, C, H, W)`` (grey replicated to C channels)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float().div_(255.0)
+    return normalize(x, channels, mean, std)
+
+
+def normalize(
+    x: torch.Tensor, channels: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """Replicate a 1-channel batch to ``channels`` and apply per-channel mean/std."""
+    if channels != x.shape[1]:
+        x = x.expand(-1, channels, -1, -1)
+    m = torch.tensor(mean[:channels] if len(mean) >= channels else mean * channels).view(1, -1, 1, 1)
+    s = torch.tensor(std[:channels] if len(std) >= channels else std * channels).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def keras_augmentation(cfg: AugmentConfig, size: int):
+    """torchvision v2 transform equivalent to Keras ImageDataGenerator's affine options."""
+    from torchvision.transforms import v2
+
+    steps = [
+        v2.RandomAffine(
+            degrees=cfg.rotation,
+            translate=(cfg.width_shift, cfg.height_shift),
+            scale=(1 - cfg.zoom, 1 + cfg.zoom),
+            shear=cfg.shear,
+        )
+    ]
+    if cfg.horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+class ImageArrayDataset(Dataset):
+    """uint8 images in memory → normalised tensors, optionally augmented."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        channels: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: AugmentConfig | None = None,
+    ):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)  # (N,1,H,W) uint8
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.channels, self.mean, self.std = channels, mean, std
+        self.augment = keras_augmentation(augment, images.shape[-1]) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i]
+        if self.augment is not None:
+            x = self.augment(x)
+        x = x.float().div_(255.0).unsqueeze(0)
+        return normalize(x, self.channels, self.mean, self.std)[0], self.labels[i]

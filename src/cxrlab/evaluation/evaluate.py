@@ -1,0 +1,337 @@
+"""Score a trained model: metrics with CIs, operating point, calibration, plots, report."""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from cxrlab.config import RunConfig
+from cxrlab.data.prepare import PreparedData, to_tensor
+from cxrlab.evaluation import plots
+from cxrlab.evaluation.metrics import classification_metrics, youden_threshold
+from cxrlab.models.heads import Classifier
+from cxrlab.runs import read_csv, save_model, write_json
+from cxrlab.training.runtime import batched, inference_dtype, prepare_for_inference
+
+if TYPE_CHECKING:
+    from cxrlab.training.train import Trained
+
+NEGATIVE_NAMES = re.compile(r"normal|healthy|negative|benign|no[_ -]?finding|control", re.I)
+
+
+def positive_index(classes: list[str]) -> int:
+    """For a binary task, the 'disease' class: the one not named like normal/healthy, else the second."""
+    if len(classes) != 2:
+        return -1
+    neg = [bool(NEGATIVE_NAMES.search(c)) for c in classes]
+    if neg[0] != neg[1]:
+        return 0 if neg[1] else 1
+    return 1
+
+
+def predict_images(
+    model: Classifier,
+    images: np.ndarray,
+    channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: str = "cpu",
+    precision: str = "auto",
+    progress: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features for uint8 images ``(N, H, W)``."""
+    net = prepare_for_inference(model, device)
+
+    def run(x: torch.Tensor):
+        feats = net.features(x)
+        return net.head.out(feats), feats
+
+    logits, feats = batched(
+        run,
+        lambda s: to_tensor(images[s], channels, mean, std),
+        len(images),
+        64,
+        device,
+        inference_dtype(precision, device),
+        progress=progress,
+    )
+    model.to(memory_format=torch.contiguous_format)
+    return logits, feats
+
+
+@torch.inference_mode()
+def predict_features(model: Classifier, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features from cached backbone features (fast path)."""
+    head = model.head.eval()
+    x = torch.from_numpy(features)
+    feats = head.features(x)
+    return head.out(feats).float().numpy(), feats.float().numpy()
+
+
+def logits_to_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax probabilities, or [1-p, p] for a single sigmoid logit."""
+    z = logits.astype(np.float64) / temperature
+    if z.shape[1] == 1:
+        p = 1 / (1 + np.exp(-z[:, 0]))
+        return np.stack([1 - p, p], axis=1)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising validation NLL (Guo et al. 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        p = logits_to_probs(logits, float(np.exp(log_t)))
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1))))
+
+    res = minimize_scalar(nll, bounds=(-3, 3), method="bounded")
+    return float(np.exp(res.x))
+
+
+def operating_point(
+    cfg: RunConfig, classes: list[str], y_val: np.ndarray, p_val: np.ndarray
+) -> dict[str, Any]:
+    """Binary threshold on P(positive) chosen on validation data (Youden's J or a target sensitivity)."""
+    pos = positive_index(classes)
+    if pos < 0 or cfg.eval.threshold == "argmax" and cfg.eval.target_sensitivity is None:
+        return {
+            "positive_class": classes[pos] if pos >= 0 else None,
+            "threshold": 0.5 if pos >= 0 else None,
+            "method": "argmax",
+        }
+    thr = youden_threshold((y_val == pos).astype(int), p_val[:, pos], cfg.eval.target_sensitivity)
+    method = (
+        f"sensitivity >= {cfg.eval.target_sensitivity} on validation"
+        if cfg.eval.target_sensitivity
+        else "Youden's J on validation"
+    )
+    return {"positive_class": classes[pos], "threshold": thr, "method": method}
+
+
+def thresholded(probs: np.ndarray, op: dict[str, Any], classes: list[str]) -> np.ndarray:
+    """Predictions at the operating threshold (binary) or argmax."""
+    if op.get("threshold") is None or op.get("positive_class") is None:
+        return probs.argmax(axis=1)
+    pos = classes.index(op["positive_class"])
+    return np.where(probs[:, pos] >= op["threshold"], pos, 1 - pos)
+
+
+def score(
+    y: np.ndarray,
+    logits: np.ndarray,
+    classes: list[str],
+    op: dict[str, Any],
+    temperature: float,
+    n_boot: int,
+    seed: int,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics at argmax plus the operating point's sensitivity/specificity."""
+    probs = logits_to_probs(logits, temperature)
+    metrics = classification_metrics(y, probs, classes, n_boot, seed)
+    if op.get("threshold") is not None and op.get("positive_class") is not None:
+        pred = thresholded(probs, op, classes)
+        at = classification_metrics(y, probs, classes, n_boot, seed, pred=pred)
+        pos = op["positive_class"]
+        metrics["operating_point"] = {
+            **op,
+            "accuracy": at["accuracy"],
+            "accuracy_ci95": at["accuracy_ci95"],
+            "sensitivity": at["per_class"][pos]["sensitivity"],
+            "sensitivity_ci95": at["per_class"][pos]["sensitivity_ci95"],
+            "specificity": at["per_class"][pos]["specificity"],
+            "specificity_ci95": at["per_class"][pos]["specificity_ci95"],
+            "confusion_matrix": at["confusion_matrix"],
+        }
+    return metrics, probs
+
+
+def evaluate_trained(
+    cfg: RunConfig, out: Path, trained: Trained, t0: float, progress: bool = True
+) -> dict[str, Any]:
+    """After training: score val/test, save the model with its operating point, plots and report."""
+    t_eval = time.perf_counter()
+    data, model = trained.data, trained.model
+    outputs = {}
+    for split in ("val", "test"):
+        if split not in data.images:
+            continue
+        if trained.features is not None:
+            outputs[split] = predict_features(model, trained.features[split])
+        else:
+            outputs[split] = predict_images(
+                model,
+                data.images[split],
+                trained.channels,
+                trained.spec.mean,
+                trained.spec.std,
+                trained.device,
+                cfg.train.precision,
+                progress=f"predicting ({split})" if progress else None,
+            )
+    y_val = data.labels["val"]
+    temperature = fit_temperature(outputs["val"][0], y_val) if cfg.eval.temperature_scaling else 1.0
+    op = operating_point(cfg, data.classes, y_val, logits_to_probs(outputs["val"][0], temperature))
+    val_metrics, _ = score(y_val, outputs["val"][0], data.classes, op, temperature, 0, cfg.train.seed)
+    test_logits, test_feats = outputs["test"]
+    test_metrics, probs = score(
+        data.labels["test"], test_logits, data.classes, op, temperature, cfg.eval.bootstrap, cfg.train.seed
+    )
+
+    meta = model_meta(cfg, trained, op, temperature)
+    save_model(out, model, meta)
+    params_total = sum(p.numel() for p in model.parameters())
+    params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    history = [{k: _num(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
+    plot_paths = make_plots(
+        out / "plots",
+        history,
+        data.labels["test"],
+        probs,
+        test_feats,
+        test_metrics,
+        data,
+        cfg.eval.tsne,
+        cfg.train.seed,
+        cfg.model.name,
+    )
+    timing = dict(trained.timing)
+    timing["eval_s"] = round(time.perf_counter() - t_eval, 3)
+    epochs = len(history)
+    timing["epochs"] = epochs
+    timing["s_per_epoch"] = round(timing.get("train_s", 0) / epochs, 4) if epochs else None
+    steps = int(np.ceil(len(data.labels["train"]) / cfg.train.batch_size)) * max(epochs, 1)
+    timing["s_per_step"] = round(timing.get("train_s", 0) / steps, 5) if steps else None
+    timing["total_s"] = round(time.perf_counter() - t0, 3)
+    metrics: dict[str, Any] = {
+        "run": str(out),
+        "task": cfg.task or describe_task(data.classes),
+        "model": cfg.model.name,
+        "classes": data.classes,
+        "data": data_summary(data),
+        "test": test_metrics,
+        "val": {k: val_metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "auc", "loss", "ece")},
+        "calibration": {"temperature": temperature, "ece": test_metrics["ece"]},
+        "params": {"total": params_total, "trainable": params_trainable},
+        "timing": timing,
+        "fast_path": trained.features is not None,
+        "device": trained.device,
+        "environment": environment(),
+        "audit": run_audit(data),
+        "plots": {k: str(v.relative_to(out)) for k, v in plot_paths.items()},
+    }
+    write_json(out / "metrics.json", metrics)
+    from cxrlab.reports.html import write_run_report
+
+    write_run_report(out, cfg, metrics)
+    return metrics
+
+
+def run_audit(data: PreparedData) -> dict[str, Any]:
+    """The fast parts of the data audit, when the audit module is available."""
+    try:
+        from cxrlab.audit import quick_audit
+    except ImportError:
+        return {"warnings": []}
+    return quick_audit(data)
+
+
+def model_meta(cfg: RunConfig, trained: Trained, op: dict[str, Any], temperature: float) -> dict[str, Any]:
+    """What `predict` needs besides the weights."""
+    return {
+        "model": cfg.model.name,
+        "classes": trained.data.classes,
+        "image_size": cfg.data.image_size,
+        "resize": cfg.data.resize,
+        "channels": trained.channels,
+        "mean": list(trained.spec.mean),
+        "std": list(trained.spec.std),
+        "operating_point": op,
+        "temperature": temperature,
+    }
+
+
+def make_plots(
+    folder: Path,
+    history: list[dict],
+    y: np.ndarray,
+    probs: np.ndarray,
+    feats: np.ndarray,
+    metrics: dict[str, Any],
+    data: PreparedData,
+    tsne: bool,
+    seed: int,
+    title: str = "",
+) -> dict[str, Path]:
+    """All plots of a run's report."""
+    classes = data.classes
+    out: dict[str, Path] = {}
+    curves = plots.training_curves(history, folder / "curves.png", title)
+    if curves:
+        out["curves"] = curves
+    out["confusion"] = plots.confusion(metrics["confusion_matrix"], classes, folder / "confusion.png")
+    out["roc"] = plots.roc(y, probs, classes, folder / "roc.png", metrics["auc"])
+    out["reliability"] = plots.reliability(y, probs, folder / "reliability.png", metrics["ece"])
+    if tsne:
+        t = plots.tsne(feats, y, classes, folder / "tsne.png", seed)
+        if t:
+            out["tsne"] = t
+    if "train" in data.images:
+        out["samples"] = plots.sample_grid(
+            data.images["train"], data.labels["train"], classes, folder / "samples.png"
+        )
+    return out
+
+
+def describe_task(classes: list[str]) -> str:
+    """A short task name such as 'covid vs normal'."""
+    return " vs ".join(classes) if len(classes) <= 4 else f"{len(classes)}-class"
+
+
+def data_summary(data: PreparedData) -> dict[str, Any]:
+    """Counts per split and class, where splits came from, and skipped files."""
+    return {
+        "source": data.index.source,
+        "layout": data.index.layout,
+        "image_size": data.image_size,
+        "counts": data.index.counts(),
+        "synthetic_train": data.index.synthetic_counts(),
+        "split_origin": data.index.split_origin,
+        "skipped": [{"path": p, "reason": r} for p, r in data.index.skipped],
+        "ignored_files": data.index.ignored_files,
+        "decode_s": round(data.decode_s, 3),
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine, for reproducibility."""
+    import lightning
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": lightning.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _num(v: str) -> float | int | None:
+    if v in ("", None):
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        return None
+    return int(f) if f.is_integer() and "." not in v else f

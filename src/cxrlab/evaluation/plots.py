@@ -1,0 +1,148 @@
+"""Report-ready plots (PNG, 150 dpi): curves, confusion matrix, ROC, t-SNE, reliability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cxrlab.evaluation.metrics import roc_points  # noqa: E402
+
+DPI = 150
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def training_curves(history: list[dict], path: Path, title: str = "") -> Path | None:
+    """Loss and accuracy per epoch, train vs validation."""
+    if not history:
+        return None
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = [h.get(f"{split}_{key}") for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, ms=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def confusion(cm: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
+    """Confusion matrix with counts and row percentages."""
+    cm_arr = np.asarray(cm)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.1 * k + 2))
+    rows = cm_arr.sum(axis=1, keepdims=True).clip(min=1)
+    ax.imshow(cm_arr / rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            share = cm_arr[i, j] / rows[i, 0]
+            ax.text(
+                j,
+                i,
+                f"{cm_arr[i, j]}\n{share:.0%}",
+                ha="center",
+                va="center",
+                color="white" if share > 0.5 else "black",
+                fontsize=9,
+            )
+    ax.set_xticks(range(k), classes, rotation=30, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    return _save(fig, path)
+
+
+def roc(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path, auc: float | None = None) -> Path:
+    """ROC curves, one-vs-rest per class (binary: the second class as positive)."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    for c, (fpr, tpr) in roc_points(y, probs).items():
+        ax.plot(fpr, tpr, label=classes[c] if probs.shape[1] > 2 else f"{classes[c]} vs {classes[1 - c]}")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(f"ROC (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else "ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def tsne(features: np.ndarray, y: np.ndarray, classes: list[str], path: Path, seed: int = 0) -> Path | None:
+    """2-D t-SNE of penultimate-layer features, coloured by true class."""
+    from sklearn.manifold import TSNE
+
+    n = len(features)
+    if n < 5:
+        return None
+    perplexity = float(min(30, max(2, (n - 1) / 4)))
+    emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        features.astype(np.float32)
+    )
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    for c, name in enumerate(classes):
+        m = y == c
+        ax.scatter(emb[m, 0], emb[m, 1], s=10, alpha=0.75, label=f"{name} ({m.sum()})")
+    ax.set_title("t-SNE of penultimate features (test)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8, markerscale=1.5)
+    return _save(fig, path)
+
+
+def reliability(y: np.ndarray, probs: np.ndarray, path: Path, ece: float, bins: int = 10) -> Path:
+    """Reliability diagram of top-class confidence with the expected calibration error."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    centers, accs, counts = [], [], []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            centers.append(conf[m].mean())
+            accs.append(correct[m].mean())
+            counts.append(m.sum())
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    ax.bar(centers, accs, width=1 / bins * 0.9, alpha=0.7, edgecolor="k", label="accuracy per bin")
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {ece:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def sample_grid(
+    images: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, per_class: int = 6
+) -> Path:
+    """A few images per class, as the model sees them (after resizing)."""
+    k = len(classes)
+    fig, axes = plt.subplots(k, per_class, figsize=(per_class * 1.3, k * 1.4), squeeze=False)
+    for c in range(k):
+        idx = np.flatnonzero(labels == c)[:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.axis("off")
+            if j < len(idx):
+                ax.imshow(images[idx[j]], cmap="gray", vmin=0, vmax=255)
+            if j == 0:
+                ax.set_title(classes[c], fontsize=8, loc="left")
+    return _save(fig, path)

@@ -1,0 +1,106 @@
+"""The LightningModule: loss, optimiser, metrics logged per epoch."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrlab.config import TrainConfig
+
+
+def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``(N, C)`` from softmax logits or a single sigmoid logit."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def main_logits(output: object) -> torch.Tensor:
+    """Logits from a model output (Inception returns (logits, aux_logits) while training)."""
+    if isinstance(output, tuple):
+        return output[0]
+    return output  # type: ignore[return-value]
+
+
+class ClassifierModule(L.LightningModule):
+    """Trains any ``net`` mapping inputs to logits (a whole classifier, or a head on cached features)."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        train_cfg: TrainConfig,
+        num_classes: int,
+        class_weights: torch.Tensor | None = None,
+        l2: float = 0.0,
+        l2_modules: list[nn.Module] | None = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.cfg = train_cfg
+        self.num_classes = num_classes
+        self.l2 = l2
+        self._l2_modules = l2_modules or []
+        self.register_buffer(
+            "class_weights", class_weights if class_weights is not None else torch.ones(0), persistent=False
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return main_logits(self.net(x))
+
+    def loss(self, output: object, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (softmax) or BCE (single logit); Inception aux logits weighted 0.4."""
+        if isinstance(output, tuple):
+            main, aux = output[0], output[1]
+            return self.loss(main, y) + (0.4 * self.loss(aux, y) if aux is not None else 0.0)
+        logits = output.float()  # type: ignore[union-attr]
+        weight = self.class_weights if self.class_weights.numel() else None
+        if logits.shape[1] == 1:
+            target = y.float()
+            w = weight[y] if weight is not None else None
+            return F.binary_cross_entropy_with_logits(logits[:, 0], target, weight=w)
+        return F.cross_entropy(logits, y, weight=weight)
+
+    def penalty(self) -> torch.Tensor | float:
+        """Keras-style L2 penalty: l2 × sum of squared weights of the chosen layers."""
+        if not self.l2 or not self._l2_modules:
+            return 0.0
+        return self.l2 * sum((m.weight**2).sum() for m in self._l2_modules if hasattr(m, "weight"))
+
+    def training_step(self, batch, batch_idx):  # noqa: D102
+        x, y = batch
+        output = self.net(x)
+        loss = self.loss(output, y)
+        total = loss + self.penalty()
+        acc = (logits_to_probs(main_logits(output)).argmax(1) == y).float().mean()
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train_acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return total
+
+    def validation_step(self, batch, batch_idx):  # noqa: D102
+        x, y = batch
+        logits = self(x)
+        loss = self.loss(logits, y)
+        acc = (logits_to_probs(logits).argmax(1) == y).float().mean()
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val_acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def on_train_epoch_start(self) -> None:
+        # Frozen layers stay in eval mode: their batch-norm statistics must not drift.
+        from cxrlab.models.registry import frozen_modules
+
+        for m in frozen_modules(self.net):
+            m.eval()
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    def configure_optimizers(self):  # noqa: D102
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        c = self.cfg
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)

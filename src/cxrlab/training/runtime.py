@@ -1,0 +1,96 @@
+"""Device and precision choices, and fast batched inference.
+
+Measured on the development CPU (2 cores, AVX-512 without native bf16; docs/benchmarks.md):
+``channels_last`` alone nearly doubles MobileNetV2 inference, while bf16 autocast *without*
+hardware bf16 slows ResNet-18 down 2–3×. So ``auto`` uses bf16 only where the CPU has native
+bf16 (``avx512_bf16`` / ``amx_bf16``) or on CUDA, and channels_last always for convolutions.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU advertises hardware bf16 (AVX512_BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error upstream."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """Lightning precision string for training."""
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32"
+
+
+def inference_dtype(precision: str, device: str) -> torch.dtype | None:
+    """Autocast dtype for inference, or ``None`` for plain fp32."""
+    chosen = resolve_precision(precision, device)
+    if chosen.startswith("bf16"):
+        return torch.bfloat16
+    if chosen.startswith("16"):
+        return torch.float16
+    return None
+
+
+@torch.inference_mode()
+def batched(
+    fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
+    make_batch: Callable[[slice], torch.Tensor],
+    n: int,
+    batch_size: int = 64,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+    progress: str | None = None,
+) -> list[np.ndarray]:
+    """Run ``fn`` over ``n`` inputs in batches; returns each output concatenated as float32 numpy."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=progress, unit="img", leave=False, dynamic_ncols=True)
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, n, batch_size):
+        x = make_batch(slice(start, min(n, start + batch_size))).to(device)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = fn(x)
+        outs = out if isinstance(out, tuple) else (out,)
+        chunks.append([o.float().cpu().numpy() for o in outs])
+        if bar:
+            bar.update(x.shape[0])
+    if bar:
+        bar.close()
+    if not chunks:
+        return []
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def prepare_for_inference(model: nn.Module, device: str, channels_last: bool = True) -> nn.Module:
+    """Eval mode, on device, channels_last memory format for convolutions."""
+    model = model.eval().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

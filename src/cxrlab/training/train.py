@@ -1,0 +1,293 @@
+"""``train(cfg, out)``: data → model → Lightning fit → evaluation → run folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from cxrlab.config import RunConfig
+from cxrlab.data.cache import ImageCache
+from cxrlab.data.prepare import ImageArrayDataset, PreparedData, prepare_data
+from cxrlab.errors import CxrError
+from cxrlab.models.heads import Classifier
+from cxrlab.models.registry import ModelSpec, build_model, get_spec, resolve_channels
+from cxrlab.runs import atomic_write, check_writable, read_csv, write_csv, write_json
+from cxrlab.training.features import backbone_features, fast_path_applies
+from cxrlab.training.module import ClassifierModule
+from cxrlab.training.runtime import resolve_device, resolve_precision
+
+HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+class TrainingInterrupted(CxrError):
+    """Ctrl-C during training: the run folder is kept and can be resumed."""
+
+    exit_code = 130
+
+
+@dataclass
+class Trained:
+    """What training hands to evaluation."""
+
+    model: Classifier
+    data: PreparedData
+    spec: ModelSpec
+    channels: int
+    device: str
+    features: dict[str, np.ndarray] | None  # fast path: backbone features per split
+    timing: dict[str, float]
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's banner lines (GPU available…, tips) out of the user's terminal."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+
+
+class HistoryCallback(L.Callback):
+    """Appends one row per epoch to history.csv (rewritten atomically each epoch)."""
+
+    def __init__(self, path: Path, rows: list[dict[str, Any]] | None = None):
+        self.path = path
+        self.rows = rows or []
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: D102
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: D102
+        m = trainer.callback_metrics
+        row: dict[str, Any] = {
+            "epoch": trainer.current_epoch + 1,
+            "seconds": round(time.perf_counter() - self._start, 4),
+        }
+        for key in HISTORY_FIELDS[1:-1]:
+            if key in m:
+                row[key] = round(float(m[key]), 6)
+        self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
+        write_csv(self.path, self.rows, HISTORY_FIELDS)
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an existing run unless asked; make sure the folder is writable."""
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise CxrError(f"--resume {out}: not a run folder (no config.yaml)")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CxrError(
+                f"{out} already exists and is not empty; choose another --out, add --overwrite, "
+                f"or continue it with --resume {out}"
+            )
+        if (out / "config.yaml").is_file():
+            shutil.rmtree(out)
+        else:
+            raise CxrError(f"{out} is not empty and not a cxrlab run; refusing to delete it with --overwrite")
+    check_writable(out)
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and evaluate a run described by ``cfg``; return metrics.json's content."""
+    from cxrlab.evaluation.evaluate import evaluate_trained
+
+    quiet_lightning()
+    t0 = time.perf_counter()
+    out = Path(out)
+    prepare_out(out, resume, overwrite)
+    if resume:
+        cfg = RunConfig.load(out / "config.yaml")
+    spec = get_spec(cfg.model.name)
+    if cfg.data.image_size is None:
+        cfg.data.image_size = spec.input_size
+    device = resolve_device(cfg.train.device)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CxrError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    if not resume:
+        atomic_write(out / "config.yaml", cfg.to_yaml())
+    write_json(out / "status.json", {"status": "running", "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    data = prepare_data(cfg.data, cfg.data.image_size, cfg.train.seed, progress=progress)
+    _write_splits(out, data)
+    model = build_model(cfg.model, len(data.classes), cfg.data.image_size)
+    channels = resolve_channels(spec, cfg.model)
+    timing = {"decode_s": round(data.decode_s, 3)}
+
+    features = None
+    t_feat = time.perf_counter()
+    if fast_path_applies(cfg):
+        cache = ImageCache(cfg.data.cache_dir)
+        features = {
+            split: backbone_features(
+                model,
+                data.images[split],
+                data.keys[split],
+                cfg,
+                spec,
+                channels,
+                device,
+                cache,
+                label=f"features ({split})",
+            )
+            for split in data.images
+        }
+        net: torch.nn.Module = model.head
+        loaders = {
+            split: _loader(
+                TensorDataset(torch.from_numpy(features[split]), torch.from_numpy(data.labels[split])),
+                cfg,
+                shuffle=split == "train",
+            )
+            for split in ("train", "val")
+        }
+    else:
+        net = model
+        loaders = {}
+        for split in ("train", "val"):
+            ds = ImageArrayDataset(
+                data.images[split],
+                data.labels[split],
+                channels,
+                spec.mean,
+                spec.std,
+                cfg.data.augmentation if cfg.data.augment and split == "train" else None,
+            )
+            loaders[split] = _loader(ds, cfg, shuffle=split == "train")
+    timing["features_s"] = round(time.perf_counter() - t_feat, 3)
+
+    weights = _class_weights(data.labels["train"], len(data.classes)) if cfg.train.class_weights else None
+    l2_modules = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    module = ClassifierModule(net, cfg.train, len(data.classes), weights, cfg.model.head.l2, l2_modules)
+
+    t_train = time.perf_counter()
+    history_rows = read_csv(out / "history.csv") if resume else []
+    trainer = _trainer(cfg, out, device, progress, HistoryCallback(out / "history.csv", history_rows))
+    ckpt = out / "checkpoints" / "last.ckpt"
+    if resume and not ckpt.is_file():
+        raise CxrError(
+            f"--resume {out}: no checkpoints/last.ckpt yet (interrupted before the first epoch); "
+            "start the run again"
+        )
+    try:
+        trainer.fit(
+            module,
+            loaders["train"],
+            loaders["val"],
+            ckpt_path=str(ckpt) if resume else None,
+            weights_only=True,
+        )
+    except SystemExit:
+        if trainer.interrupted:
+            write_json(out / "status.json", {"status": "interrupted", "epochs_done": trainer.current_epoch})
+            raise TrainingInterrupted(
+                f"interrupted after {trainer.current_epoch} epoch(s); the run folder {out} is kept: "
+                f"continue with `cxr train --resume {out}`"
+            ) from None
+        raise
+    timing["train_s"] = round(time.perf_counter() - t_train, 3)
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and Path(best).is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    model.to("cpu")
+    trained = Trained(model, data, spec, channels, device, features, timing)
+    metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
+    write_json(out / "status.json", {"status": "finished", "epochs_done": trainer.current_epoch})
+    return metrics
+
+
+def _loader(ds, cfg: RunConfig, shuffle: bool) -> DataLoader:
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    return DataLoader(
+        ds,
+        batch_size=cfg.train.batch_size,
+        shuffle=shuffle,
+        num_workers=cfg.train.num_workers,
+        generator=generator,
+        persistent_workers=cfg.train.num_workers > 0,
+    )
+
+
+def _class_weights(labels: np.ndarray, k: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    return torch.tensor(len(labels) / (k * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def _trainer(cfg: RunConfig, out: Path, device: str, progress: bool, history: HistoryCallback) -> L.Trainer:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    mode = "min" if cfg.train.monitor == "val_loss" else "max"
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            dirpath=out / "checkpoints",
+            filename="best",
+            monitor=cfg.train.monitor,
+            mode=mode,
+            save_last=True,
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        history,
+    ]
+    if cfg.train.early_stopping:
+        callbacks.append(EarlyStopping(cfg.train.monitor, patience=cfg.train.early_stopping, mode=mode))
+    loggers: list[Any] = [CSVLogger(out, name="logs", version="")]
+    if cfg.train.tensorboard:
+        loggers.append(TensorBoardLogger(out, name="tensorboard", version="", default_hp_metric=False))
+    devices: Any = cfg.train.devices if cfg.train.devices == "auto" else int(cfg.train.devices)
+    os.environ.setdefault("PL_DISABLE_FORK", "0")
+    return L.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=devices,
+        num_nodes=cfg.train.num_nodes,
+        strategy=cfg.train.strategy,
+        precision=resolve_precision(cfg.train.precision, device),
+        max_epochs=cfg.train.epochs,
+        callbacks=callbacks,
+        logger=loggers,
+        deterministic=True,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        default_root_dir=out,
+    )
+
+
+def _write_splits(out: Path, data: PreparedData) -> None:
+    rows = [
+        {
+            "split": s.split,
+            "class": data.classes[s.label],
+            "path": s.path,
+            "group": s.group,
+            "synthetic": int(s.synthetic),
+        }
+        for s in data.index.samples
+    ]
+    write_csv(out / "splits.csv", rows, ["split", "class", "path", "group", "synthetic"])

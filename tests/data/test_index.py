@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from cxrlab.data.index import discover
+from cxrlab.errors import DataError
+
+
+def test_split_layout_covid(covid_dir):
+    idx = discover(covid_dir)
+    assert idx.layout == "splits"
+    assert idx.classes == ["covid", "normal", "pneumonia_bac", "pneumonia_vir"]
+    counts = idx.counts()
+    assert sum(counts["test"].values()) == 124
+    assert sum(counts["train"].values()) + sum(counts["val"].values()) == 316
+    assert "val" in idx.split_origin  # carved from train
+
+
+def test_classes_select_and_order(covid_dir):
+    idx = discover(covid_dir, classes=["normal", "covid"])
+    assert idx.classes == ["normal", "covid"]
+    assert {s.label for s in idx.samples} == {0, 1}
+    with pytest.raises(DataError, match="class 'lungs' not found.*available: covid"):
+        discover(covid_dir, classes=["lungs", "covid"])
+
+
+def test_kermany_official_split_and_patient_groups(kermany_dir):
+    idx = discover(kermany_dir)
+    counts = idx.counts()
+    assert counts["val"] == {"NORMAL": 8, "PNEUMONIA": 8}
+    assert counts["test"] == {"NORMAL": 234, "PNEUMONIA": 390}
+    pneu = [s for s in idx.samples if "person" in os.path.basename(s.path)]
+    assert pneu and all(s.group.startswith("person") for s in pneu)
+
+
+def test_flat_layout_gets_grouped_stratified_splits(tmp_path, kermany_dir):
+    # class folders without splits: the tool makes train/val/test, never splitting a patient
+    src = kermany_dir / "train" / "PNEUMONIA"
+    files = sorted(src.iterdir())[:150]
+    for cls, chunk in (
+        ("PNEUMONIA", files[:100]),
+        ("NORMAL", sorted((kermany_dir / "train" / "NORMAL").iterdir())[:60]),
+    ):
+        (tmp_path / cls).mkdir()
+        for f in chunk:
+            os.symlink(f, tmp_path / cls / f.name)
+    idx = discover(tmp_path, seed=3)
+    assert idx.layout == "classes"
+    splits_by_group: dict[str, set[str]] = {}
+    for s in idx.samples:
+        splits_by_group.setdefault(s.group, set()).add(s.split)
+    assert all(len(v) == 1 for v in splits_by_group.values())
+    counts = idx.counts()
+    total = sum(sum(c.values()) for c in counts.values())
+    assert 0.12 < sum(counts["test"].values()) / total < 0.28
+    assert discover(tmp_path, seed=3).counts() == counts  # same seed, same split
+
+
+def test_npz(pneumoniamnist_npz):
+    idx = discover(pneumoniamnist_npz)
+    assert idx.classes == ["normal", "pneumonia"]
+    assert len(idx.split("train")) == 4708 and len(idx.split("test")) == 624
+
+
+def test_npz_without_keys(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, images=np.zeros((3, 28, 28)))
+    with pytest.raises(DataError, match="lacks the MedMNIST keys"):
+        discover(path)
+
+
+@pytest.mark.parametrize("case", ["missing", "one_class", "empty_class", "only_in_test", "train_not_test"])
+def test_folder_errors(tmp_path, covid_dir, case):
+    src = sorted((covid_dir / "train" / "normal").iterdir())
+
+    def fill(folder, n=6):
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in src[:n]:
+            shutil.copy(f, folder / f.name)
+
+    root = tmp_path / "d"
+    if case == "one_class":
+        fill(root / "normal")
+    elif case == "empty_class":
+        fill(root / "normal")
+        (root / "covid").mkdir()
+    elif case == "only_in_test":
+        fill(root / "train" / "a")
+        fill(root / "train" / "b")
+        fill(root / "test" / "a")
+        fill(root / "test" / "b")
+        fill(root / "test" / "c")
+    elif case == "train_not_test":
+        fill(root / "train" / "a")
+        fill(root / "train" / "b")
+        fill(root / "test" / "a")
+    expected = {
+        "missing": "data not found",
+        "one_class": "only one class",
+        "empty_class": "holds no images",
+        "only_in_test": "class 'c' has no training images",
+        "train_not_test": "in train but not in test",
+    }
+    with pytest.raises(DataError, match=expected[case]):
+        discover(root)
+
+
+def test_unicode_spaces_non_images_and_symlink_loop(tmp_path, covid_dir):
+    root = tmp_path / "données radiographie"
+    for cls in ("covid ü", "normal"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((covid_dir / "train" / cls.split()[0]).iterdir())[:8]:
+            shutil.copy(f, root / cls / f"image ü {f.name}")
+        (root / cls / "notes.txt").write_text("not an image")
+    os.symlink(root / "normal", root / "normal" / "loop")
+    idx = discover(root)
+    assert idx.classes == ["covid ü", "normal"]
+    assert len(idx.samples) == 16
+    assert idx.ignored_files == 2

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from cxrlab.evaluation.metrics import (
+    _auc_rows,
+    classification_metrics,
+    expected_calibration_error,
+    youden_threshold,
+)
+
+
+def _fake(n=200, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, probs
+
+
+def test_metrics_agree_with_sklearn():
+    y, probs = _fake()
+    m = classification_metrics(y, probs, ["a", "b", "c"], n_boot=200)
+    pred = probs.argmax(1)
+    assert np.isclose(m["accuracy"], (pred == y).mean())
+    assert np.isclose(m["balanced_accuracy"], balanced_accuracy_score(y, pred))
+    assert np.isclose(m["auc"], roc_auc_score(y, probs, multi_class="ovr"))
+    assert np.array(m["confusion_matrix"]).sum() == len(y)
+    lo, hi = m["accuracy_ci95"]
+    assert lo < m["accuracy"] < hi and hi - lo > 0.02
+    assert m["per_class"]["a"]["support"] == (y == 0).sum()
+
+
+def test_vectorised_auc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 5, size=(4, 50)).astype(float)  # many ties
+    pos = rng.integers(0, 2, size=(4, 50)).astype(bool)
+    expected = [roc_auc_score(p, s) for s, p in zip(scores, pos, strict=True)]
+    assert np.allclose(_auc_rows(scores, pos), expected)
+
+
+def test_ci_narrows_with_more_data():
+    y1, p1 = _fake(60, 2, seed=2)
+    y2, p2 = _fake(2000, 2, seed=2)
+    w1 = np.diff(classification_metrics(y1, p1, ["a", "b"], n_boot=300)["accuracy_ci95"])[0]
+    w2 = np.diff(classification_metrics(y2, p2, ["a", "b"], n_boot=300)["accuracy_ci95"])[0]
+    assert w2 < w1 / 3
+
+
+def test_ece_zero_for_perfect_calibration_and_large_for_overconfidence():
+    y = np.array([0] * 50 + [1] * 50)
+    confident_wrong = np.tile([0.99, 0.01], (100, 1))
+    assert expected_calibration_error(y, confident_wrong) > 0.4
+    perfect = np.eye(2)[y]
+    assert expected_calibration_error(y, perfect) < 1e-9
+
+
+def test_youden_and_target_sensitivity():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    thr = youden_threshold(y, p)
+    assert 0.6 <= thr <= 0.7
+    strict = youden_threshold(y, p, target_sensitivity=1.0)
+    assert strict <= 0.4

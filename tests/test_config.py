@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+
+from cxrlab.config import RunConfig
+from cxrlab.errors import ConfigError
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = RunConfig()
+    cfg.data.path = "somewhere"
+    cfg.data.classes = ["covid", "normal"]
+    cfg.model.freeze = "backbone"
+    cfg.model.head.hidden = [256]
+    cfg.model.head.dropout = [0.0, 0.3]
+    cfg.train.lr = 1e-4
+    cfg.save(tmp_path / "c.yaml")
+    again = RunConfig.load(tmp_path / "c.yaml")
+    assert again == cfg
+    assert again.to_yaml() == cfg.to_yaml()
+
+
+def test_unknown_key_is_named_with_suggestion(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'train.lrr'.*did you mean 'lr'"):
+        RunConfig.load(path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match=r"'train.epochs'.*many"):
+        RunConfig.load(path)
+
+
+def test_top_level_unknown_section(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trian:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'.*did you mean 'train'"):
+        RunConfig.load(path)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: [epochs: 3\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        RunConfig.load(path)
+    with pytest.raises(ConfigError, match="not found"):
+        RunConfig.load(tmp_path / "missing.yaml")
+
+
+def test_set_overrides():
+    cfg = RunConfig().override(
+        ["train.lr=1e-4", "model.freeze=backbone", "data.classes=[a, b]", "model.head.hidden=[128, 32]"]
+    )
+    assert cfg.train.lr == 1e-4
+    assert cfg.model.freeze == "backbone"
+    assert cfg.data.classes == ["a", "b"]
+    assert cfg.model.head.hidden == [128, 32]
+    with pytest.raises(ConfigError, match="unknown key 'lrate'"):
+        RunConfig().override(["train.lrate=1"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        RunConfig().override(["train.lr"])
+
+
+def test_freeze_accepts_numbers_and_words():
+    assert RunConfig.from_dict({"model": {"freeze": 300}}).model.freeze == "300"
+    assert RunConfig.from_dict({"model": {"freeze": "backbone"}}).model.freeze == "backbone"
+    with pytest.raises(ConfigError, match="model.freeze"):
+        RunConfig.from_dict({"model": {"freeze": "everything"}})
