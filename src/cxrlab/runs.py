@@ -5,6 +5,7 @@
     RUN/config.yaml       complete config (``cxr train --config RUN/config.yaml`` repeats the run)
     RUN/splits.csv        every image with its split and class
     RUN/history.csv       epoch, train_loss, train_acc, val_loss, val_acc, seconds
+    RUN/predictions.csv   per test image: path, true, pred, p_<class> (for paired tests between runs)
     RUN/metrics.json      test metrics with CIs, timing, parameters, audit warnings
     RUN/model.safetensors final weights (no pickle: loading never executes code)
     RUN/model.json        classes, input size, channels, normalisation, operating threshold

@@ -188,6 +188,8 @@ def evaluate_trained(
 
     meta = model_meta(cfg, trained, op, temperature)
     save_model(out, model, meta)
+    write_predictions(out / "predictions.csv", data.paths["test"], data.labels["test"], probs,
+                      thresholded(probs, op, data.classes), data.classes)
     params_total = sum(p.numel() for p in model.parameters())
     params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     history = [{k: _num(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
@@ -233,6 +235,19 @@ def evaluate_trained(
 
     write_run_report(out, cfg, metrics)
     return metrics
+
+
+def write_predictions(
+    path: Path, paths: list[str], y: np.ndarray, probs: np.ndarray, pred: np.ndarray, classes: list[str]
+) -> None:
+    """One row per test image: path, true and predicted class, class probabilities (for paired tests)."""
+    from cxrlab.runs import write_csv
+
+    fields = ["path", "true", "pred"] + [f"p_{c}" for c in classes]
+    rows = [{"path": p, "true": classes[int(t)], "pred": classes[int(k)],
+             **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, pr, strict=True)}}
+            for p, t, k, pr in zip(paths, y, pred, probs, strict=True)]
+    write_csv(path, rows, fields)
 
 
 def run_audit(data: PreparedData) -> dict[str, Any]:

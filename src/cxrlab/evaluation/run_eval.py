@@ -194,6 +194,10 @@ def evaluate_run(
         "plots": {k: str(v.relative_to(target)) for k, v in plot_paths.items()},
     }
     write_json(target / "metrics.json", result)
+    from cxrlab.evaluation.evaluate import write_predictions
+
+    write_predictions(target / "predictions.csv", prepared.paths["test"], y, probs,
+                      thresholded(probs, meta.get("operating_point") or {}, loaded.classes), loaded.classes)
     internal = read_json(loaded.path / "metrics.json") if (loaded.path / "metrics.json").is_file() else None
     from cxrlab.reports.html import write_eval_report
 
