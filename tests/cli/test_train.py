@@ -192,3 +192,14 @@ def test_demo_npz_quick(tmp_path, pneumoniamnist_npz):
     m = json.loads((out / "metrics.json").read_text())
     assert m["classes"] == ["normal", "pneumonia"]
     assert m["test"]["n"] == 400
+
+
+def test_missing_pretrained_weights_fail_fast_and_leave_nothing(tmp_path, covid_dir):
+    out = tmp_path / "pt"
+    proc = run_cli("train", "--data", str(covid_dir), "--model", "resnet18", "--pretrained", "--freeze", "backbone",
+                   "--out", str(out), env={"TORCH_HOME": str(tmp_path / "empty-torch-home"), "CXRLAB_OFFLINE": "1"},
+                   timeout=120)
+    assert proc.returncode == 2
+    assert "resnet18-f37072fd.pth" in proc.stderr and "hub/checkpoints" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # a run that failed before training leaves no half-made folder

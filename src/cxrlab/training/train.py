@@ -21,7 +21,13 @@ from cxrlab.data.cache import ImageCache
 from cxrlab.data.prepare import ImageArrayDataset, PreparedData, prepare_data
 from cxrlab.errors import CxrError
 from cxrlab.models.heads import Classifier
-from cxrlab.models.registry import ModelSpec, build_model, get_spec, resolve_channels
+from cxrlab.models.registry import (
+    ModelSpec,
+    build_model,
+    get_spec,
+    load_torchvision_weights,
+    resolve_channels,
+)
 from cxrlab.runs import atomic_write, check_writable, read_csv, write_csv, write_json
 from cxrlab.training.features import backbone_features, fast_path_applies
 from cxrlab.training.module import ClassifierModule
@@ -110,16 +116,37 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train and evaluate a run described by ``cfg``; return metrics.json's content."""
+    """Train and evaluate a run described by ``cfg``; return metrics.json's content.
+
+    A run that fails before its first epoch removes the folder it created (nothing half-made is
+    left behind); a run that fails or is interrupted later keeps its folder, with ``status.json``
+    saying what happened, so it can be inspected or resumed.
+    """
+    out = Path(out)
+    prepare_out(out, resume, overwrite)
+    state = {"fitting": False}
+    try:
+        return _train(cfg, out, resume, progress, state)
+    except TrainingInterrupted:
+        raise
+    except BaseException as exc:
+        if not resume and not state["fitting"]:
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.is_dir():
+            write_json(out / "status.json", {"status": "failed", "error": f"{exc.__class__.__name__}: {exc}"})
+        raise
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, state: dict[str, bool]) -> dict[str, Any]:
     from cxrlab.evaluation.evaluate import evaluate_trained
 
     quiet_lightning()
     t0 = time.perf_counter()
-    out = Path(out)
-    prepare_out(out, resume, overwrite)
     if resume:
         cfg = RunConfig.load(out / "config.yaml")
     spec = get_spec(cfg.model.name)
+    if cfg.model.pretrained and spec.weights and spec.family == "torchvision":
+        load_torchvision_weights(spec.weights)  # fail in seconds, before decoding any image
     if cfg.data.image_size is None:
         cfg.data.image_size = spec.input_size
     device = resolve_device(cfg.train.device)
