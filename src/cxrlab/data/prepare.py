@@ -133,7 +133,7 @@ class _Bar:
     def __init__(self, total: int, desc: str):
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+        self._bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True, disable=None)
 
     def update(self, n: int) -> None:
         self._bar.update(n)

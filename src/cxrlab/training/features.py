@@ -39,7 +39,7 @@ def backbone_features(
     channels: int,
     device: str,
     cache: ImageCache | None = None,
-    label: str = "features",
+    label: str | None = "features",
 ) -> np.ndarray:
     """Backbone outputs for ``images`` (uint8 ``(N, H, W)``), read from or written to the cache."""
     mode = feature_mode(cfg)

@@ -69,7 +69,7 @@ def batched(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, desc=progress, unit="img", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=n, desc=progress, unit="img", leave=False, dynamic_ncols=True, disable=None)
     chunks: list[list[np.ndarray]] = []
     for start in range(0, n, batch_size):
         x = make_batch(slice(start, min(n, start + batch_size))).to(device)

@@ -177,7 +177,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, state: dict[
                 channels,
                 device,
                 cache,
-                label=f"features ({split})",
+                label=f"features ({split})" if progress else None,
             )
             for split in data.images
         }
