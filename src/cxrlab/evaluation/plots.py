@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cxrlab.evaluation.metrics import roc_points  # noqa: E402
 
@@ -35,6 +36,7 @@ def training_curves(history: list[dict], path: Path, title: str = "") -> Path | 
             if any(v is not None for v in values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], style, ms=3, label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
