@@ -153,6 +153,8 @@ def train(
 
 
 def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
+    if not metrics:  # a DDP worker process (rank > 0): rank 0 prints the summary
+        return
     t = metrics["test"]
     lo, hi = t["accuracy_ci95"] or (float("nan"), float("nan"))
     auc = t["auc"]

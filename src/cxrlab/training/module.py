@@ -26,6 +26,10 @@ def main_logits(output: object) -> torch.Tensor:
     return output  # type: ignore[return-value]
 
 
+# Per-epoch logging; sync_dist averages over DDP processes (a no-op in a single process).
+_EPOCH = {"on_step": False, "on_epoch": True, "prog_bar": True, "sync_dist": True}
+
+
 class ClassifierModule(L.LightningModule):
     """Trains any ``net`` mapping inputs to logits (a whole classifier, or a head on cached features)."""
 
@@ -76,8 +80,8 @@ class ClassifierModule(L.LightningModule):
         loss = self.loss(output, y)
         total = loss + self.penalty()
         acc = (logits_to_probs(main_logits(output)).argmax(1) == y).float().mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("train_acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train_loss", loss, batch_size=len(y), **_EPOCH)
+        self.log("train_acc", acc, batch_size=len(y), **_EPOCH)
         return total
 
     def validation_step(self, batch, batch_idx):  # noqa: D102
@@ -85,8 +89,9 @@ class ClassifierModule(L.LightningModule):
         logits = self(x)
         loss = self.loss(logits, y)
         acc = (logits_to_probs(logits).argmax(1) == y).float().mean()
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("val_acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val_loss", loss, batch_size=len(y), **_EPOCH)
+        self.log("val_acc", acc, batch_size=len(y), **_EPOCH)
+        return logits.detach()  # for callbacks (TensorBoard's confusion matrix)
 
     def on_train_epoch_start(self) -> None:
         # Frozen layers stay in eval mode: their batch-norm statistics must not drift.
@@ -94,7 +99,7 @@ class ClassifierModule(L.LightningModule):
 
         for m in frozen_modules(self.net):
             m.eval()
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):  # noqa: D102
         params = [p for p in self.net.parameters() if p.requires_grad]

@@ -78,6 +78,8 @@ class HistoryCallback(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: D102
+        if not trainer.is_global_zero:  # DDP: one writer
+            return
         m = trainer.callback_metrics
         row: dict[str, Any] = {
             "epoch": trainer.current_epoch + 1,
@@ -115,21 +117,30 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    callbacks: list[L.Callback] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate a run described by ``cfg``; return metrics.json's content.
+
+    ``callbacks`` are extra Lightning callbacks (e.g. a sweep's pruning callback). Under DDP
+    every process runs this function; only global rank 0 writes the run folder and evaluates,
+    the other ranks return ``{}``.
 
     A run that fails before its first epoch removes the folder it created (nothing half-made is
     left behind); a run that fails or is interrupted later keeps its folder, with ``status.json``
     saying what happened, so it can be inspected or resumed.
     """
     out = Path(out)
-    prepare_out(out, resume, overwrite)
+    worker = launched_rank() != 0
+    if not worker:
+        prepare_out(out, resume, overwrite)
     state = {"fitting": False}
     try:
-        return _train(cfg, out, resume, progress, state)
+        return _train(cfg, out, resume, progress, state, list(callbacks or []))
     except TrainingInterrupted:
         raise
     except BaseException as exc:
+        if worker:
+            raise
         if not resume and not state["fitting"]:
             shutil.rmtree(out, ignore_errors=True)
         elif out.is_dir():
@@ -137,7 +148,14 @@ def train(
         raise
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, state: dict[str, bool]) -> dict[str, Any]:
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    state: dict[str, bool],
+    callbacks: list[L.Callback],
+) -> dict[str, Any]:
     from cxrlab.evaluation.evaluate import evaluate_trained
 
     quiet_lightning()
@@ -153,12 +171,15 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, state: dict[
     if device == "cuda" and not torch.cuda.is_available():
         raise CxrError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    if not resume:
+    zero = launched_rank() == 0
+    if not resume and zero:
         atomic_write(out / "config.yaml", cfg.to_yaml())
-    write_json(out / "status.json", {"status": "running", "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    if zero:
+        write_json(out / "status.json", {"status": "running", "started": time.strftime("%Y-%m-%d %H:%M:%S")})
 
     data = prepare_data(cfg.data, cfg.data.image_size, cfg.train.seed, progress=progress)
-    _write_splits(out, data)
+    if zero:
+        _write_splits(out, data)
     model = build_model(cfg.model, len(data.classes), cfg.data.image_size)
     channels = resolve_channels(spec, cfg.model)
     timing = {"decode_s": round(data.decode_s, 3)}
@@ -211,13 +232,20 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, state: dict[
 
     t_train = time.perf_counter()
     history_rows = read_csv(out / "history.csv") if resume else []
-    trainer = _trainer(cfg, out, device, progress, HistoryCallback(out / "history.csv", history_rows))
+    if cfg.train.tensorboard and "train" in data.images:
+        from cxrlab.training.tensorboard import TensorBoardExtras
+
+        callbacks.append(TensorBoardExtras(data.images["train"], data.labels["train"], data.classes))
+    trainer = _trainer(
+        cfg, out, device, progress, HistoryCallback(out / "history.csv", history_rows), callbacks
+    )
     ckpt = out / "checkpoints" / "last.ckpt"
     if resume and not ckpt.is_file():
         raise CxrError(
             f"--resume {out}: no checkpoints/last.ckpt yet (interrupted before the first epoch); "
             "start the run again"
         )
+    state["fitting"] = True
     try:
         trainer.fit(
             module,
@@ -235,6 +263,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, state: dict[
             ) from None
         raise
     timing["train_s"] = round(time.perf_counter() - t_train, 3)
+    if not trainer.is_global_zero:  # DDP worker: rank 0 evaluates and writes the run folder
+        return {}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and Path(best).is_file():
@@ -264,7 +294,24 @@ def _class_weights(labels: np.ndarray, k: int) -> torch.Tensor:
     return torch.tensor(len(labels) / (k * np.maximum(counts, 1)), dtype=torch.float32)
 
 
-def _trainer(cfg: RunConfig, out: Path, device: str, progress: bool, history: HistoryCallback) -> L.Trainer:
+def launched_rank() -> int:
+    """0 for the process that owns the run folder; nonzero for a DDP worker started by a launcher
+    (Lightning's, torchrun, SLURM), read from the environment before the Trainer exists."""
+    for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        value = os.environ.get(key, "")
+        if value.isdigit() and int(value) != 0:
+            return int(value)
+    return 0
+
+
+def _trainer(
+    cfg: RunConfig,
+    out: Path,
+    device: str,
+    progress: bool,
+    history: HistoryCallback,
+    extra: list[L.Callback] | None = None,
+) -> L.Trainer:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -280,6 +327,7 @@ def _trainer(cfg: RunConfig, out: Path, device: str, progress: bool, history: Hi
             enable_version_counter=False,
         ),
         history,
+        *(extra or []),
     ]
     if cfg.train.early_stopping:
         callbacks.append(EarlyStopping(cfg.train.monitor, patience=cfg.train.early_stopping, mode=mode))

@@ -1,0 +1,332 @@
+"""``cxr bench``: training and inference throughput per model, device and precision.
+
+Each (model, device, precision) case runs in a **fresh Python process**, so its peak memory is
+its own. On CPU the numbers are the process's resident-set high-water mark (``getrusage``
+``ru_maxrss``, what the operating system had to provide): ``base_mb`` after importing torch and
+building the model and one batch, ``infer_peak_mb`` after timing inference, ``train_peak_mb``
+after timing training (it includes inference's peak and library code paged in by the first
+backward pass, so compare it between models rather than read it as tensor bytes). On CUDA they
+are ``torch.cuda`` allocator figures (tensors only): ``memory_allocated`` after building, then
+``max_memory_allocated`` per phase.
+
+Inputs are real radiographs: the bundled PneumoniaMNIST test images (MedMNIST v2, CC BY 4.0),
+resized to the model's input size. Models start from random weights (speed does not depend on
+the weights). Training steps mirror ``cxr train`` (Adam, cross-entropy, autocast for bf16/fp16,
+contiguous memory); inference mirrors ``cxr evaluate`` (eval mode, ``channels_last``,
+``inference_mode``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cxrlab.errors import CxrError
+from cxrlab.runs import atomic_write, check_writable, write_csv
+
+PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+DEFAULT_MODELS = ["mobilenet_v2", "resnet18", "small_cnn"]
+BENCH_FIELDS = [
+    "model",
+    "device",
+    "device_name",
+    "precision",
+    "batch_size",
+    "image_size",
+    "params",
+    "train_img_s",
+    "train_s_per_step",
+    "train_s_per_epoch",
+    "dataset_size",
+    "infer_img_s",
+    "base_mb",
+    "infer_peak_mb",
+    "train_peak_mb",
+    "memory_measure",
+    "threads",
+]
+
+
+def available_devices() -> dict[str, str]:
+    """Devices present on this machine, with a human name."""
+    import platform
+
+    import torch
+
+    found = {"cpu": platform.processor() or platform.machine()}
+    if torch.cuda.is_available():
+        found["cuda"] = torch.cuda.get_device_name(0)
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found["mps"] = "Apple GPU"
+    return found
+
+
+def _images(n: int, size: int, channels: int, mean, std):
+    """``n`` real radiographs from the bundled PneumoniaMNIST, resized and normalised."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from cxrlab.demo import bundled_pneumoniamnist
+
+    with np.load(bundled_pneumoniamnist()) as z:
+        raw = z["test_images"]
+        labels = z["test_labels"].reshape(-1)
+    idx = np.arange(n) % len(raw)
+    x = torch.from_numpy(raw[idx]).float().div(255).unsqueeze(1)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).expand(-1, channels, -1, -1)
+    m = torch.tensor(mean[:channels] if len(mean) >= channels else mean * channels).view(1, -1, 1, 1)
+    s = torch.tensor(std[:channels] if len(std) >= channels else std * channels).view(1, -1, 1, 1)
+    return ((x - m) / s).contiguous(), torch.from_numpy(labels[idx].astype(np.int64))
+
+
+def _maxrss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def bench_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Measure one case in this process (call through :func:`run_bench` for isolated memory)."""
+    import torch
+
+    from cxrlab.config import ModelConfig
+    from cxrlab.models.registry import build_model, get_spec, resolve_channels
+    from cxrlab.training.runtime import prepare_for_inference
+
+    model_name, device, precision = case["model"], case["device"], case["precision"]
+    bs, steps, warmup = case["batch_size"], case["steps"], case["warmup"]
+    spec = get_spec(model_name)
+    size = case.get("image_size") or spec.input_size
+    cfg = ModelConfig(name=model_name, pretrained=False)
+    torch.manual_seed(0)
+    model = build_model(cfg, case["num_classes"], size).to(device)
+    channels = resolve_channels(spec, cfg)
+    x, y = _images(bs, size, channels, spec.mean, spec.std)
+    y = y % case["num_classes"]
+    x, y = x.to(device), y.to(device)
+    dtype = getattr(torch, PRECISIONS[precision]) if PRECISIONS[precision] else None
+    cuda = device == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def autocast():
+        return torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    # ------------------------------------------------------------------ inference
+    net = prepare_for_inference(model, device)
+    xi = x.contiguous(memory_format=torch.channels_last)
+    base = torch.cuda.memory_allocated() / 2**20 if cuda else _maxrss_mb()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        for _ in range(warmup):
+            with autocast():
+                net(xi)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            with autocast():
+                net(xi)
+        sync()
+        infer_s = (time.perf_counter() - t0) / steps
+    infer_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _maxrss_mb()
+
+    # ------------------------------------------------------------------ training
+    model = model.to(memory_format=torch.contiguous_format).train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and precision == "fp16")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            out = model(x)
+            out = out[0] if isinstance(out, tuple) else out
+            loss = torch.nn.functional.cross_entropy(out.float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    train_s = (time.perf_counter() - t0) / steps
+    train_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _maxrss_mb()
+    n = case["dataset_size"]
+    return {
+        "model": model_name,
+        "device": device,
+        "device_name": available_devices().get(device, device),
+        "precision": precision,
+        "batch_size": bs,
+        "image_size": size,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_img_s": round(bs / train_s, 2),
+        "train_s_per_step": round(train_s, 4),
+        "train_s_per_epoch": round(math.ceil(n / bs) * train_s, 2),
+        "dataset_size": n,
+        "infer_img_s": round(bs / infer_s, 2),
+        "base_mb": round(base, 1),
+        "infer_peak_mb": round(infer_peak, 1),
+        "train_peak_mb": round(train_peak, 1),
+        "memory_measure": "torch.cuda allocator (tensors)" if cuda else "process peak RSS (ru_maxrss)",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _worker() -> None:
+    """Subprocess entry: read a case as JSON on stdin, print the result as the last stdout line."""
+    case = json.loads(sys.stdin.read())
+    try:
+        result = bench_case(case)
+    except Exception as exc:  # noqa: BLE001 - reported as a skipped case with its reason
+        result = {"error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    print(json.dumps(result))
+
+
+def _run_isolated(case: dict[str, Any], timeout: float) -> dict[str, Any]:
+    code = "from cxrlab.experiments.bench import _worker; _worker()"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            input=json.dumps(case),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"took longer than {timeout:.0f} s; lower --steps or --batch-size"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"worker failed ({proc.returncode}): {tail}"}
+    return json.loads(lines[-1])
+
+
+def run_bench(
+    models: list[str] | None = None,
+    devices: list[str] | None = None,
+    precisions: list[str] | None = None,
+    batch_size: int = 32,
+    image_size: int | None = None,
+    steps: int = 10,
+    warmup: int = 2,
+    dataset_size: int = 316,
+    num_classes: int = 4,
+    out: str | Path | None = None,
+    timeout: float = 900,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Benchmark every model × device × precision; skipped cases are listed with the reason.
+
+    Writes ``out/bench.csv`` and ``out/bench.md`` when ``out`` is given.
+    """
+    from cxrlab.models.registry import get_spec
+
+    models = models or DEFAULT_MODELS
+    devices = devices or ["cpu", "cuda"]
+    precisions = precisions or ["fp32", "bf16"]
+    for m in models:
+        get_spec(m)  # unknown names fail at once, with the list of choices
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise CxrError(f"--precision {','.join(bad)}: choose from {', '.join(PRECISIONS)}")
+    known = {"cpu", "cuda", "mps"}
+    if any(d not in known for d in devices):
+        raise CxrError(f"--devices {','.join(devices)}: choose from {', '.join(sorted(known))}")
+    if batch_size < 1 or steps < 1 or warmup < 0 or dataset_size < 1:
+        raise CxrError("--batch-size, --steps and --dataset-size must be at least 1 (--warmup at least 0)")
+    present = available_devices()
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = [f"{d}: not available on this machine" for d in devices if d not in present]
+    for device in [d for d in devices if d in present]:
+        for model in models:
+            for precision in precisions:
+                case = {
+                    "model": model,
+                    "device": device,
+                    "precision": precision,
+                    "batch_size": batch_size,
+                    "image_size": image_size,
+                    "steps": steps,
+                    "warmup": warmup,
+                    "dataset_size": dataset_size,
+                    "num_classes": num_classes,
+                }
+                if progress:
+                    print(f"bench {model} on {device} ({precision}) …", file=sys.stderr, flush=True)
+                result = _run_isolated(case, timeout)
+                if "error" in result:
+                    skipped.append(f"{model} on {device} ({precision}): {result['error']}")
+                else:
+                    rows.append(result)
+    report = {"rows": rows, "skipped": skipped, "markdown": bench_markdown(rows, skipped)}
+    if out is not None:
+        out = Path(out)
+        check_writable(out)
+        write_csv(out / "bench.csv", rows, BENCH_FIELDS)
+        atomic_write(out / "bench.md", report["markdown"])
+    return report
+
+
+def bench_markdown(rows: list[dict[str, Any]], skipped: list[str]) -> str:
+    """The bench table as Markdown, followed by the skipped cases."""
+    from cxrlab.experiments.compare import md_table
+
+    header = [
+        "model",
+        "device",
+        "precision",
+        "batch",
+        "size",
+        "train img/s",
+        "train s/step",
+        "train s/epoch (n)",
+        "infer img/s",
+        "base MB",
+        "infer peak MB",
+        "train peak MB",
+    ]
+    cells = [
+        [
+            r["model"],
+            r["device"],
+            r["precision"],
+            r["batch_size"],
+            r["image_size"],
+            r["train_img_s"],
+            r["train_s_per_step"],
+            f"{r['train_s_per_epoch']} ({r['dataset_size']})",
+            r["infer_img_s"],
+            r["base_mb"],
+            r["infer_peak_mb"],
+            r["train_peak_mb"],
+        ]
+        for r in rows
+    ]
+    text = md_table(header, cells)
+    if rows:
+        names = sorted({f"{r['device']}: {r['device_name']} ({r['threads']} threads)" for r in rows})
+        text += (
+            "\n"
+            + "; ".join(names)
+            + ". Peak memory: "
+            + ", ".join(sorted({f"{r['device']} = {r['memory_measure']}" for r in rows}))
+            + ".\n"
+        )
+    if skipped:
+        text += "\nSkipped:\n" + "".join(f"- {s}\n" for s in skipped)
+    return text

@@ -1,0 +1,477 @@
+"""Compare finished runs: one table, overlaid validation curves, accuracy against time, paired tests.
+
+Runs are only compared on the *same* test images. Each run's ``predictions.csv`` names its test
+images; runs whose test sets differ are put in separate groups (column ``test_set``: A, B, …) and
+never tested against each other. Within a group every pair gets an exact McNemar test on the
+discordant test images (Holm-corrected over the pairs) and a paired-bootstrap 95% CI of the
+accuracy difference, so "0.75 vs 0.58 on 36 images" is only called a win when it is not noise.
+Correctness is taken at argmax of the saved probabilities, the same rule as ``test.accuracy``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrlab.errors import CxrError
+from cxrlab.runs import atomic_write, check_writable, read_csv, read_json, require_run, write_csv
+
+COMPARE_FIELDS = [
+    "run",
+    "model",
+    "task",
+    "classes",
+    "params_total",
+    "params_trainable",
+    "s_per_epoch",
+    "s_per_step",
+    "total_s",
+    "test_loss",
+    "test_accuracy",
+    "test_accuracy_ci95_lo",
+    "test_accuracy_ci95_hi",
+    "test_auc",
+    "device",
+    "test_set",
+    "test_n",
+    "epochs",
+    "fast_path",
+    "path",
+]
+PAIR_FIELDS = [
+    "test_set",
+    "run_a",
+    "run_b",
+    "n",
+    "accuracy_a",
+    "accuracy_b",
+    "difference",
+    "difference_ci95_lo",
+    "difference_ci95_hi",
+    "a_only_correct",
+    "b_only_correct",
+    "p_mcnemar",
+    "p_holm",
+    "verdict",
+]
+ALPHA = 0.05
+
+
+@dataclass
+class RunSummary:
+    """What a comparison needs from one finished run folder."""
+
+    name: str
+    path: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, float | None]]
+    predictions: list[dict[str, str]]
+    test_set: str = ""
+    key: str = field(default="", repr=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metrics.get("classes", []))
+
+    def correct(self) -> dict[str, bool]:
+        """Per test image (path key): argmax of saved probabilities == true class."""
+        out = {}
+        for row in self.predictions:
+            probs = [float(row.get(f"p_{c}") or 0.0) for c in self.classes]
+            out[image_key(row["path"])] = self.classes[int(np.argmax(probs))] == row["true"]
+        return out
+
+    def row(self) -> dict[str, Any]:
+        """The run's line in compare.csv."""
+        m = self.metrics
+        test, timing, params = m.get("test", {}), m.get("timing", {}), m.get("params", {})
+        ci95 = test.get("accuracy_ci95") or [None, None]
+        return {
+            "run": self.name,
+            "model": m.get("model"),
+            "task": m.get("task"),
+            "classes": ",".join(self.classes),
+            "params_total": params.get("total"),
+            "params_trainable": params.get("trainable"),
+            "s_per_epoch": timing.get("s_per_epoch"),
+            "s_per_step": timing.get("s_per_step"),
+            "total_s": timing.get("total_s"),
+            "test_loss": _round(test.get("loss")),
+            "test_accuracy": _round(test.get("accuracy")),
+            "test_accuracy_ci95_lo": _round(ci95[0]),
+            "test_accuracy_ci95_hi": _round(ci95[1]),
+            "test_auc": _round(test.get("auc")),
+            "device": m.get("device"),
+            "test_set": self.test_set,
+            "test_n": test.get("n"),
+            "epochs": timing.get("epochs"),
+            "fast_path": m.get("fast_path"),
+            "path": str(self.path),
+        }
+
+
+def _round(value: Any, digits: int = 4) -> Any:
+    return round(float(value), digits) if isinstance(value, int | float) else value
+
+
+def image_key(path: str) -> str:
+    """A test image's identity: its last three path parts (split/class/file), so the same data
+    reached through a relative or an absolute path (or a moved copy) still matches."""
+    return "/".join(Path(path.replace("\\", "/")).parts[-3:])
+
+
+def _num(v: str | None) -> float | None:
+    try:
+        return float(v) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def load_summary(run: str | Path) -> RunSummary:
+    """Read a finished run folder (metrics.json, history.csv, predictions.csv)."""
+    path = require_run(run)
+    if not (path / "metrics.json").is_file():
+        raise CxrError(f"{path} has no metrics.json: the run did not finish (`cxr train --resume {path}`)")
+    metrics = read_json(path / "metrics.json")
+    if "test" not in metrics or "classes" not in metrics:
+        raise CxrError(f"{path}/metrics.json has no test metrics; is it a `cxr train` run folder?")
+    history = [{k: _num(v) for k, v in r.items()} for r in read_csv(path / "history.csv")]
+    predictions = read_csv(path / "predictions.csv")
+    summary = RunSummary(path.name, path, metrics, history, predictions)
+    if predictions:
+        lines = sorted(f"{image_key(r['path'])}\t{r['true']}" for r in predictions)
+        summary.key = hashlib.sha1("\n".join(lines).encode()).hexdigest()
+    else:  # older run: only the dataset and counts can be checked, never paired
+        summary.key = "unverified:" + "|".join(
+            [
+                str(metrics.get("data", {}).get("source")),
+                ",".join(summary.classes),
+                str(metrics["test"].get("n")),
+            ]
+        )
+    return summary
+
+
+def load_summaries(runs: list[str | Path]) -> list[RunSummary]:
+    """Load runs, give each a unique display name and a test-set label (A, B, …)."""
+    if not runs:
+        raise CxrError("give at least one run folder to compare")
+    summaries = [load_summary(r) for r in runs]
+    seen_paths = set()
+    for s in summaries:
+        real = s.path.resolve()
+        if real in seen_paths:
+            raise CxrError(f"{s.path} is given twice; compare each run once")
+        seen_paths.add(real)
+    names = [s.path.name for s in summaries]
+    for s in summaries:
+        if names.count(s.path.name) > 1:
+            s.name = f"{s.path.parent.name}/{s.path.name}"
+    labels: dict[str, str] = {}
+    for s in summaries:
+        labels.setdefault(s.key, chr(ord("A") + len(labels)) if len(labels) < 26 else f"T{len(labels)}")
+        s.test_set = labels[s.key]
+    return summaries
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Exact two-sided McNemar p-value: a binomial test on the discordant pairs."""
+    from scipy.stats import binomtest
+
+    n = a_only + b_only
+    return 1.0 if n == 0 else float(binomtest(a_only, n, 0.5).pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (family-wise error over all pairs)."""
+    m = len(pvalues)
+    order = np.argsort(pvalues)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def paired_tests(summaries: list[RunSummary], n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """McNemar + paired-bootstrap accuracy difference for every pair sharing a test set."""
+    pairs: list[dict[str, Any]] = []
+    for i, a in enumerate(summaries):
+        for b in summaries[i + 1 :]:
+            if a.key != b.key or not a.predictions or not b.predictions:
+                continue
+            ca, cb = a.correct(), b.correct()
+            keys = sorted(ca)
+            xa = np.array([ca[k] for k in keys])
+            xb = np.array([cb[k] for k in keys])
+            a_only, b_only = int((xa & ~xb).sum()), int((~xa & xb).sum())
+            rng = np.random.default_rng(seed)
+            idx = rng.integers(0, len(keys), size=(n_boot, len(keys)))
+            diffs = xa[idx].mean(1) - xb[idx].mean(1)
+            pairs.append(
+                {
+                    "test_set": a.test_set,
+                    "run_a": a.name,
+                    "run_b": b.name,
+                    "n": len(keys),
+                    "accuracy_a": round(float(xa.mean()), 4),
+                    "accuracy_b": round(float(xb.mean()), 4),
+                    "difference": round(float(xa.mean() - xb.mean()), 4),
+                    "difference_ci95_lo": round(float(np.percentile(diffs, 2.5)), 4),
+                    "difference_ci95_hi": round(float(np.percentile(diffs, 97.5)), 4),
+                    "a_only_correct": a_only,
+                    "b_only_correct": b_only,
+                    "p_mcnemar": mcnemar_exact(a_only, b_only),
+                }
+            )
+    for p, adj in zip(pairs, holm([p["p_mcnemar"] for p in pairs]), strict=True):
+        p["p_mcnemar"] = round(p["p_mcnemar"], 4)
+        p["p_holm"] = round(adj, 4)
+        if adj < ALPHA:
+            better = p["run_a"] if p["difference"] > 0 else p["run_b"]
+            p["verdict"] = f"{better} better (p={adj:.3g})"
+        else:
+            p["verdict"] = f"no significant difference (p={adj:.3g})"
+    return pairs
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+
+    def cell(v: Any) -> str:
+        if v is None or v == "":
+            return "—"
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_ci(row: dict[str, Any]) -> str:
+    lo, hi = row["test_accuracy_ci95_lo"], row["test_accuracy_ci95_hi"]
+    return f"[{lo:.3f}, {hi:.3f}]" if isinstance(lo, float) and isinstance(hi, float) else "—"
+
+
+def main_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Header and cells of the human-readable comparison table."""
+    header = [
+        "test set",
+        "run",
+        "model",
+        "params (trainable)",
+        "s/epoch",
+        "s/step",
+        "total s",
+        "test loss",
+        "test accuracy [95% CI]",
+        "AUC",
+        "device",
+    ]
+    cells = [
+        [
+            r["test_set"],
+            r["run"],
+            r["model"],
+            f"{r['params_total'] or 0:,} ({r['params_trainable'] or 0:,})",
+            r["s_per_epoch"],
+            r["s_per_step"],
+            r["total_s"],
+            r["test_loss"],
+            (f"{r['test_accuracy']:.3f} " if isinstance(r["test_accuracy"], float) else "") + _fmt_ci(r),
+            r["test_auc"],
+            r["device"],
+        ]
+        for r in rows
+    ]
+    return header, cells
+
+
+def pair_table(pairs: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Header and cells of the pairwise-significance table."""
+    header = [
+        "test set",
+        "A",
+        "B",
+        "n",
+        "acc A − acc B [95% CI]",
+        "only A right",
+        "only B right",
+        "McNemar p",
+        "Holm p",
+        "verdict",
+    ]
+    cells = [
+        [
+            p["test_set"],
+            p["run_a"],
+            p["run_b"],
+            p["n"],
+            f"{p['difference']:+.3f} [{p['difference_ci95_lo']:+.3f}, {p['difference_ci95_hi']:+.3f}]",
+            p["a_only_correct"],
+            p["b_only_correct"],
+            p["p_mcnemar"],
+            p["p_holm"],
+            p["verdict"],
+        ]
+        for p in pairs
+    ]
+    return header, cells
+
+
+def notes(summaries: list[RunSummary]) -> list[str]:
+    """Plain-language caveats: separate test sets, runs that cannot be paired."""
+    out = []
+    sets = sorted({s.test_set for s in summaries})
+    if len(sets) > 1:
+        desc = "; ".join(f"{t}: " + ", ".join(s.name for s in summaries if s.test_set == t) for t in sets)
+        out.append(
+            f"These runs were evaluated on {len(sets)} different test sets ({desc}). Numbers from "
+            "different test sets are not comparable; significance tests are only run within a set."
+        )
+    for s in summaries:
+        if not s.predictions:
+            out.append(
+                f"{s.name} has no predictions.csv (trained by an older cxrlab): its test set is matched by "
+                "dataset and size only and it takes part in no paired test; re-run `cxr evaluate` on it."
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def plot_val_curves(summaries: list[RunSummary], path: Path) -> Path | None:
+    """Validation loss and accuracy per epoch, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    if not any(s.history for s in summaries):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for s in summaries:
+        epochs = [h.get("epoch") for h in s.history]
+        for ax, key in zip(axes, ("val_loss", "val_acc"), strict=True):
+            values = [np.nan if h.get(key) is None else h[key] for h in s.history]
+            if not all(np.isnan(values)):
+                ax.plot(epochs, values, "-o", ms=3, label=f"{s.name} ({s.test_set})")
+    for ax, label in zip(axes, ("validation loss", "validation accuracy"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle("validation curves")
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_time(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Test accuracy with its 95% CI against total run time (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for r in rows:
+        acc, t = r["test_accuracy"], r["total_s"]
+        if not isinstance(acc, float) or not t:
+            continue
+        lo, hi = r["test_accuracy_ci95_lo"], r["test_accuracy_ci95_hi"]
+        yerr = [[acc - lo], [hi - acc]] if isinstance(lo, float) and isinstance(hi, float) else None
+        marker = "osD^v<>p*h"[(ord(r["test_set"][-1]) - ord("A")) % 10]
+        ax.errorbar([t], [acc], yerr=yerr, fmt=marker, capsize=4, label=f"{r['run']} ({r['test_set']})")
+    ax.set_xscale("log")
+    seconds = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(seconds)
+    ax.xaxis.set_minor_formatter(seconds)
+    ax.set_xlabel("total run time (s, log scale)")
+    ax.set_ylabel("test accuracy (95% CI)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("accuracy against time")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def compare_summaries(summaries: list[RunSummary], out: Path) -> dict[str, Any]:
+    """Write compare.csv/.md/.html, pairwise.csv and plots for loaded runs; return what was written."""
+    from cxrlab.reports.html import esc, img, page, table
+
+    check_writable(out)
+    rows = [s.row() for s in summaries]
+    pairs = paired_tests(summaries)
+    caveats = notes(summaries)
+    write_csv(out / "compare.csv", rows, COMPARE_FIELDS)
+    write_csv(out / "pairwise.csv", pairs, PAIR_FIELDS)
+    plots = {}
+    curves = plot_val_curves(summaries, out / "plots" / "val_curves.png")
+    if curves:
+        plots["val_curves"] = curves
+    plots["accuracy_vs_time"] = plot_accuracy_vs_time(rows, out / "plots" / "accuracy_vs_time.png")
+
+    header, cells = main_table(rows)
+    pheader, pcells = pair_table(pairs)
+    md = "# Comparison\n\n" + "".join(f"> {c}\n\n" for c in caveats) + md_table(header, cells)
+    md += "\n## Paired tests (same test images)\n\n"
+    md += (
+        md_table(pheader, pcells)
+        + f"\nExact McNemar test on the images only one run classified correctly; p-values Holm-corrected "
+        f"over {len(pairs)} pair(s); α = {ALPHA}. Difference CI: paired bootstrap over test images.\n"
+        if pairs
+        else "No pair of runs shares a test set with predictions; nothing to test.\n"
+    )
+    md += "\n" + "".join(f"![{k}](plots/{p.name})\n" for k, p in plots.items())
+    atomic_write(out / "compare.md", md)
+
+    body = "<h1>Comparison</h1>" + "".join(f'<div class="warn">{esc(c)}</div>' for c in caveats)
+    body += table(header, [[esc(c) if not isinstance(c, float) else f"{c:.3f}" for c in r] for r in cells])
+    body += "<h2>Paired tests (same test images)</h2>"
+    body += (
+        table(pheader, [[esc(c) for c in r] for r in pcells])
+        + f"<p class='muted'>Exact McNemar test on discordant images, Holm-corrected over {len(pairs)} "
+        f"pair(s), α = {ALPHA}; difference CI by paired bootstrap.</p>"
+        if pairs
+        else "<p>No pair of runs shares a test set with predictions; nothing to test.</p>"
+    )
+    body += "<h2>Plots</h2><div class='grid'>" + "".join(
+        img(p, k.replace("_", " ")) for k, p in plots.items()
+    )
+    body += "</div>"
+    atomic_write(out / "compare.html", page("cxrlab comparison", body))
+    return {
+        "rows": rows,
+        "pairs": pairs,
+        "notes": caveats,
+        "plots": plots,
+        "files": [out / "compare.csv", out / "compare.md", out / "compare.html", out / "pairwise.csv"],
+        "markdown": md,
+    }
+
+
+def compare_runs(runs: list[str | Path], out: str | Path) -> dict[str, Any]:
+    """Compare finished run folders; writes ``out/compare.{csv,md,html}``, ``pairwise.csv``, plots."""
+    return compare_summaries(load_summaries(runs), Path(out))

@@ -1,0 +1,386 @@
+"""Hyperparameter sweeps with Optuna: every trial is an ordinary run folder.
+
+``--param lr=1e-3,5e-4,1e-4`` lists values (a grid when every parameter is a list);
+``--param lr=1e-5:1e-2:log`` or ``--param dropout=0.1:0.8`` is a range (Optuna's TPE sampler).
+Trials are selected on the **validation** metric the base config monitors (``train.monitor``),
+never on the test split; the test metrics of every trial are reported beside it.
+
+The study lives in an Optuna storage: ``OUT/study.db`` (SQLite) by default, or any
+``--storage`` URL such as ``postgresql://user:pass@host/db``. Workers started with the same
+``--storage`` and ``--study`` share one study: each asks Optuna for the next grid point or TPE
+suggestion, so two processes on one machine (SQLite) or many machines (PostgreSQL) split the work.
+``--trials N`` is the total for the study, across workers. Hopeless trials are pruned (Optuna's
+median pruner on the per-epoch validation metric) unless ``prune=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from cxrlab.config import RunConfig
+from cxrlab.errors import ConfigError, CxrError
+from cxrlab.runs import check_writable, read_json, write_csv, write_json
+
+ALIASES = {
+    "lr": "train.lr",
+    "dropout": "model.head.dropout",
+    "batch_size": "train.batch_size",
+    "weight_decay": "train.weight_decay",
+    "epochs": "train.epochs",
+    "optimizer": "train.optimizer",
+    "model": "model.name",
+    "freeze": "model.freeze",
+    "image_size": "data.image_size",
+    "l2": "model.head.l2",
+    "momentum": "train.momentum",
+}
+DEFAULT_TPE_TRIALS = 20
+
+
+@dataclass
+class Param:
+    """One searched parameter: a list of values or a numeric range."""
+
+    name: str
+    key: str
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    def suggest(self, trial) -> Any:
+        """Ask an Optuna trial for this parameter's value."""
+        if self.values is not None:
+            return trial.suggest_categorical(self.name, self.values)
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+def _scalar(text: str) -> Any:
+    import yaml
+
+    for kind in (int, float):  # YAML would read 1e-3 as a string
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_param(text: str) -> Param:
+    """``lr=1e-3,1e-4`` (values) or ``lr=1e-5:1e-2:log`` (range) → :class:`Param`."""
+    if "=" not in text:
+        raise ConfigError(
+            f"--param {text!r}: expected NAME=V1,V2,… or NAME=LOW:HIGH[:log], e.g. lr=1e-3,1e-4"
+        )
+    name, spec = (part.strip() for part in text.split("=", 1))
+    key = ALIASES.get(name, name)
+    if not spec:
+        raise ConfigError(f"--param {name}: no values given")
+    if ":" in spec and "," not in spec:
+        parts = spec.split(":")
+        log = parts[-1] == "log"
+        if log:
+            parts = parts[:-1]
+        if len(parts) != 2:
+            raise ConfigError(f"--param {text!r}: a range is LOW:HIGH or LOW:HIGH:log")
+        low, high = (_scalar(p) for p in parts)
+        if (
+            not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+            or low >= high
+        ):
+            raise ConfigError(f"--param {text!r}: LOW and HIGH must be numbers with LOW < HIGH")
+        if log and low <= 0:
+            raise ConfigError(f"--param {text!r}: a log range needs LOW > 0")
+        integer = isinstance(low, int) and isinstance(high, int)
+        return Param(name, key, low=low, high=high, log=log, integer=integer)
+    values = [_scalar(v.strip()) for v in spec.split(",") if v.strip()]
+    if len(set(map(str, values))) != len(values):
+        raise ConfigError(f"--param {name}: repeated values in {spec!r}")
+    return Param(name, key, values=values)
+
+
+def trial_config(base: RunConfig, params: list[Param], values: dict[str, Any]) -> RunConfig:
+    """The base config with one trial's values applied (unknown keys fail with one line)."""
+    return base.override([f"{p.key}={json.dumps(values[p.name])}" for p in params])
+
+
+def check_params(base: RunConfig, params: list[Param]) -> None:
+    """Validate every value against the config before any training starts."""
+    if not params:
+        raise ConfigError("give at least one --param NAME=VALUES (e.g. --param lr=1e-3,1e-4)")
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--param given twice for {', '.join(n for n in names if names.count(n) > 1)}")
+    for p in params:
+        probes = p.values if p.values is not None else [p.low, p.high]
+        for v in probes:
+            try:
+                base.override([f"{p.key}={json.dumps(v)}"])
+            except ConfigError as exc:
+                raise ConfigError(f"--param {p.name}={v}: {exc}") from None
+    if base.data.path is None:
+        raise ConfigError("the base config has no data.path; set it in the YAML or with --set data.path=…")
+
+
+class OptunaPruning(L.Callback):
+    """Reports the monitored validation metric to Optuna each epoch and stops hopeless trials."""
+
+    def __init__(self, trial, monitor: str):
+        self.trial = trial
+        self.monitor = monitor
+        self.pruned_at: int | None = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: D102
+        import optuna
+
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        epoch = trainer.current_epoch + 1
+        self.trial.report(float(value), step=epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.monitor}={float(value):.4f}")
+
+
+def default_storage(out: Path) -> str:
+    """SQLite file inside the sweep folder."""
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def _storage(url: str):
+    import optuna
+
+    if url.startswith("sqlite"):
+        # Several processes on one SQLite file: wait for the lock instead of failing at once.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    if url.startswith(("postgresql", "mysql")):
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    return url
+
+
+def open_study(
+    out: Path,
+    params: list[Param],
+    storage: str | None,
+    study_name: str,
+    direction: str,
+    sampler: str,
+    prune: bool,
+    seed: int,
+):
+    """Create or join the study (several workers join the same one)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if sampler == "auto":
+        sampler = "grid" if all(p.values is not None for p in params) else "tpe"
+    if sampler == "grid":
+        ranged = [p.name for p in params if p.values is None]
+        if ranged:
+            raise ConfigError(f"--sampler grid needs lists of values; {', '.join(ranged)} is a range")
+        smp = optuna.samplers.GridSampler({p.name: p.values for p in params}, seed=seed)
+    elif sampler == "tpe":
+        smp = optuna.samplers.TPESampler(seed=seed)
+    else:
+        raise ConfigError(f"--sampler {sampler!r}: choose auto, grid or tpe")
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if prune else None
+    url = storage or default_storage(out)
+    try:
+        study = optuna.create_study(
+            storage=_storage(url),
+            study_name=study_name,
+            direction=direction,
+            sampler=smp,
+            pruner=pruner or optuna.pruners.NopPruner(),
+            load_if_exists=True,
+        )
+    except ImportError as exc:
+        raise CxrError(
+            f"--storage {url}: a database driver is missing ({exc}); pip install cxrlab[postgres]"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - connection errors come in many classes
+        if "OperationalError" in type(exc).__name__ or "Argument" in type(exc).__name__:
+            raise CxrError(f"cannot open the study storage {url}: {str(exc).splitlines()[0]}") from None
+        raise
+    if study.direction.name.lower() != direction:
+        raise CxrError(
+            f"study {study_name!r} in {url} optimises {study.direction.name.lower()}, this sweep "
+            f"{direction}; use another --study name or the same train.monitor"
+        )
+    return study, sampler, url
+
+
+def run_sweep(
+    base: RunConfig,
+    params: list[str | Param],
+    out: str | Path,
+    trials: int | None = None,
+    sampler: str = "auto",
+    storage: str | None = None,
+    study_name: str = "cxr-sweep",
+    prune: bool = True,
+    pruner=None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run (or join) a sweep; returns the summary written to ``out/sweep.json``.
+
+    ``pruner`` replaces the default median pruner (an ``optuna.pruners`` object).
+    """
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from cxrlab.training.train import train
+
+    out = Path(out)
+    plist = [p if isinstance(p, Param) else parse_param(p) for p in params]
+    check_params(base, plist)
+    check_writable(out)
+    monitor = base.train.monitor
+    direction = "minimize" if monitor == "val_loss" else "maximize"
+    study, kind, url = open_study(out, plist, storage, study_name, direction, sampler, prune, base.train.seed)
+    if pruner is not None:
+        study.pruner = pruner
+    grid_size = math.prod(len(p.values or []) for p in plist) if kind == "grid" else None
+    total = trials or grid_size or DEFAULT_TPE_TRIALS
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {p.name: p.suggest(trial) for p in plist}
+        cfg = trial_config(base, plist, values)
+        run = out / "trials" / f"trial-{trial.number:03d}"
+        trial.set_user_attr("run", str(run))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        pruning = OptunaPruning(trial, monitor)
+        try:
+            metrics = train(cfg, run, progress=progress, callbacks=[pruning])
+        except optuna.TrialPruned:
+            write_json(run / "status.json", {"status": "pruned", "epochs_done": pruning.pruned_at})
+            raise
+        test = metrics["test"]
+        trial.set_user_attr("test_accuracy", test["accuracy"])
+        trial.set_user_attr("test_accuracy_ci95", test.get("accuracy_ci95"))
+        trial.set_user_attr("total_s", metrics["timing"]["total_s"])
+        val = metrics["val"]
+        return float(val["loss"] if monitor == "val_loss" else val["accuracy"])
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    t0 = time.perf_counter()
+    if len(study.get_trials(deepcopy=False, states=states)) < total:
+        study.optimize(
+            objective,
+            n_trials=total,
+            callbacks=[MaxTrialsCallback(total, states=states)],
+            gc_after_trial=True,
+        )
+    wall = time.perf_counter() - t0
+    return summarize_sweep(out, study, plist, kind, url, worker_wall_s=wall)
+
+
+def summarize_sweep(
+    out: Path, study, params: list[Param], sampler: str, storage: str, worker_wall_s: float | None = None
+) -> dict[str, Any]:
+    """Write sweep.csv, sweep.json, Optuna's history/importance plots and the compare table."""
+    from optuna.trial import TrialState
+
+    from cxrlab.experiments.compare import compare_runs
+
+    all_trials = study.get_trials(deepcopy=False)
+    rows = []
+    for t in all_trials:
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                **{p.name: t.params.get(p.name) for p in params},
+                "epochs": len(t.intermediate_values) or None,
+                "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
+                "test_accuracy": t.user_attrs.get("test_accuracy"),
+                "worker": t.user_attrs.get("worker"),
+                "run": t.user_attrs.get("run"),
+            }
+        )
+    fields = ["trial", "state", "value", *[p.name for p in params], "epochs", "duration_s", "test_accuracy"]
+    write_csv(out / "sweep.csv", rows, [*fields, "worker", "run"])
+    complete = [t for t in all_trials if t.state == TrialState.COMPLETE]
+    best = None
+    if complete:
+        b = study.best_trial
+        best = {"trial": b.number, "value": b.value, "params": b.params, **b.user_attrs}
+    starts = [t.datetime_start for t in all_trials if t.datetime_start]
+    ends = [t.datetime_complete for t in all_trials if t.datetime_complete]
+    plots = sweep_plots(study, out / "plots")
+    runs = [Path(t.user_attrs["run"]) for t in complete if Path(t.user_attrs.get("run", "")).is_dir()]
+    compared = compare_runs(runs, out) if runs else None
+    summary = {
+        "study": study.study_name,
+        "storage": storage,
+        "sampler": sampler,
+        "direction": study.direction.name.lower(),
+        "objective": "validation metric of the best checkpoint (train.monitor)",
+        "params": [{k: v for k, v in vars(p).items() if v is not None} for p in params],
+        "trials": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
+        "best": best,
+        "study_wall_s": round((max(ends) - min(starts)).total_seconds(), 2) if starts and ends else None,
+        "worker_wall_s": round(worker_wall_s, 2) if worker_wall_s is not None else None,
+        "plots": {k: str(v.relative_to(out)) for k, v in plots.items()},
+        "compared_runs": len(runs),
+        "pairs_tested": len(compared["pairs"]) if compared else 0,
+    }
+    write_json(out / "sweep.json", summary)
+    return summary
+
+
+def sweep_plots(study, folder: Path) -> dict[str, Path]:
+    """Optuna's optimisation history, intermediate values (pruning) and parameter importances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made: dict[str, Path] = {}
+    jobs = {
+        "history": ovm.plot_optimization_history,
+        "intermediate": ovm.plot_intermediate_values,
+        "importance": ovm.plot_param_importances,
+    }
+    for name, fn in jobs.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                ax = fn(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # e.g. importance needs two finished trials with different values
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(7, 4.2)
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=150)
+        plt.close(fig)
+        made[name] = path
+    return made
+
+
+def load_sweep_summary(out: str | Path) -> dict[str, Any]:
+    """Read ``out/sweep.json`` written by a sweep."""
+    return read_json(Path(out) / "sweep.json")

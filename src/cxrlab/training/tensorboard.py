@@ -1,0 +1,131 @@
+"""TensorBoard extras for every run: sample inputs, a confusion matrix per epoch, histograms.
+
+Scalars (train/val loss and accuracy, learning rate) reach TensorBoard through Lightning's
+``TensorBoardLogger``; this callback adds what scalars cannot show:
+
+* ``samples/train`` — training images as the model sees them (after resizing), titled with their class;
+* ``confusion/val`` — the validation confusion matrix, one image per epoch (slider in the IMAGES tab);
+* ``weights/<name>`` and ``gradients/<name>`` — histograms of every trainable tensor, once per epoch
+  (gradients from the first optimiser step of the epoch).
+
+Open with ``tensorboard --logdir RUN/tensorboard``. Under DDP only global rank 0 writes, and its
+confusion matrix covers the validation images of rank 0's shard.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+
+def _tensorboard_writer(trainer: L.Trainer):
+    """The SummaryWriter of the trainer's TensorBoardLogger, or None."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def _png_to_array(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class TensorBoardExtras(L.Callback):
+    """Sample inputs with labels, per-epoch confusion matrix, weight and gradient histograms."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        classes: list[str],
+        per_class: int = 4,
+        histograms: bool = True,
+    ):
+        self.images = images
+        self.labels = labels
+        self.classes = list(classes)
+        self.per_class = per_class
+        self.histograms = histograms
+        self._preds: list[np.ndarray] = []
+        self._targets: list[np.ndarray] = []
+        self._grads_pending = False
+
+    # ------------------------------------------------------------------ samples
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
+        writer = _tensorboard_writer(trainer)
+        if writer is None or not trainer.is_global_zero or self.images is None or not len(self.images):
+            return
+        from cxrlab.evaluation.plots import sample_grid
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = sample_grid(self.images, self.labels, self.classes, Path(tmp) / "s.png", self.per_class)
+            writer.add_image("samples/train", _png_to_array(path), 0, dataformats="HWC")
+
+    # ------------------------------------------------------------------ confusion matrix
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:  # noqa: D102
+        self._preds, self._targets = [], []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):  # noqa: D102
+        if not trainer.is_global_zero or _tensorboard_writer(trainer) is None:
+            return
+        logits = outputs if isinstance(outputs, torch.Tensor) else None
+        x, y = batch
+        if logits is None:  # the module returned nothing: one more forward pass
+            with torch.no_grad():
+                logits = pl_module(x)
+        logits = logits.detach().float()
+        pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+        self._preds.append(pred.cpu().numpy())
+        self._targets.append(y.detach().cpu().numpy())
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:  # noqa: D102
+        writer = _tensorboard_writer(trainer)
+        if writer is None or not trainer.is_global_zero or not self._preds or trainer.sanity_checking:
+            return
+        from sklearn.metrics import confusion_matrix
+
+        from cxrlab.evaluation.plots import confusion
+
+        y, p = np.concatenate(self._targets), np.concatenate(self._preds)
+        cm = confusion_matrix(y, p, labels=list(range(len(self.classes)))).tolist()
+        epoch = trainer.current_epoch + 1
+        with tempfile.TemporaryDirectory() as tmp:
+            path = confusion(cm, self.classes, Path(tmp) / "cm.png", f"validation, epoch {epoch}")
+            writer.add_image("confusion/val", _png_to_array(path), epoch, dataformats="HWC")
+
+    # ------------------------------------------------------------------ histograms
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: D102
+        self._grads_pending = self.histograms
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: D102
+        if not self._grads_pending:
+            return
+        self._grads_pending = False
+        writer = _tensorboard_writer(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        for name, param in pl_module.named_parameters():
+            if param.requires_grad and param.grad is not None:
+                writer.add_histogram(
+                    f"gradients/{name}", param.grad.detach().float().cpu(), trainer.current_epoch + 1
+                )
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: D102
+        writer = _tensorboard_writer(trainer)
+        if not self.histograms or writer is None or not trainer.is_global_zero:
+            return
+        for name, param in pl_module.named_parameters():
+            if param.requires_grad:
+                writer.add_histogram(
+                    f"weights/{name}", param.detach().float().cpu(), trainer.current_epoch + 1
+                )
+        writer.flush()

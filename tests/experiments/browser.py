@@ -1,0 +1,136 @@
+"""Open an HTML file in a real headless Chromium and report what a reader would see.
+
+Speaks the Chrome DevTools protocol over a websocket: console errors, uncaught exceptions and
+failed loads are collected while the page loads; then every <img> is checked for a decoded
+bitmap (naturalWidth > 0).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+]
+
+
+def chromium() -> str | None:
+    """Path of a Chromium/Chrome binary, or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class _CDP:
+    def __init__(self, ws_url: str):
+        import websocket
+
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        ident = self.next_id
+        self.ws.send(json.dumps({"id": ident, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == ident:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def wait_for(self, method: str, timeout: float = 60) -> None:
+        end = time.monotonic() + timeout
+        if any(e.get("method") == method for e in self.events):
+            return
+        while time.monotonic() < end:
+            msg = json.loads(self.ws.recv())
+            self.events.append(msg)
+            if msg.get("method") == method:
+                return
+        raise TimeoutError(f"no {method} within {timeout} s")
+
+
+def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
+    """Load ``html_file`` in headless Chromium; return errors, image states, title and headings."""
+    binary = chromium()
+    if binary is None:
+        raise FileNotFoundError("chromium not installed")
+    profile = Path(tempfile.mkdtemp(prefix="cxr-chromium-"))
+    proc = subprocess.Popen(
+        [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        end = time.monotonic() + timeout
+        while not port_file.is_file() or not port_file.read_text().strip():
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"chromium did not start (exit {proc.poll()})")
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        page = next(t for t in targets if t.get("type") == "page")
+        cdp = _CDP(page["webSocketDebuggerUrl"])
+        for domain in ("Page", "Runtime", "Log"):
+            cdp.call(f"{domain}.enable")
+        cdp.events.clear()
+        cdp.call("Page.navigate", url=html_file.resolve().as_uri())
+        cdp.wait_for("Page.loadEventFired", timeout)
+        state = cdp.call(
+            "Runtime.evaluate",
+            expression="""JSON.stringify({
+                title: document.title,
+                headings: Array.from(document.querySelectorAll('h1,h2')).map(h => h.textContent),
+                tables: document.querySelectorAll('table').length,
+                text: document.body.innerText.length,
+                images: Array.from(document.images).map(i => ({
+                    alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight}))
+            })""",
+            returnByValue=True,
+        )
+        info = json.loads(state["result"]["value"])
+        errors = []
+        for e in cdp.events:
+            method, params = e.get("method"), e.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                errors.append(params["exceptionDetails"].get("text", "exception"))
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+                errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+                errors.append(params["entry"].get("text", "log error"))
+        info["errors"] = errors
+        info["broken_images"] = [i["alt"] for i in info["images"] if not i["complete"] or i["width"] == 0]
+        try:
+            cdp.call("Browser.close")
+        except Exception:  # noqa: BLE001 - the browser may close the socket first
+            pass
+        return info
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
