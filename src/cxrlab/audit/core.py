@@ -1,0 +1,313 @@
+"""The data audit: counts, unreadable files, duplicates, patient overlap, acquisition properties,
+shortcut baselines, and plain-sentence warnings.
+
+:func:`audit_dataset` audits a dataset folder (what `cxr audit` runs); :func:`quick_audit` audits
+the data a training run has already decoded (what `cxr train` runs, in seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrlab.audit.baselines import image_baseline, make_folds, metadata_baseline
+from cxrlab.audit.duplicates import NEAR_DISTANCE, THUMBNAIL, find_duplicates, perceptual_hashes, thumbnails
+from cxrlab.audit.patients import patient_ids, patient_overlap, read_patient_csv
+from cxrlab.audit.properties import array_hash, content_hash, per_class_summary, read_properties
+from cxrlab.data.images import is_image_file
+from cxrlab.data.index import SPLITS, DatasetIndex
+
+#: Metadata-only balanced accuracy this far above chance (1/k), with p < 0.01, triggers a warning.
+SHORTCUT_MARGIN = 0.10
+#: Image-statistics balanced accuracy from which the task is called "nearly trivial".
+TRIVIAL_IMAGE_BASELINE = 0.90
+
+
+@dataclass
+class _Items:
+    """The readable images being audited, in one flat order."""
+
+    paths: list[str]
+    splits: list[str]
+    labels: np.ndarray
+    groups: list[str]
+
+
+def audit_dataset(
+    path: str | Path,
+    classes: list[str] | None = None,
+    label_map: dict[str, str] | None = None,
+    group_pattern: str | None = r"(person\d+)[_-]",
+    patient_csv: str | Path | None = None,
+    file_column: str = "filename",
+    patient_column: str = "patientid",
+    seed: int = 0,
+    max_distance: int = NEAR_DISTANCE,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Audit a dataset folder or ``.npz`` with the splits training would use (same seed and fractions)."""
+    from cxrlab.config import DataConfig
+    from cxrlab.data.cache import ImageCache
+    from cxrlab.data.index import discover
+
+    start = time.perf_counter()
+    defaults = DataConfig()
+    index = discover(
+        path, classes, label_map, defaults.val_fraction, defaults.test_fraction, group_pattern, seed
+    )
+    mapping = read_patient_csv(patient_csv, file_column, patient_column) if patient_csv else None
+    unreadable: dict[str, str] = {}
+    if index.npz is not None:
+        samples = index.samples
+        arrays = [_npz_array(index, s.path) for s in samples]
+        props: list[dict[str, Any]] | None = None
+        hashes: list[str | None] = [array_hash(a) for a in arrays]
+        thumbs = thumbnails(arrays)
+    else:
+        paths = [s.path for s in index.samples]
+        header, unreadable = read_properties(paths)
+        decoded, failures = ImageCache(cache_dir).load_many(paths, THUMBNAIL)
+        unreadable.update({p: r for p, r in failures.items() if p not in unreadable})
+        keep = [i for i, p in enumerate(paths) if p not in unreadable]
+        samples = [index.samples[i] for i in keep]
+        props = [header[i] for i in keep]  # type: ignore[misc]
+        hashes = [content_hash(paths[i]) for i in keep]
+        thumbs = (
+            np.stack([decoded[i] for i in keep]) if keep else np.zeros((0, THUMBNAIL, THUMBNAIL), np.uint8)
+        )
+    items = _Items(
+        [s.path for s in samples],
+        [s.split for s in samples],
+        np.array([s.label for s in samples], dtype=np.int64),
+        [s.group for s in samples],
+    )
+    source = _patient_source(group_pattern, patient_csv, patient_column)
+    result = _audit(index, items, props, hashes, thumbs, unreadable, mapping, source, seed, max_distance)
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def quick_audit(data: Any) -> dict[str, Any]:
+    """The audit of a training run's :class:`~cxrlab.data.prepare.PreparedData`: file headers and the
+    already-decoded images only. Never fails a training run: a failure becomes a warning."""
+    start = time.perf_counter()
+    try:
+        result = _quick(data)
+    except Exception as exc:  # noqa: BLE001 - the audit must not cost the user a finished training run
+        return {
+            "warnings": [f"the data audit could not run ({exc.__class__.__name__}: {exc}); run `cxr audit`"],
+            "error": f"{exc.__class__.__name__}: {exc}",
+        }
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _quick(data: Any) -> dict[str, Any]:
+    index: DatasetIndex = data.index
+    order = [split for split in SPLITS if split in data.paths]
+    by_path = {s.path: s for s in index.samples}
+    paths = [p for split in order for p in data.paths[split]]
+    samples = [by_path[p] for p in paths]
+    items = _Items(
+        paths,
+        [s.split for s in samples],
+        np.concatenate([data.labels[split] for split in order]) if order else np.zeros(0, np.int64),
+        [s.group for s in samples],
+    )
+    on_disk = index.npz is None and all(os.path.isfile(p) for p in paths)
+    props = None
+    if on_disk:
+        header, unreadable_headers = read_properties(paths)
+        props = header if not unreadable_headers else None
+    if data.images:
+        arrays = np.concatenate([data.images[split] for split in order])
+        thumbs = thumbnails(arrays)
+    else:
+        arrays, thumbs = None, None
+    if on_disk:
+        hashes: list[str | None] = [content_hash(p) for p in paths]
+    elif arrays is not None:
+        hashes = [array_hash(a) for a in arrays]
+    else:
+        hashes = [None] * len(paths)
+    unreadable = dict(index.skipped)
+    source = "the file-name pattern data.group_pattern"
+    return _audit(index, items, props, hashes, thumbs, unreadable, None, source, 0, NEAR_DISTANCE)
+
+
+def _audit(
+    index: DatasetIndex,
+    items: _Items,
+    props: list[dict[str, Any]] | None,
+    hashes: list[str | None],
+    thumbs: np.ndarray | None,
+    unreadable: dict[str, str],
+    mapping: dict[str, str] | None,
+    patient_source: str,
+    seed: int,
+    max_distance: int,
+) -> dict[str, Any]:
+    classes = index.classes
+    k = len(classes)
+    counts = {
+        split: {
+            c: int(np.sum((items.labels == i) & (np.array(items.splits) == split)))
+            for i, c in enumerate(classes)
+        }
+        for split in SPLITS
+    }
+    root = index.source if os.path.isdir(index.source) else None
+    ids = patient_ids(items.paths, items.groups, root, mapping)
+    patients = patient_overlap(ids, items.splits, patient_source)
+    # Cross-validation keeps a patient's images in one fold; images without an id are their own group.
+    groups = np.array([pid if pid is not None else f"image:{i}" for i, pid in enumerate(ids)])
+    splits = np.array(items.splits)
+    folds = make_folds(items.labels, groups, seed)
+    if thumbs is not None and len(thumbs):
+        phashes = perceptual_hashes(thumbs)
+        duplicates = find_duplicates(
+            items.paths, items.splits, items.labels.tolist(), classes, hashes, phashes, max_distance
+        )
+        image = image_baseline(thumbs, items.labels, folds, splits, k, seed)
+    else:
+        duplicates = find_duplicates(
+            items.paths,
+            items.splits,
+            items.labels.tolist(),
+            classes,
+            hashes,
+            np.zeros((len(hashes), 256), bool),
+            -1,
+        )
+        duplicates["method"]["near"] = "not checked (no decoded images)"
+        image = {"skipped": "no decoded images"}
+    if props is not None and props:
+        metadata = metadata_baseline(props, items.labels, folds, splits, k, seed)
+        properties = per_class_summary(props, items.labels, classes)
+    else:
+        reason = (
+            "arrays in a .npz file carry no acquisition metadata"
+            if index.npz is not None
+            else "no file headers"
+        )
+        metadata, properties = {"skipped": reason}, {}
+    result: dict[str, Any] = {
+        "source": index.source,
+        "layout": index.layout,
+        "classes": classes,
+        "split_origin": index.split_origin,
+        "counts": counts,
+        "unreadable": [{"path": p, "reason": r} for p, r in sorted(unreadable.items())],
+        "non_images": [{"path": p, "reason": _non_image_reason(p)} for p in index.ignored_paths]
+        if hasattr(index, "ignored_paths")
+        else [],
+        "duplicates": duplicates,
+        "patients": patients,
+        "properties": properties,
+        "metadata_baseline": metadata,
+        "image_baseline": image,
+    }
+    result["warnings"] = make_warnings(result)
+    return result
+
+
+def make_warnings(result: dict[str, Any]) -> list[str]:
+    """Plain sentences about what threatens the validity of a model trained and tested on this data."""
+    out: list[str] = []
+    meta = result["metadata_baseline"]
+    if "accuracy" in meta:
+        margin = meta["balanced_accuracy"] - meta["chance_balanced"]
+        if margin >= SHORTCUT_MARGIN and meta["p_value"] < 0.01:
+            top = [s for s in meta.get("signal", []) if s["balanced_accuracy"] is not None][:2]
+            names = ", ".join(
+                f"{s['property'].replace('_', ' ')} ({s['balanced_accuracy']:.2f})" for s in top
+            )
+            out.append(
+                "Labels can be predicted from acquisition properties alone, without any pixel: a "
+                f"metadata-only classifier reaches accuracy {meta['accuracy']:.2f} "
+                f"(balanced {meta['balanced_accuracy']:.2f}) against chance {meta['chance']:.2f} "
+                f"(balanced {meta['chance_balanced']:.2f})"
+                + (f"; strongest single properties (balanced accuracy): {names}" if names else "")
+                + ". A CNN may exploit the same source differences through their traces in the pixels."
+            )
+    image = result["image_baseline"]
+    if image.get("balanced_accuracy", 0) >= TRIVIAL_IMAGE_BASELINE:
+        out.append(
+            "A linear model on 8x8 thumbnails and intensity histograms already reaches balanced "
+            f"accuracy {image['balanced_accuracy']:.2f} (chance {image['chance_balanced']:.2f}): the "
+            "classes differ in coarse brightness and layout, so a high CNN accuracy says little about "
+            "lung findings."
+        )
+    dup = result["duplicates"]
+    s = dup["summary"]
+    exact = s["test_images_exactly_duplicating_train_or_val"]
+    if exact:
+        out.append(
+            f"{exact} image(s) of the test split are exact copies of training or validation images: "
+            "test scores are inflated; remove them (pairs in duplicates.cross_split)."
+        )
+    near_only = s["test_images_duplicating_train_or_val"] - exact
+    if near_only > 0:
+        out.append(
+            f"{near_only} image(s) of the test split are near duplicates of training or validation "
+            f"images (perceptual hash within {dup['method']['max_distance']}/256 bits)."
+        )
+    if s["val_images_duplicating_train"]:
+        out.append(
+            f"{s['val_images_duplicating_train']} validation image(s) duplicate training images: "
+            "early stopping and the operating threshold are tuned on leaked data."
+        )
+    within = s["exact_within_split"] + s["near_within_split"]
+    if within:
+        out.append(
+            f"{within} duplicate pair(s) inside a split ({s['exact_within_split']} exact, "
+            f"{s['near_within_split']} near): they add no information and make confidence "
+            "intervals too narrow."
+        )
+    if s["pairs_with_different_labels"]:
+        out.append(f"{s['pairs_with_different_labels']} duplicate pair(s) carry different labels.")
+    p = result["patients"]
+    if p["cross_split_count"]:
+        pairs = ", ".join(f"{k}: {v}" for k, v in p["cross_split_by_pair"].items())
+        examples = ", ".join(x["patient"] for x in p["cross_split"][:3])
+        out.append(
+            f"{p['cross_split_count']} patient(s) have images in more than one split ({pairs}; "
+            f"e.g. {examples}): the model is tested on patients it was trained on."
+        )
+    total = p["images_with_id"] + p["images_without_id"]
+    if total and p["images_without_id"]:
+        out.append(
+            f"{p['images_without_id']} of {total} images ({p['images_without_id'] / total:.0%}) have no "
+            f"patient id from {p['source']}, so their patient overlap between splits cannot be checked; "
+            "give a file-name pattern or a patient CSV (docs/trust.md)."
+        )
+    if result["unreadable"]:
+        out.append(
+            f"{len(result['unreadable'])} unreadable file(s) skipped (listed with reasons under "
+            "'unreadable')."
+        )
+    return out
+
+
+def _npz_array(index: DatasetIndex, path: str) -> np.ndarray:
+    from cxrlab.data.prepare import _npz_gray
+
+    _, split, i = path.split(":")
+    return _npz_gray((index.npz or {})[f"{split}_images"][int(i)])
+
+
+def _non_image_reason(path: str) -> str:
+    if is_image_file(path):
+        return "not a regular file (broken symlink, symlink loop or special file)"
+    return "not an image file name (ignored)"
+
+
+def _patient_source(pattern: str | None, csv: str | Path | None, column: str) -> str:
+    if csv:
+        return f"column {column!r} of {csv}"
+    return f"file-name pattern '{pattern}'" if pattern else "no patient ids (no pattern)"

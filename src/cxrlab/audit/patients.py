@@ -1,0 +1,99 @@
+"""Patient identity: from a file-name pattern (default: Kermany's ``personN_``) or a CSV column,
+and the patients whose images sit in more than one split."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from cxrlab.errors import DataError
+
+#: Groups made up by the indexer for files without a patient id (one group per file or array row).
+_NO_ID = ("file:", "npz:", "synthetic:")
+
+
+def read_patient_csv(
+    csv_path: str | Path, file_column: str = "filename", patient_column: str = "patientid"
+) -> dict[str, str]:
+    """``{file name or relative path: patient id}`` from a metadata CSV (e.g. ieee8023's metadata.csv)."""
+    path = Path(csv_path).expanduser()
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            missing = [c for c in (file_column, patient_column) if c not in columns]
+            if missing:
+                raise DataError(
+                    f"{path} has no column {', '.join(map(repr, missing))} (columns: {', '.join(columns)}); "
+                    "name them with --file-column and --patient-column"
+                )
+            mapping: dict[str, str] = {}
+            for row in reader:
+                name, patient = (row.get(file_column) or "").strip(), (row.get(patient_column) or "").strip()
+                if name and patient:
+                    mapping[name.replace("\\", "/")] = patient
+    except FileNotFoundError:
+        raise DataError(f"patient CSV not found: {path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read patient CSV {path}: {exc}") from None
+    if not mapping:
+        raise DataError(f"{path}: no rows with both {file_column!r} and {patient_column!r} filled in")
+    return mapping
+
+
+def patient_ids(
+    paths: list[str], groups: list[str], root: str | None = None, mapping: dict[str, str] | None = None
+) -> list[str | None]:
+    """One patient id per image (``None`` when unknown): from ``mapping`` (matched on the path relative
+    to ``root``, then on the file name) when given, else from the indexer's pattern-based groups."""
+    if mapping is None:
+        return [None if g.startswith(_NO_ID) else g for g in groups]
+    out: list[str | None] = []
+    for path in paths:
+        rel = os.path.relpath(path, root).replace("\\", "/") if root else path
+        out.append(mapping.get(rel) or mapping.get(os.path.basename(path)))
+    return out
+
+
+def patient_overlap(ids: list[str | None], splits: list[str], source: str) -> dict[str, Any]:
+    """Patients per split and the patients found in more than one split."""
+    where: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for pid, split in zip(ids, splits, strict=True):
+        if pid is not None:
+            where[pid][split] += 1
+    cross = [
+        {
+            "patient": pid,
+            "images": dict(sorted(per.items(), key=lambda kv: ("train", "val", "test").index(kv[0]))),
+        }
+        for pid, per in sorted(where.items(), key=lambda kv: _natural(kv[0]))
+        if len(per) > 1
+    ]
+    per_split: dict[str, int] = defaultdict(int)
+    for per in where.values():
+        for split in per:
+            per_split[split] += 1
+    pairs: dict[str, int] = defaultdict(int)
+    for item in cross:
+        names = list(item["images"])
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                pairs[f"{a}/{b}"] += 1
+    return {
+        "source": source,
+        "images_with_id": sum(pid is not None for pid in ids),
+        "images_without_id": sum(pid is None for pid in ids),
+        "patients": len(where),
+        "patients_per_split": dict(per_split),
+        "cross_split_count": len(cross),
+        "cross_split_by_pair": dict(pairs),
+        "cross_split": cross,
+    }
+
+
+def _natural(text: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]

@@ -1,0 +1,247 @@
+"""External validation: the run's internal test metrics next to the same metrics on another dataset.
+
+Written by ``cxr evaluate RUN --data OTHER``: ``external.json`` and ``external.html`` with every
+metric side by side (95% bootstrap CIs), the drop (internal − external; positive = worse outside),
+per-class sensitivity and specificity, and whether the external images overlap the run's
+training images (exact or perceptual-hash near duplicates) — an "external" set that shares images
+with training is not external.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxrlab.runs import atomic_write, read_csv, write_json
+
+if TYPE_CHECKING:
+    from cxrlab.evaluation.run_eval import LoadedRun
+
+HEADLINE = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("auc", "ROC AUC"),
+    ("ece", "expected calibration error"),
+)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and np.isfinite(value) else None
+
+
+def _interval(values: Any) -> list[float] | None:
+    if not values or any(_num(v) is None for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def _row(name: str, label: str, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One metric side by side; undefined values (NaN, e.g. an AUC with one class) become None."""
+    ia, eb = _num(a.get(name)), _num(b.get(name))
+    return {
+        "metric": label,
+        "internal": ia,
+        "internal_ci95": _interval(a.get(f"{name}_ci95")),
+        "external": eb,
+        "external_ci95": _interval(b.get(f"{name}_ci95")),
+        "drop": ia - eb if ia is not None and eb is not None else None,
+    }
+
+
+def compare(internal: dict[str, Any], external: dict[str, Any]) -> dict[str, Any]:
+    """Side-by-side metrics of two evaluations of one model (``metrics.json``-style dicts)."""
+    it, et = internal["test"], external["test"]
+    rows = [_row(key, label, it, et) for key, label in HEADLINE]
+    per_class: dict[str, dict[str, Any]] = {}
+    for cls, e in et["per_class"].items():
+        i = it["per_class"].get(cls, {})
+        per_class[cls] = {
+            "n_internal": i.get("support"),
+            "n_external": e.get("support"),
+            **{m: _row(m, m, i, e) for m in ("sensitivity", "specificity", "auc")},
+        }
+        if not e.get("support"):  # class absent from the external set: its sensitivity is undefined
+            per_class[cls]["sensitivity"]["external"] = None
+            per_class[cls]["sensitivity"]["drop"] = None
+    op = None
+    if it.get("operating_point") and et.get("operating_point"):
+        io, eo = it["operating_point"], et["operating_point"]
+        op = {
+            "positive_class": io["positive_class"],
+            "threshold": io["threshold"],
+            "method": io["method"],
+            "rows": [
+                _row(m, f"{m} at the threshold", io, eo) for m in ("accuracy", "sensitivity", "specificity")
+            ],
+        }
+    return {"metrics": rows, "per_class": per_class, "operating_point": op}
+
+
+def summary_sentences(cmp: dict[str, Any], classes: list[str]) -> list[str]:
+    """The drops in plain words."""
+    out = []
+    for row in cmp["metrics"]:
+        if row["metric"] in ("ROC AUC", "accuracy") and row["drop"] is not None:
+            out.append(_sentence(row["metric"], row))
+    for cls, m in cmp["per_class"].items():
+        for key in ("sensitivity", "specificity"):
+            row = m[key]
+            if row["drop"] is not None:
+                out.append(_sentence(f"{cls} {key}", row))
+    if cmp["operating_point"]:
+        for row in cmp["operating_point"]["rows"][1:]:
+            if row["drop"] is not None:
+                out.append(_sentence(f"{cmp['operating_point']['positive_class']} {row['metric']}", row))
+    return out
+
+
+def _sentence(name: str, row: dict[str, Any]) -> str:
+    change = "drops" if row["drop"] > 0 else "rises" if row["drop"] < 0 else "stays"
+    return (
+        f"{name} {change} from {row['internal']:.3f} {_ci(row['internal_ci95'])} internally to "
+        f"{row['external']:.3f} {_ci(row['external_ci95'])} externally ({-row['drop']:+.3f})."
+    ).replace("  ", " ")
+
+
+def _ci(values: list[float] | None) -> str:
+    return f"[{values[0]:.3f}, {values[1]:.3f}]" if values and values[0] is not None else ""
+
+
+def training_overlap(loaded: LoadedRun, external: dict[str, Any], target: Path) -> dict[str, Any]:
+    """External images that are exact or near duplicates of the run's training/validation images."""
+    from cxrlab.audit.duplicates import NEAR_DISTANCE, THUMBNAIL, close_pairs, perceptual_hashes
+    from cxrlab.audit.properties import content_hash
+    from cxrlab.data.cache import ImageCache
+
+    train = [r["path"] for r in read_csv(loaded.path / "splits.csv") if r.get("split") in ("train", "val")]
+    train = [p for p in train if os.path.isfile(p)]
+    ext_rows = read_csv(target / "predictions.csv")
+    ext = [r["path"] for r in ext_rows if os.path.isfile(r["path"])]
+    if not train or not ext:
+        return {"checked": False, "reason": "training or external images are not available as files"}
+    cache = ImageCache(loaded.cfg.data.cache_dir)
+    a, _ = cache.load_many(ext, THUMBNAIL)
+    b, _ = cache.load_many(train, THUMBNAIL)
+    ext_ok = [i for i, x in enumerate(a) if x is not None]
+    train_ok = [i for i, x in enumerate(b) if x is not None]
+    ha = perceptual_hashes(np.stack([a[i] for i in ext_ok]))
+    hb = perceptual_hashes(np.stack([b[i] for i in train_ok]))
+    train_hash = {content_hash(train[i]): train[i] for i in train_ok}
+    pairs = []
+    for i in ext_ok:
+        h = content_hash(ext[i])
+        if h in train_hash:
+            pairs.append({"external": ext[i], "training": train_hash[h], "kind": "exact", "distance": 0})
+    exact = {p["external"] for p in pairs}
+    for i, j, d in close_pairs(ha, hb, NEAR_DISTANCE):
+        if ext[ext_ok[i]] not in exact:
+            pairs.append(
+                {"external": ext[ext_ok[i]], "training": train[train_ok[j]], "kind": "near", "distance": d}
+            )
+    return {
+        "checked": True,
+        "external_images": len(ext_ok),
+        "training_images": len(train_ok),
+        "external_images_in_training": len({p["external"] for p in pairs}),
+        "max_distance": NEAR_DISTANCE,
+        "pairs": pairs,
+    }
+
+
+def write_external(
+    target: Path, loaded: LoadedRun, internal: dict[str, Any], external: dict[str, Any]
+) -> None:
+    """``target/external.json`` and ``target/external.html``: internal vs external, side by side."""
+    cmp = compare(internal, external)
+    overlap = training_overlap(loaded, external, target)
+    sentences = summary_sentences(cmp, loaded.classes)
+    if overlap.get("external_images_in_training"):
+        sentences.insert(
+            0,
+            f"{overlap['external_images_in_training']} of {overlap['external_images']} external images "
+            "duplicate images the model was trained or validated on: this external set is not independent.",
+        )
+    result = {
+        "run": str(loaded.path),
+        "model": loaded.cfg.model.name,
+        "classes": loaded.classes,
+        "internal": {
+            "source": internal["data"]["source"],
+            "n": internal["test"]["n"],
+            "counts": internal["data"]["counts"]["test"],
+        },
+        "external": {
+            "source": external["data"]["source"],
+            "n": external["test"]["n"],
+            "counts": external["data"]["counts"]["test"],
+            "skipped": len(external["data"].get("skipped", [])),
+        },
+        **cmp,
+        "overlap_with_training": overlap,
+        "summary": sentences,
+    }
+    write_json(target / "external.json", result)
+    atomic_write(target / "external.html", _html(result))
+
+
+def _html(r: dict[str, Any]) -> str:
+    from cxrlab.reports.html import ci, esc, fmt, page, table
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        drop = f"{-row['drop']:+.3f}" if row["drop"] is not None else "—"
+        return [
+            f"{fmt(row['internal'])} {ci(row['internal_ci95'])}",
+            f"{fmt(row['external'])} {ci(row['external_ci95'])}",
+            drop,
+        ]
+
+    head = ["metric", "internal test", "external", "change (external − internal)"]
+    body = f"<h1>External validation — {esc(r['model'])}</h1>"
+    body += (
+        f"<p class='muted'>Run <code>{esc(r['run'])}</code>. Internal: "
+        f"<code>{esc(r['internal']['source'])}</code> test split (n = {r['internal']['n']}). "
+        f"External: <code>{esc(r['external']['source'])}</code> "
+        f"(n = {r['external']['n']}: "
+        + esc(", ".join(f"{k} {v}" for k, v in r["external"]["counts"].items()))
+        + "). 95% bootstrap intervals.</p>"
+    )
+    body += "<h2>Summary</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in r["summary"]) + "</ul>"
+    body += "<h2>Metrics</h2>" + table(head, [[esc(row["metric"])] + cells(row) for row in r["metrics"]])
+    op = r.get("operating_point")
+    if op:
+        body += (
+            f"<h2>At the saved operating threshold</h2><p>Positive class <b>{esc(op['positive_class'])}</b>, "
+            f"threshold {fmt(op['threshold'])} ({esc(op['method'])}).</p>"
+        )
+        body += table(head, [[esc(row["metric"])] + cells(row) for row in op["rows"]])
+    rows = []
+    for cls, m in r["per_class"].items():
+        for key in ("sensitivity", "specificity", "auc"):
+            rows.append([esc(f"{cls}: {key}")] + cells(m[key]))
+    body += "<h2>Per class (one vs rest, argmax)</h2>" + table(head, rows)
+    ov = r["overlap_with_training"]
+    body += "<h2>Overlap with the training images</h2>"
+    if ov.get("checked"):
+        body += (
+            f"<p>{ov['external_images_in_training']} of {ov['external_images']} external images are "
+            f"exact or near duplicates (pHash within {ov['max_distance']}/256 bits) of the run's "
+            f"{ov['training_images']} training/validation images.</p>"
+        )
+        body += table(
+            ["external image", "training image", "kind", "distance"],
+            [
+                [
+                    f"<code>{esc(p['external'])}</code>",
+                    f"<code>{esc(p['training'])}</code>",
+                    esc(p["kind"]),
+                    p["distance"],
+                ]
+                for p in ov["pairs"][:200]
+            ],
+        )
+    else:
+        body += f"<p class='muted'>Not checked: {esc(ov.get('reason', ''))}.</p>"
+    return page(f"cxrlab external validation — {r['model']}", body)
