@@ -7,6 +7,7 @@ bitmap (naturalWidth > 0).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -116,15 +117,15 @@ def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
             if method == "Runtime.exceptionThrown":
                 errors.append(params["exceptionDetails"].get("text", "exception"))
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+                errors.append(
+                    " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", []))
+                )
             elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
                 errors.append(params["entry"].get("text", "log error"))
         info["errors"] = errors
         info["broken_images"] = [i["alt"] for i in info["images"] if not i["complete"] or i["width"] == 0]
-        try:
+        with contextlib.suppress(Exception):  # the browser may close the socket first
             cdp.call("Browser.close")
-        except Exception:  # noqa: BLE001 - the browser may close the socket first
-            pass
         return info
     finally:
         if proc.poll() is None:

@@ -203,14 +203,22 @@ def open_study(
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if prune else None
     url = storage or default_storage(out)
     try:
-        study = optuna.create_study(
-            storage=_storage(url),
-            study_name=study_name,
-            direction=direction,
-            sampler=smp,
-            pruner=pruner or optuna.pruners.NopPruner(),
-            load_if_exists=True,
-        )
+        for attempt in range(6):
+            try:
+                study = optuna.create_study(
+                    storage=_storage(url),
+                    study_name=study_name,
+                    direction=direction,
+                    sampler=smp,
+                    pruner=pruner or optuna.pruners.NopPruner(),
+                    load_if_exists=True,
+                )
+                break
+            except Exception as exc:  # noqa: BLE001
+                # Workers starting together race to create the schema: the loser retries and joins.
+                if attempt == 5 or not any(s in str(exc) for s in ("already exists", "locked", "UNIQUE")):
+                    raise
+                time.sleep(0.5 + attempt)
     except ImportError as exc:
         raise CxrError(
             f"--storage {url}: a database driver is missing ({exc}); pip install cxrlab[postgres]"
@@ -367,6 +375,7 @@ def sweep_plots(study, folder: Path) -> dict[str, Path]:
     for name, fn in jobs.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)  # "no artists with labels" on tiny studies
             try:
                 ax = fn(study)
             except (ValueError, RuntimeError, ZeroDivisionError):
