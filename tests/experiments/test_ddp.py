@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 ARGS = [
     "--classes",
@@ -59,3 +59,84 @@ def test_two_process_ddp_matches_one_process(covid_dir, torch_home, tmp_path):
     h1 = (one / "history.csv").read_text().splitlines()
     h2 = (two / "history.csv").read_text().splitlines()
     assert len(h1) == len(h2) == 7  # one writer: no duplicated or interleaved rows
+
+
+SRUN = """#!/bin/bash
+# srun for one node, as SLURM runs it: SLURM_NTASKS copies of the command, all at once, each with
+# its task variables. (No scheduler runs here; Lightning's SLURMEnvironment reads these.)
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 "$@" &
+  pids+=($!)
+done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+exit $rc
+"""
+# The scripts add --device, --devices, --num-nodes, --strategy, --quiet and --out themselves.
+SCRIPT_ARGS = [
+    "--classes",
+    "covid,normal",
+    "--max-per-class",
+    "16",
+    "--image-size",
+    "96",
+    "--model",
+    "mobilenet_v2",
+    "--pretrained",
+    "--freeze",
+    "backbone",
+    "--epochs",
+    "3",
+    "--set",
+    "eval.tsne=false",
+]
+
+
+def _run_script(script, env, covid_dir, out):
+    import os
+    import subprocess
+
+    full = {**os.environ, "DEVICE": "cpu", "OUT": str(out), **env}
+    return subprocess.run(
+        ["bash", str(ROOT / "examples" / "cluster" / script), "--data", str(covid_dir), *SCRIPT_ARGS],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_sge_script_runs_two_process_ddp(covid_dir, torch_home, tmp_path):
+    out = tmp_path / "sge"
+    proc = _run_script("train_sge.qsub", {"GPUS": "2"}, covid_dir, out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("test accuracy") == 1
+    assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 32
+    assert "strategy: ddp" in (out / "config.yaml").read_text()
+
+
+def test_slurm_script_with_tasks_started_together(covid_dir, torch_home, tmp_path):
+    import os
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text(SRUN)
+    (fake_bin / "srun").chmod(0o755)
+    out = tmp_path / "slurm"
+    env = {
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_NAME": "cxr-test",
+        "SLURM_JOB_ID": str(20000 + os.getpid() % 20000),
+        "SLURM_NODELIST": "localhost",
+        "SLURM_SUBMIT_DIR": str(ROOT),
+    }
+    proc = _run_script("train_slurm.sbatch", env, covid_dir, out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("test accuracy") == 1  # rank 1 trained but did not evaluate or write
+    assert json.loads((out / "status.json").read_text())["status"] == "finished"
+    assert len((out / "history.csv").read_text().splitlines()) == 4
