@@ -71,6 +71,11 @@ class HeadConfig(_Section):
     leaky_slope: float = 0.01
     dropout: float | list[float] = Field(0.2, description="dropout before each dense layer")
     l2: float = Field(0.0, ge=0, description="L2 penalty (sum of squares × l2) on the head's weights")
+    l2_layers: list[Literal["hidden", "output", "conv"]] = Field(
+        ["hidden", "output"],
+        description="where l2 applies: hidden dense layers, the output layer, the backbone's convolutions",
+    )
+    dense_batch_norm: bool = Field(False, description="batch norm after each hidden dense layer")
     output: Literal["softmax", "sigmoid"] = Field(
         "softmax", description="softmax over classes, or one sigmoid logit (binary tasks only)"
     )
@@ -84,6 +89,8 @@ class ModelConfig(_Section):
     freeze: str = Field("none", description="none | backbone | N (first N layers)")
     in_channels: int | None = Field(None, description="1 or 3; default: the model's")
     width: float = Field(1.0, gt=0, description="width multiplier for the small CNNs")
+    conv_dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each conv block (small CNNs)")
+    conv_batch_norm: bool = Field(True, description="batch norm in each conv block (small CNNs)")
     head: HeadConfig = Field(default_factory=HeadConfig)
 
     @field_validator("freeze", mode="before")

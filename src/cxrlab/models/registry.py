@@ -42,6 +42,7 @@ class ModelSpec:
     default_hidden: list[int] = field(default_factory=list)
     family: str = "torchvision"
     description: str = ""
+    feature_dim: int | None = None  # channels of the backbone's output at the default input size
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -60,6 +61,10 @@ def get_spec(name: str) -> ModelSpec:
     _ensure_loaded()
     if name in REGISTRY:
         return REGISTRY[name]
+    if name.startswith("timm/"):  # any timm model, built on demand
+        from cxrlab.models.timm_models import timm_spec
+
+        return timm_spec(name)
     import difflib
 
     close = difflib.get_close_matches(name, list(REGISTRY), n=1)

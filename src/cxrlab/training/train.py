@@ -165,6 +165,10 @@ def _train(
     spec = get_spec(cfg.model.name)
     if cfg.model.pretrained and spec.weights and spec.family == "torchvision":
         load_torchvision_weights(spec.weights)  # fail in seconds, before decoding any image
+    if cfg.model.pretrained and spec.family == "timm":
+        from cxrlab.models.timm_models import ensure_timm_weights
+
+        ensure_timm_weights(spec.name)
     if cfg.data.image_size is None:
         cfg.data.image_size = spec.input_size
     device = resolve_device(cfg.train.device)
@@ -227,7 +231,7 @@ def _train(
     timing["features_s"] = round(time.perf_counter() - t_feat, 3)
 
     weights = _class_weights(data.labels["train"], len(data.classes)) if cfg.train.class_weights else None
-    l2_modules = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    l2_modules = model.l2_modules(cfg.model.head.l2_layers)
     module = ClassifierModule(net, cfg.train, len(data.classes), weights, cfg.model.head.l2, l2_modules)
 
     t_train = time.perf_counter()

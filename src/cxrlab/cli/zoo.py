@@ -1,0 +1,128 @@
+"""`cxr models` and `cxr summary`: the model zoo from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxrlab.cli import app
+
+Opt = typer.Option
+
+
+@app.command()
+def models(
+    timm: Annotated[
+        str,
+        Opt(
+            "--timm",
+            help="also list timm models matching this glob pattern (e.g. 'mobilenetv1*'), with whether "
+            "their pretrained weights are in timm's cache [default: none]",
+        ),
+    ] = None,
+    as_json: Annotated[bool, Opt("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """List the registered models: backbone parameters, input size, feature shape, offline weights.
+
+    "weights offline: yes" means the ImageNet checkpoint is already under $TORCH_HOME/hub/checkpoints,
+    so --pretrained works without a network. Any timm model can be used as timm/NAME.
+    """
+    from cxrlab.models.summary import model_table
+    from cxrlab.models.timm_models import timm_table
+
+    rows = model_table()
+    extra = timm_table(timm) if timm else []
+    if as_json:
+        typer.echo(json.dumps({"models": rows, "timm": extra}, indent=2))
+        return
+    typer.echo(_table(rows))
+    if extra:
+        typer.echo("")
+        typer.echo(_table(extra))
+    elif timm:
+        typer.echo(f"no timm model matches {timm!r}")
+    from cxrlab.models.registry import torch_home
+
+    typer.echo(f"\nweights offline = checkpoint present in {torch_home()} (set TORCH_HOME to change)")
+    typer.echo(
+        "Also: any timm model as timm/NAME (e.g. timm/mobilenetv1_100; list with --timm 'PATTERN*'). "
+        "Details: cxr summary MODEL."
+    )
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    shown = [{k: _cell(r[k]) for k in keys} for r in rows]
+    widths = {k: max(len(k), *(len(r[k]) for r in shown)) for k in keys}
+    numeric = {k for k in keys if all(isinstance(r[k], int) for r in rows)}
+    line = "  ".join(k.rjust(widths[k]) if k in numeric else k.ljust(widths[k]) for k in keys).rstrip()
+    out = [line, "-" * len(line)]
+    for r in shown:
+        out.append(
+            "  ".join(r[k].rjust(widths[k]) if k in numeric else r[k].ljust(widths[k]) for k in keys).rstrip()
+        )
+    return "\n".join(out)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+@app.command()
+def summary(
+    model: Annotated[
+        str, typer.Argument(help="a model name from `cxr models` or timm/NAME (or use --config)")
+    ] = None,
+    config: Annotated[
+        Path, Opt("--config", "-c", help="summarise the model of this run config / recipe YAML")
+    ] = None,
+    num_classes: Annotated[
+        int, Opt(help="number of classes [default: the config's data.classes, else 2]")
+    ] = None,
+    image_size: Annotated[
+        int, Opt(help="input size in pixels [default: the config's data.image_size, else the model's]")
+    ] = None,
+    in_channels: Annotated[int, Opt(help="input channels, 1 or 3 [default: the model's]")] = None,
+    freeze: Annotated[str, Opt(help="none | backbone | N (first N layers) [default: none]")] = None,
+    set_: Annotated[
+        list[str],
+        Opt("--set", help="override any config key, e.g. --set model.head.hidden=[256] (repeatable)"),
+    ] = None,
+    layers: Annotated[
+        str, Opt(help="rows to show: all | params (layers holding weights) | none (totals only)")
+    ] = "all",
+    as_json: Annotated[bool, Opt("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Keras-style summary: layer, output shape, parameters, trainable; totals in both conventions.
+
+    PyTorch counts parameters only; Keras also counts batch norm's moving mean/variance as
+    non-trainable weights. Layer numbers are what --freeze N counts (layer 1 = the input).
+    Examples: cxr summary vgg16 --freeze backbone;  cxr summary --config configs/covid_vgg16_binary.yaml
+    """
+    from cxrlab.cli.core import build_config
+    from cxrlab.errors import ConfigError
+    from cxrlab.models.summary import summarize
+
+    if (model is None) == (config is None):
+        raise ConfigError("give a MODEL name or --config FILE (one of them), e.g. `cxr summary vgg16`")
+    if layers not in ("all", "params", "none"):
+        raise ConfigError(f"--layers {layers!r}: choose all, params or none")
+    overrides = {"model.name": model, "model.freeze": freeze, "model.in_channels": in_channels}
+    cfg = build_config(config, overrides, set_)
+    classes = num_classes or (len(cfg.data.classes) if cfg.data.classes else 2)
+    result = summarize(cfg.model, classes, image_size or cfg.data.image_size)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        typer.echo(result.to_text(layers))
