@@ -10,19 +10,25 @@ from __future__ import annotations
 import json
 
 from tests.conftest import ROOT, run_cli
+from tests.experiments.conftest import FROZEN_MNV2
 
-ARGS = [
+# Shared by the one/two-process runs and the job scripts (which add --device, --devices, --num-nodes,
+# --strategy, --quiet and --out themselves).
+SCRIPT_ARGS = [
     "--classes",
     "covid,normal",
     "--max-per-class",
     "16",
     "--image-size",
     "96",
-    "--model",
-    "mobilenet_v2",
-    "--pretrained",
-    "--freeze",
-    "backbone",
+    *FROZEN_MNV2,
+    "--set",
+    "eval.tsne=false",
+    "--set",
+    "eval.bootstrap=100",
+]
+ARGS = [
+    *SCRIPT_ARGS,
     "--epochs",
     "6",
     "--early-stopping",
@@ -32,10 +38,6 @@ ARGS = [
     "--batch-size",
     "32",
     "-q",
-    "--set",
-    "eval.tsne=false",
-    "--set",
-    "eval.bootstrap=100",
 ]
 
 
@@ -73,24 +75,6 @@ rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=$?; done
 exit $rc
 """
-# The scripts add --device, --devices, --num-nodes, --strategy, --quiet and --out themselves.
-SCRIPT_ARGS = [
-    "--classes",
-    "covid,normal",
-    "--max-per-class",
-    "16",
-    "--image-size",
-    "96",
-    "--model",
-    "mobilenet_v2",
-    "--pretrained",
-    "--freeze",
-    "backbone",
-    "--epochs",
-    "3",
-    "--set",
-    "eval.tsne=false",
-]
 
 
 def _run_script(script, env, covid_dir, out):
@@ -99,7 +83,15 @@ def _run_script(script, env, covid_dir, out):
 
     full = {**os.environ, "DEVICE": "cpu", "OUT": str(out), **env}
     return subprocess.run(
-        ["bash", str(ROOT / "examples" / "cluster" / script), "--data", str(covid_dir), *SCRIPT_ARGS],
+        [
+            "bash",
+            str(ROOT / "examples" / "cluster" / script),
+            "--data",
+            str(covid_dir),
+            *SCRIPT_ARGS,
+            "--epochs",
+            "3",
+        ],
         cwd=ROOT,
         env=full,
         capture_output=True,

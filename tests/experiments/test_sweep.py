@@ -16,23 +16,6 @@ from cxrlab.experiments.sweep import parse_param, run_sweep
 from tests.conftest import run_cli
 
 
-@pytest.fixture()
-def base_yaml(tmp_path, covid_dir, torch_home):
-    cfg = RunConfig()
-    cfg.data.path = str(covid_dir)
-    cfg.data.classes = ["covid", "normal"]
-    cfg.data.max_per_class = 12
-    cfg.data.image_size = 96
-    cfg.model.pretrained = True
-    cfg.model.freeze = "backbone"
-    cfg.train.epochs = 3
-    cfg.eval.tsne = False
-    cfg.eval.bootstrap = 100
-    path = tmp_path / "base.yaml"
-    cfg.save(path)
-    return path
-
-
 def test_parse_param():
     p = parse_param("lr=1e-3,5e-4")
     assert p.key == "train.lr" and p.values == [1e-3, 5e-4]

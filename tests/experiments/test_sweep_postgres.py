@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from cxrlab.config import RunConfig
+
 
 def _pg_bin() -> str | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
@@ -67,23 +69,11 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_two_workers_share_a_postgres_study(postgres_url, tmp_path, covid_dir, torch_home):
+def test_two_workers_share_a_postgres_study(postgres_url, tmp_path, base_yaml):
     import optuna
 
-    from cxrlab.config import RunConfig
-
-    cfg = RunConfig()
-    cfg.data.path = str(covid_dir)
-    cfg.data.classes = ["covid", "normal"]
-    cfg.data.max_per_class = 12
-    cfg.data.image_size = 96
-    cfg.model.pretrained = True
-    cfg.model.freeze = "backbone"
-    cfg.train.epochs = 2
-    cfg.eval.tsne = False
-    cfg.eval.bootstrap = 50
-    base = tmp_path / "base.yaml"
-    cfg.save(base)
+    base = RunConfig.load(base_yaml).override(["train.epochs=2", "eval.bootstrap=50"])
+    base.save(tmp_path / "base2.yaml")
     outs = [tmp_path / "machine-a", tmp_path / "machine-b"]
     cmd = [
         sys.executable,
@@ -91,7 +81,7 @@ def test_two_workers_share_a_postgres_study(postgres_url, tmp_path, covid_dir, t
         "cxrlab",
         "sweep",
         "--config",
-        str(base),
+        str(tmp_path / "base2.yaml"),
         "--param",
         "lr=1e-3,1e-2",
         "--param",

@@ -75,12 +75,12 @@ def sweep(
     ),
     prune: Annotated[
         bool,
-        Opt("--prune/--no-prune", help="stop hopeless trials early (Optuna median pruner) [default: on]"),
+        Opt("--prune/--no-prune", help="stop hopeless trials early (Optuna median pruner)"),
     ] = True,
     set_: Annotated[
         list[str], Opt("--set", help="override a base-config key for every trial: --set train.epochs=10")
     ] = None,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = True,
+    progress: Annotated[bool, Opt("--progress/--quiet", help="show each trial's progress bars")] = False,
 ) -> None:
     """Sweep hyperparameters with Optuna (grid or TPE); every trial is a normal run folder.
 
@@ -95,7 +95,7 @@ def sweep(
     from cxrlab.experiments.sweep import run_sweep
 
     base = RunConfig.load(config).override(list(set_ or []))
-    summary = run_sweep(base, param, out, trials, sampler, storage, study, prune, progress=not quiet)
+    summary = run_sweep(base, param, out, trials, sampler, storage, study, prune, progress=progress)
     typer.echo(f"trials: {summary['trials']} · this worker {summary['worker_wall_s']} s")
     best = summary["best"]
     if best:
