@@ -384,7 +384,7 @@ def sweep_plots(study, folder: Path) -> dict[str, Path]:
         fig.set_size_inches(7, 4.2)
         fig.tight_layout()
         path = folder / f"{name}.png"
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=150, bbox_inches="tight")  # keeps Optuna's legend beside the axes
         plt.close(fig)
         made[name] = path
     return made
