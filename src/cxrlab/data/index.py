@@ -27,6 +27,11 @@ from cxrlab.errors import DataError
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 SPLITS = ("train", "val", "test")
 
+#: Written by `cxr autoencoder encode` (cxrlab.generative): per split ``{split}_codes`` (float16
+#: ``(N, C, H, W)``), ``{split}_labels``, ``{split}_paths`` and ``{split}_groups`` of the source
+#: images, ``classes``, and ``meta`` (a JSON string: autoencoder, encode time, shape…).
+CODES_FILE = "codes.npz"
+
 #: Class names of MedMNIST files, by file stem (the .npz files carry only integer labels).
 MEDMNIST_CLASSES = {
     "pneumoniamnist": ["normal", "pneumonia"],
@@ -98,7 +103,10 @@ def discover(
     except re.error as exc:
         raise DataError(f"group_pattern {group_pattern!r} is not a valid regular expression: {exc}") from None
 
-    if root.is_file():
+    codes = codes_file(root)
+    if codes is not None:
+        index = _index_codes(codes)
+    elif root.is_file():
         if root.suffix.lower() != ".npz":
             raise DataError(f"{root} is a file; --data takes a folder of class subfolders or a .npz file")
         index = _index_npz(root)
@@ -141,6 +149,58 @@ def add_extra_train(index: DatasetIndex, folder: str | Path, pattern: str | None
 
 
 # --------------------------------------------------------------------------- layouts
+
+
+def codes_file(path: str | Path | None) -> Path | None:
+    """The codes file when ``path`` is a folder written by `cxr autoencoder encode` (or that file)."""
+    if not path:
+        return None
+    root = Path(path).expanduser()
+    if root.is_dir():
+        return root / CODES_FILE if (root / CODES_FILE).is_file() else None
+    if root.suffix.lower() == ".npz" and root.is_file():
+        try:
+            with np.load(root, allow_pickle=False) as npz:
+                return root if "train_codes" in npz.files else None
+        except Exception:  # noqa: BLE001 - unreadable: let the MedMNIST reader explain
+            return None
+    return None
+
+
+def codes_meta(path: str | Path | None) -> dict | None:
+    """The ``meta`` record of a codes file (shape, encode time, autoencoder…), or None for image data."""
+    import json
+
+    found = codes_file(path)
+    if found is None:
+        return None
+    try:
+        with np.load(found, allow_pickle=False) as npz:
+            return json.loads(str(npz["meta"]))
+    except Exception as exc:  # noqa: BLE001 - any damage means: encode again
+        raise DataError(f"{found} is damaged ({exc}); write it again with `cxr autoencoder encode`") from None
+
+
+def _index_codes(path: Path) -> DatasetIndex:
+    """Autoencoder codes: samples keep their source image paths and patient groups (for paired tests)."""
+    meta = codes_meta(path) or {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            classes = [str(c) for c in npz["classes"]]
+            samples = [
+                Sample(str(p), int(y), split, str(g))
+                for split in SPLITS
+                if f"{split}_labels" in npz.files
+                for p, y, g in zip(
+                    npz[f"{split}_paths"], npz[f"{split}_labels"], npz[f"{split}_groups"], strict=True
+                )
+            ]
+    except Exception as exc:  # noqa: BLE001 - any damage means: encode again
+        raise DataError(f"{path} is damaged ({exc}); write it again with `cxr autoencoder encode`") from None
+    index = DatasetIndex(str(path), "codes", classes, samples)
+    index.split_origin = {k: f"as encoded: {v}" for k, v in meta.get("split_origin", {}).items()}
+    return index
+
 
 
 def _index_npz(root: Path) -> DatasetIndex:

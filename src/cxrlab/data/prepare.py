@@ -27,6 +27,10 @@ class PreparedData:
     paths: dict[str, list[str]] = field(default_factory=dict)
     keys: dict[str, list[str]] = field(default_factory=dict)  # identity of each image (for feature caches)
     decode_s: float = 0.0
+    # Autoencoder codes instead of pixels (`cxr autoencoder encode`): split -> (N, C, H, W) float16;
+    # ``images`` stays empty then. ``codes_meta``: the codes file's record (encode time, autoencoder…).
+    codes: dict[str, np.ndarray] | None = None
+    codes_meta: dict | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -55,10 +59,14 @@ def prepare_data(
         require_test,
     )
     if cfg.extra_train:
+        if index.layout == "codes":
+            raise DataError("--extra-train adds images; it cannot be combined with autoencoder codes")
         add_extra_train(index, cfg.extra_train)
     start = time.perf_counter()
     out = PreparedData(index, image_size)
-    if index.npz is not None:
+    if index.layout == "codes":
+        from_codes(out)
+    elif index.npz is not None:
         _from_npz(out, image_size)
     else:
         _from_files(out, image_size, cfg, progress)
@@ -88,6 +96,34 @@ def _from_npz(out: PreparedData, size: int) -> None:
         out.labels[split] = np.array([s.label for s in samples], dtype=np.int64)
         out.paths[split] = [s.path for s in samples]
         out.keys[split] = [f"{out.index.source}:{s.path}:{size}" for s in samples]
+
+
+def from_codes(out: PreparedData) -> None:
+    """Fill ``out.codes`` (not ``images``) from a codes file, following the index's samples and splits."""
+    from cxrlab.data.index import codes_meta
+
+    out.codes, out.codes_meta = {}, codes_meta(out.index.source)
+    with np.load(out.index.source, allow_pickle=False) as npz:
+        where = {
+            str(p): (split, i)
+            for split in SPLITS
+            if f"{split}_paths" in npz.files
+            for i, p in enumerate(npz[f"{split}_paths"])
+        }
+        arrays = {split: npz[f"{split}_codes"] for split in SPLITS if f"{split}_codes" in npz.files}
+    for split in SPLITS:
+        samples = out.index.split(split)
+        if not samples:
+            continue
+        rows = [where[s.path] for s in samples]
+        sources = {sp for sp, _ in rows}
+        if len(sources) == 1:
+            out.codes[split] = arrays[sources.pop()][np.array([i for _, i in rows])]
+        else:
+            out.codes[split] = np.stack([arrays[sp][i] for sp, i in rows])
+        out.labels[split] = np.array([s.label for s in samples], dtype=np.int64)
+        out.paths[split] = [s.path for s in samples]
+        out.keys[split] = list(out.paths[split])
 
 
 def _npz_gray(image: np.ndarray) -> np.ndarray:

@@ -74,6 +74,18 @@ def predict_features(model: Classifier, features: np.ndarray) -> tuple[np.ndarra
     return head.out(feats).float().numpy(), feats.float().numpy()
 
 
+def predict_codes(model: Classifier, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features of a whole model trained on autoencoder codes."""
+    model.eval()
+
+    def run(x: torch.Tensor):
+        feats = model.features(x)
+        return model.head.out(feats), feats
+
+    logits, feats = batched(run, lambda s: torch.from_numpy(codes[s]), len(codes), 256, channels_last=False)
+    return logits, feats
+
+
 def logits_to_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Softmax probabilities, or [1-p, p] for a single sigmoid logit."""
     z = logits.astype(np.float64) / temperature
@@ -162,10 +174,12 @@ def evaluate_trained(
     data, model = trained.data, trained.model
     outputs = {}
     for split in ("val", "test"):
-        if split not in data.images:
+        if split not in data.labels:
             continue
         if trained.features is not None:
             outputs[split] = predict_features(model, trained.features[split])
+        elif data.codes is not None:
+            outputs[split] = predict_codes(model, data.codes[split])
         else:
             outputs[split] = predict_images(
                 model,
@@ -271,6 +285,7 @@ def model_meta(cfg: RunConfig, trained: Trained, op: dict[str, Any], temperature
         "std": list(trained.spec.std),
         "operating_point": op,
         "temperature": temperature,
+        "input": "codes" if trained.data.codes is not None else "images",
     }
 
 
@@ -303,6 +318,12 @@ def make_plots(
         out["samples"] = plots.sample_grid(
             data.images["train"], data.labels["train"], classes, folder / "samples.png"
         )
+        synthetic = np.array([s.synthetic for s in data.index.split("train")], dtype=bool)
+        if synthetic.any():  # --extra-train: the synthetic images per class, as the model sees them
+            out["synthetic"] = plots.sample_grid(
+                data.images["train"][synthetic], data.labels["train"][synthetic], classes,
+                folder / "synthetic.png", per_class=8,
+            )
     return out
 
 
@@ -312,13 +333,16 @@ def describe_task(classes: list[str]) -> str:
 
 
 def data_summary(data: PreparedData) -> dict[str, Any]:
-    """Counts per split and class, where splits came from, and skipped files."""
+    """Counts per split and class (train: real and synthetic apart), where splits came from, skipped files."""
+    synthetic = data.index.synthetic_counts()
     return {
         "source": data.index.source,
         "layout": data.index.layout,
         "image_size": data.image_size,
         "counts": data.index.counts(),
-        "synthetic_train": data.index.synthetic_counts(),
+        "synthetic_train": synthetic,
+        "real_train": {c: n - synthetic[c] for c, n in data.index.counts()["train"].items()},
+        **({"codes": data.codes_meta} if data.codes_meta else {}),
         "split_origin": data.index.split_origin,
         "skipped": [{"path": p, "reason": r} for p, r in data.index.skipped],
         "ignored_files": data.index.ignored_files,

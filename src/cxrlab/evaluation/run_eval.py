@@ -12,10 +12,10 @@ import numpy as np
 from cxrlab.config import RunConfig
 from cxrlab.data.images import ImageReadError, load_gray
 from cxrlab.data.index import discover
-from cxrlab.data.prepare import PreparedData, _from_npz
+from cxrlab.data.prepare import PreparedData, _from_npz, from_codes
 from cxrlab.errors import CxrError, DataError, ModelError
 from cxrlab.evaluation import plots
-from cxrlab.evaluation.evaluate import logits_to_probs, predict_images, score, thresholded
+from cxrlab.evaluation.evaluate import logits_to_probs, predict_codes, predict_images, score, thresholded
 from cxrlab.models.heads import Classifier
 from cxrlab.models.registry import build_model
 from cxrlab.runs import load_state, read_json, require_run, write_json
@@ -105,13 +105,21 @@ def prepare_eval_data(
         index.classes = loaded.classes
     prepared = PreparedData(index, size)
     start = time.perf_counter()
-    if index.npz is not None:
+    if (index.layout == "codes") != (loaded.meta.get("input") == "codes"):
+        raise DataError(
+            f"{loaded.path} was trained on {loaded.meta.get('input', 'images')} but {index.source} holds "
+            f"{'autoencoder codes' if index.layout == 'codes' else 'images'}; encode images with "
+            "`cxr autoencoder encode AE --data DATA --out CODES` for a code-trained run"
+        )
+    if index.layout == "codes":
+        from_codes(prepared)
+    elif index.npz is not None:
         _from_npz(prepared, size)
     else:
         data_cfg = cfg.data.model_copy(update={"path": data or cfg.data.path})
         _from_files_eval(prepared, size, data_cfg)
     prepared.decode_s = time.perf_counter() - start
-    if "test" not in prepared.images:
+    if "test" not in (prepared.images if prepared.codes is None else prepared.codes):
         raise DataError("no readable evaluation images found")
     return prepared
 
@@ -152,16 +160,19 @@ def evaluate_run(
     check_writable(target)
     dev = resolve_device(device)
     meta = loaded.meta
-    logits, feats = predict_images(
-        loaded.model,
-        prepared.images["test"],
-        meta["channels"],
-        tuple(meta["mean"]),
-        tuple(meta["std"]),
-        dev,
-        loaded.cfg.train.precision,
-        progress="predicting",
-    )
+    if prepared.codes is not None:  # a run trained on autoencoder codes
+        logits, feats = predict_codes(loaded.model, prepared.codes["test"])
+    else:
+        logits, feats = predict_images(
+            loaded.model,
+            prepared.images["test"],
+            meta["channels"],
+            tuple(meta["mean"]),
+            tuple(meta["std"]),
+            dev,
+            loaded.cfg.train.precision,
+            progress="predicting",
+        )
     y = prepared.labels["test"]
     metrics, probs = score(
         y,
@@ -215,6 +226,11 @@ def predict(run: str | Path, images: list[str]) -> list[dict[str, Any]]:
     """Class and probabilities for each image file (operating threshold applied for binary runs)."""
     loaded = load_run(run)
     meta = loaded.meta
+    if meta.get("input") == "codes":
+        raise CxrError(
+            f"{run} was trained on autoencoder codes, not images; `cxr predict` needs an image-trained run "
+            f"(score codes with `cxr evaluate {run}`)"
+        )
     size = meta["image_size"]
     arrays, results, valid = [], [], []
     for path in images:

@@ -80,7 +80,7 @@ def model_names() -> list[str]:
 
 def _ensure_loaded() -> None:
     # Importing the modules registers their models.
-    from cxrlab.models import small, zoo  # noqa: F401
+    from cxrlab.models import codes, small, zoo  # noqa: F401
 
 
 def resolve_channels(spec: ModelSpec, cfg: ModelConfig) -> int:

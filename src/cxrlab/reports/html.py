@@ -131,9 +131,11 @@ def data_section(data: dict[str, Any], classes: list[str]) -> str:
     out += table(["class", "train", "val", "test"], rows)
     synth = {k: v for k, v in data.get("synthetic_train", {}).items() if v}
     if synth:
+        real = data.get("real_train", {})
         out += (
-            "<p>Synthetic training images (included in train above): "
-            + ", ".join(f"{esc(k)} {v}" for k, v in synth.items())
+            "<p>Training images per class, real + synthetic (train above counts both; synthetic images "
+            "are never in val or test): "
+            + ", ".join(f"{esc(k)} {real.get(k, '?')} + {synth.get(k, 0)}" for k in classes)
             + "</p>"
         )
     for split, how in data.get("split_origin", {}).items():
@@ -172,6 +174,7 @@ def write_run_report(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> Path
         ("tsne", "t-SNE of penultimate-layer features (test)"),
         ("reliability", "reliability diagram (test)"),
         ("samples", "training images as the model sees them"),
+        ("synthetic", "synthetic (--extra-train) training images per class, as the model sees them"),
     ]
     body += (
         "<h2>Plots</h2><div class='grid'>"

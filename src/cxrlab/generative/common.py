@@ -1,0 +1,183 @@
+"""Shared plumbing of the generative pipelines: output folders, weights files, data, grids, plots."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrlab.config import DataConfig
+from cxrlab.data.prepare import PreparedData, prepare_data
+from cxrlab.errors import CxrError, DataError, ModelError
+from cxrlab.runs import atomic_write, check_writable, read_json, write_json
+from cxrlab.training.runtime import resolve_device
+
+
+def prepare_folder(out: str | Path, marker: str, overwrite: bool, what: str) -> Path:
+    """Create ``out``; refuse a non-empty folder unless ``overwrite`` and it holds our ``marker`` file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CxrError(f"{out} is a file; --out takes a folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CxrError(f"{out} already exists and is not empty; choose another --out or add --overwrite")
+        if not (out / marker).is_file():
+            raise CxrError(f"{out} is not empty and not {what} (no {marker}); refusing to delete it")
+        shutil.rmtree(out)
+    check_writable(out)
+    return out
+
+
+def pick_device(device: str) -> str:
+    """``auto`` → cuda when visible, else cpu; ``cuda`` without a GPU is a one-line error."""
+    chosen = resolve_device(device)
+    if chosen == "cuda" and not torch.cuda.is_available():
+        raise CxrError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
+    if chosen not in ("cpu", "cuda"):
+        raise CxrError(f"--device {device!r}: choose auto, cpu or cuda")
+    return chosen
+
+
+def save_weights(path: Path, module: torch.nn.Module) -> None:
+    """A module's state as safetensors, written atomically."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    atomic_write(path, save(state))
+
+
+def load_weights(path: Path, module: torch.nn.Module) -> torch.nn.Module:
+    """Load safetensors weights into ``module`` (never pickle); damage is a one-line :class:`ModelError`."""
+    from safetensors.torch import load
+
+    if not path.is_file():
+        raise ModelError(f"{path} not found; did training finish? (train again or give the right folder)")
+    try:
+        module.load_state_dict(load(path.read_bytes()))
+    except Exception as exc:  # noqa: BLE001 - damaged, tampered or mismatched file
+        raise ModelError(
+            f"{path} is corrupted or does not match its JSON description ({exc.__class__.__name__}); "
+            "train again"
+        ) from None
+    return module
+
+
+def read_meta(folder: str | Path, name: str, what: str, command: str) -> dict[str, Any]:
+    """The JSON description of a trained autoencoder/GAN folder, with a one-line error when absent."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise CxrError(f"{folder} is not {what} (no {name}); create one with `{command}`")
+    return read_json(path)
+
+
+def load_data(
+    data: str | None,
+    image_size: int,
+    seed: int,
+    classes: list[str] | None = None,
+    max_per_class: int | None = None,
+    cache_dir: str | None = None,
+    resize: str = "squash",
+    progress: bool = True,
+) -> tuple[DataConfig, PreparedData]:
+    """Decode a dataset like `cxr train` does (same splits for the same data and seed)."""
+    if not data:
+        raise DataError("no data given: pass --data FOLDER (class subfolders or train/val/test)")
+    cfg = DataConfig(
+        path=str(data), classes=classes, max_per_class=max_per_class, cache_dir=cache_dir, resize=resize
+    )
+    prepared = prepare_data(cfg, image_size, seed, progress=progress)
+    if prepared.codes is not None:
+        raise DataError(f"{data} holds autoencoder codes; this command needs images")
+    return cfg, prepared
+
+
+def now() -> str:
+    """Local time for JSON records."""
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    """Write a JSON description (atomically)."""
+    write_json(path, meta)
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def image_grid(
+    rows: Sequence[np.ndarray],
+    path: Path,
+    row_titles: Sequence[str] | None = None,
+    title: str = "",
+    cell: float = 1.1,
+) -> Path:
+    """Rows of uint8 images ``(n, H, W)`` as one PNG (grey, 0–255); rows may differ in length."""
+    from cxrlab.evaluation.plots import _save, plt
+
+    ncol = max(1, max(len(r) for r in rows))
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(ncol * cell, len(rows) * cell + 0.4), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(ncol):
+            ax = axes[i, j]
+            ax.axis("off")
+            if j < len(row):
+                ax.imshow(row[j], cmap="gray", vmin=0, vmax=255)
+        if row_titles:
+            axes[i, 0].set_title(row_titles[i], fontsize=7, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def tile(images: np.ndarray, ncol: int = 8) -> np.ndarray:
+    """uint8 ``(n, H, W)`` images tiled into one uint8 picture (2-pixel grey gaps), for PNG grids."""
+    n, h, w = images.shape
+    nrow = int(np.ceil(n / ncol))
+    canvas = np.full((nrow * (h + 2) + 2, ncol * (w + 2) + 2), 128, dtype=np.uint8)
+    for k in range(n):
+        r, c = divmod(k, ncol)
+        canvas[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = images[k]
+    return canvas
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    """Write a uint8 grey image as PNG (atomically)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())
+
+
+def loss_plot(
+    rows: list[dict[str, Any]], keys: Sequence[str], path: Path, title: str = "", ylabel: str = "loss"
+):
+    """Curves of ``keys`` per epoch from history rows."""
+    from cxrlab.evaluation.plots import _save, plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    epochs = [int(r["epoch"]) for r in rows]
+    for key in keys:
+        values = [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
+        ax.plot(epochs, values, "-o", ms=3, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def to_uint8(x: torch.Tensor, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """Float images ``(N, 1, H, W)`` in ``[low, high]`` → uint8 ``(N, H, W)``."""
+    scaled = (x.detach().float().cpu()[:, 0] - low) / (high - low) * 255.0
+    return scaled.round().clamp(0, 255).to(torch.uint8).numpy()
