@@ -99,6 +99,20 @@ def train(
             "view with `tensorboard --logdir RUN/tensorboard`",
         ),
     ] = None,
+    target_sensitivity: Annotated[
+        float,
+        Opt(
+            help="binary runs: operating threshold = the highest reaching this sensitivity on validation "
+            "data, e.g. 0.95 [default: Youden's J]"
+        ),
+    ] = None,
+    temperature_scaling: Annotated[
+        bool,
+        Opt(
+            "--temperature-scaling/--no-temperature-scaling",
+            help="fit a softmax temperature on validation data (calibration) [default: off]",
+        ),
+    ] = None,
     set_: Annotated[
         list[str], Opt("--set", help="override any config key: --set train.lr=1e-4 (repeatable)")
     ] = None,
@@ -146,6 +160,8 @@ def train(
         "train.strategy": strategy,
         "train.precision": precision,
         "train.tensorboard": tensorboard,
+        "eval.target_sensitivity": target_sensitivity,
+        "eval.temperature_scaling": temperature_scaling,
     }
     cfg = build_config(config, overrides, set_)
     metrics = run_train(cfg, out, overwrite=overwrite, progress=not quiet)

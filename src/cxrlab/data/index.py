@@ -62,6 +62,7 @@ class DatasetIndex:
     split_origin: dict[str, str] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored_files: int = 0
+    ignored_paths: list[str] = field(default_factory=list)  # the non-image files (for `cxr audit`)
     npz: dict[str, np.ndarray] | None = None
 
     def split(self, name: str) -> list[Sample]:
@@ -279,9 +280,12 @@ def _image_files(class_dir: Path, index: DatasetIndex) -> list[Path]:
     """All image files below ``class_dir`` (recursive, symlink loops broken, hidden files skipped)."""
     found: list[Path] = []
     seen: set[str] = set()
+    top = os.path.realpath(class_dir)
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:
+        # A link back to the class folder or above it (e.g. loop -> ..) is a loop that would also pull
+        # in the other classes' images under this class's label: never follow it.
+        if real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
             dirnames[:] = []
             continue
         seen.add(real)
@@ -294,6 +298,7 @@ def _image_files(class_dir: Path, index: DatasetIndex) -> list[Path]:
                 found.append(file)
             else:
                 index.ignored_files += 1
+                index.ignored_paths.append(str(file))
     return found
 
 

@@ -156,12 +156,19 @@ def roc_points(y: np.ndarray, probs: np.ndarray) -> dict[int, tuple[np.ndarray, 
 
 
 def youden_threshold(y: np.ndarray, p_positive: np.ndarray, target_sensitivity: float | None = None) -> float:
-    """Operating threshold on P(positive): Youden's J, or the highest meeting a target sensitivity."""
+    """Operating threshold on P(positive): Youden's J, or the highest meeting a target sensitivity.
+
+    The cut is placed halfway between the chosen validation score and the next lower one: the
+    validation confusion matrix is the same, but the threshold no longer sits exactly on one
+    validation positive (with well separated validation data that edge would be extreme, and test
+    positives just below it would be missed)."""
     if len(np.unique(y)) < 2:
         return 0.5
-    fpr, tpr, thr = roc_curve(y, p_positive)
+    fpr, tpr, thr = roc_curve(y, p_positive, drop_intermediate=False)
     thr = np.clip(thr, 0.0, 1.0)
     if target_sensitivity is not None:
         ok = np.flatnonzero(tpr >= target_sensitivity)
-        return float(thr[ok[0]]) if len(ok) else float(thr[-1])
-    return float(thr[np.argmax(tpr - fpr)])
+        i = int(ok[0]) if len(ok) else len(thr) - 1
+    else:
+        i = int(np.argmax(tpr - fpr))
+    return float((thr[i] + thr[i + 1]) / 2) if i + 1 < len(thr) else float(thr[i])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import time
 import warnings
@@ -14,12 +15,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from cxrlab.config import RunConfig
 from cxrlab.data.cache import ImageCache
 from cxrlab.data.prepare import ImageArrayDataset, PreparedData, prepare_data
-from cxrlab.errors import CxrError
+from cxrlab.errors import CxrError, ModelError
 from cxrlab.models.heads import Classifier
 from cxrlab.models.registry import (
     ModelSpec,
@@ -64,6 +65,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
     warnings.filterwarnings("ignore", message=".*The number of training batches.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    # --resume continues in a run folder whose checkpoints/ and logs/ exist by design
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 
 
 class HistoryCallback(L.Callback):
@@ -249,6 +252,8 @@ def _train(
             f"--resume {out}: no checkpoints/last.ckpt yet (interrupted before the first epoch); "
             "start the run again"
         )
+    if resume:
+        load_checkpoint(ckpt)  # a damaged or tampered checkpoint is refused in one line, never executed
     state["fitting"] = True
     try:
         trainer.fit(
@@ -270,10 +275,11 @@ def _train(
     if not trainer.is_global_zero:  # DDP worker: rank 0 evaluates and writes the run folder
         return {}
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best and Path(best).is_file():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+    # The best epoch's weights, from this run folder (a path stored in the checkpoint could point to
+    # where the folder was before it was moved); loaded without unpickling code (load_checkpoint).
+    best = out / "checkpoints" / "best.ckpt"
+    if best.is_file():
+        module.load_state_dict(load_checkpoint(best)["state_dict"])
     model.to("cpu")
     trained = Trained(model, data, spec, channels, device, features, timing)
     metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
@@ -281,12 +287,64 @@ def _train(
     return metrics
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint read with ``weights_only=True``: a file that is damaged, or that holds
+    pickled objects other than tensors and plain values (a tampered file), is refused as ModelError."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelError(
+            f"{path} was refused: it holds pickled objects other than tensors and plain values (a checkpoint "
+            "from elsewhere or a tampered file); nothing in it was executed. Start the run again"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - truncated zip, wrong format...: a damaged file
+        raise ModelError(
+            f"{path} is damaged or not a checkpoint ({exc.__class__.__name__}); start the run again"
+        ) from None
+
+
+class EpochShuffle(RandomSampler):
+    """Shuffle whose order depends only on (seed, epoch), so that `--resume` sees the batches an
+    uninterrupted run would see. (A shared torch.Generator would restart from its seed in the resumed
+    process.) Lightning calls ``set_epoch`` before each epoch's first batch; under DDP it replaces this
+    sampler with a DistributedSampler, which is also seeded by seed + epoch."""
+
+    def __init__(self, data_source, seed: int):
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # noqa: D102
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=g).tolist()
+
+
+class EpochSeed(L.Callback):
+    """Reseed torch, numpy and random at each epoch start from (seed, epoch): dropout and augmentation
+    then draw the same numbers whether or not the run was interrupted and resumed (Lightning
+    checkpoints do not hold RNG states). Exact with num_workers=0 (the default); worker processes
+    keep their own RNG streams."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: D102
+        s = (self.seed * 1_000_003 + trainer.current_epoch + 1) % 2**32
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+
 def _loader(ds, cfg: RunConfig, shuffle: bool) -> DataLoader:
     generator = torch.Generator().manual_seed(cfg.train.seed)
     return DataLoader(
         ds,
         batch_size=cfg.train.batch_size,
-        shuffle=shuffle,
+        sampler=EpochShuffle(ds, cfg.train.seed) if shuffle else None,
         num_workers=cfg.train.num_workers,
         generator=generator,
         persistent_workers=cfg.train.num_workers > 0,
@@ -326,10 +384,20 @@ def _trainer(
             filename="best",
             monitor=cfg.train.monitor,
             mode=mode,
-            save_last=True,
             save_top_k=1,
             enable_version_counter=False,
         ),
+        # last.ckpt after *every* epoch, for --resume. (Lightning's save_last=True only writes it when
+        # best.ckpt improved, so a resumed run repeated epochs.) Saved at train-epoch end, after
+        # history.csv got the epoch's row, with the early-stopping and best-checkpoint state updated.
+        ModelCheckpoint(
+            dirpath=out / "checkpoints",
+            filename="last",
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        ),
+        EpochSeed(cfg.train.seed),
         history,
         *(extra or []),
     ]
