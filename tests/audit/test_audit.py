@@ -1,0 +1,172 @@
+"""The data audit on real radiographs: planted leakage and shortcuts are found, a clean control is not
+flagged, and the known problems of the shared datasets show up."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrlab.audit.duplicates import NEAR_DISTANCE, close_pairs, perceptual_hashes, thumbnails
+from cxrlab.data.images import load_gray
+from tests.conftest import run_cli
+
+
+def _reencoded(path: Path, size: tuple[int, int], quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.open(path).convert("L").resize(size).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_phash_is_imagehash_phash(covid_dir):
+    import imagehash
+
+    files = sorted((covid_dir / "train" / "covid").iterdir())[:12]
+    thumbs = thumbnails([load_gray(f, 64) for f in files])
+    ref = np.stack([imagehash.phash(Image.fromarray(t), hash_size=16).hash.reshape(-1) for t in thumbs])
+    assert (perceptual_hashes(thumbs) == ref).all()
+
+
+def test_near_duplicate_threshold_separates_copies_from_other_radiographs(kermany_dir, tmp_path):
+    files = sorted((kermany_dir / "train" / "PNEUMONIA").iterdir())[:60:2]  # 30 different radiographs
+    hashes = perceptual_hashes(thumbnails([load_gray(f, 64) for f in files]))
+    assert close_pairs(hashes) == []  # no two different radiographs within the threshold
+    copies = []
+    for i, f in enumerate(files[:10]):
+        (tmp_path / f"{i}.jpg").write_bytes(_reencoded(f, (180, 200), quality=40))
+        copies.append(load_gray(tmp_path / f"{i}.jpg", 64))
+    pairs = close_pairs(perceptual_hashes(thumbnails(copies)), hashes)
+    assert sorted((i, j) for i, j, _ in pairs) == [(i, i) for i in range(10)]
+    assert max(d for *_, d in pairs) <= NEAR_DISTANCE
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, kermany_dir) -> dict[str, Path]:
+    """Real Kermany images with planted problems: NORMAL re-saved as 256 px PNG (an acquisition
+    shortcut), an exact and a near copy of training images in test, one patient in train and test."""
+    root = tmp_path_factory.mktemp("planted") / "data"
+    pneu = sorted((kermany_dir / "train" / "PNEUMONIA").iterdir())
+    normal = sorted((kermany_dir / "train" / "NORMAL").iterdir())
+    by_patient: dict[str, list[Path]] = {}
+    for f in pneu:
+        by_patient.setdefault(f.name.split("_")[0], []).append(f)
+    shared = next(v for v in by_patient.values() if len(v) >= 2)
+    used = set(shared)
+    pneu = [f for f in pneu if f not in used][:40]
+    for split, files in (("train", pneu[:30] + shared[:1]), ("test", pneu[30:40] + shared[1:2])):
+        (root / split / "PNEUMONIA").mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, root / split / "PNEUMONIA" / f.name)
+    for split, files in (("train", normal[:30]), ("test", normal[30:40])):
+        (root / split / "NORMAL").mkdir(parents=True)
+        for f in files:
+            Image.open(f).convert("L").resize((256, 256)).save(root / split / "NORMAL" / f"{f.stem}.png")
+    exact = root / "test" / "PNEUMONIA" / "copy_exact.jpeg"
+    shutil.copy(pneu[0], exact)
+    near = root / "test" / "PNEUMONIA" / "copy_near.jpeg"
+    near.write_bytes(_reencoded(pneu[1], (200, 210), quality=60))
+    return {
+        "root": root,
+        "exact_src": root / "train" / "PNEUMONIA" / pneu[0].name,
+        "exact": exact,
+        "near_src": root / "train" / "PNEUMONIA" / pneu[1].name,
+        "near": near,
+        "patient": Path(shared[0].name.split("_")[0]),
+    }
+
+
+def test_cli_audit_finds_planted_leakage_and_shortcut(planted, tmp_path):
+    out = tmp_path / "audit"
+    proc = run_cli("audit", str(planted["root"]), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    a = json.loads((out / "audit.json").read_text())
+    assert a["counts"]["test"] == {"NORMAL": 10, "PNEUMONIA": 13}
+    pairs = {(p["a"], p["b"]): p for p in a["duplicates"]["cross_split"]}
+    exact = pairs[(str(planted["exact_src"]), str(planted["exact"]))]
+    near = pairs[(str(planted["near_src"]), str(planted["near"]))]
+    assert exact["kind"] == "exact" and exact["a_split"] == "train" and exact["b_split"] == "test"
+    assert near["kind"] == "near" and near["distance"] <= 24  # re-encoded, resized: not byte-identical
+    assert len(pairs) == 2
+    assert [p["patient"] for p in a["patients"]["cross_split"]] == [str(planted["patient"])]
+    meta, image = a["metadata_baseline"], a["image_baseline"]
+    assert meta["accuracy"] >= 0.95 and meta["chance"] < 0.6 and meta["balanced_accuracy"] >= 0.95
+    assert {s["property"] for s in meta["signal"][:4]} >= {"format", "width"}
+    assert 0 <= image["accuracy"] <= 1 and "train_to_test" in image
+    text = " ".join(a["warnings"])
+    for phrase in ("acquisition properties alone", "exact copies", "near duplicates", "1 patient(s)"):
+        assert phrase in text, phrase
+    assert "warning: Labels can be predicted" in proc.stderr
+    html = (out / "audit.html").read_text()
+    assert html.count("data:image/png;base64,") == 1 and "copy_exact.jpeg" in html
+
+
+def test_clean_control_raises_no_shortcut_or_leakage_warning(kermany_dir, tmp_path):
+    # two made-up classes drawn from the same source and format: nothing should be flagged
+    files = sorted((kermany_dir / "train" / "NORMAL").iterdir())[100:220]
+    for split, chunk in (("train", files[:80]), ("test", files[80:])):
+        for i, f in enumerate(chunk):
+            folder = tmp_path / "data" / split / ("a" if i % 2 else "b")
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, folder / f.name)
+    proc = run_cli("audit", str(tmp_path / "data"), "--out", str(tmp_path / "audit"))
+    assert proc.returncode == 0, proc.stderr
+    a = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert a["duplicates"]["cross_split"] == [] and a["patients"]["cross_split"] == []
+    assert a["metadata_baseline"]["balanced_accuracy"] < 0.7
+    assert not any("acquisition properties" in w or "thumbnails" in w for w in a["warnings"])
+
+
+def test_patients_from_a_csv_column(planted, tmp_path):
+    root = planted["root"]
+    a = next((root / "train" / "NORMAL").iterdir())
+    b = next((root / "test" / "NORMAL").iterdir())
+    csv = tmp_path / "meta.csv"
+    csv.write_text(f"filename,patientid\n{a.name},P-7\ntrain/NORMAL/{b.name},P-9\ntest/NORMAL/{b.name},P-7\n")
+    proc = run_cli("audit", str(root), "--patient-csv", str(csv), "--out", str(tmp_path / "audit"))
+    assert proc.returncode == 0, proc.stderr
+    p = json.loads((tmp_path / "audit" / "audit.json").read_text())["patients"]
+    assert [x["patient"] for x in p["cross_split"]] == ["P-7"] and p["images_with_id"] == 2
+    assert "meta.csv" in p["source"]
+    proc = run_cli("audit", str(root), "--patient-csv", str(csv), "--patient-column", "pid")
+    assert proc.returncode == 2 and "no column 'pid'" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_training_puts_the_audit_warnings_first(planted, tmp_path):
+    out = tmp_path / "run"
+    args = ["--model", "small_cnn", "--image-size", "32", "--epochs", "1", "--no-tensorboard"]
+    proc = run_cli(
+        "train", "--data", str(planted["root"]), *args, "--set", "eval.tsne=false", "--out", str(out), "-q"
+    )
+    assert proc.returncode == 0, proc.stderr
+    audit = json.loads((out / "metrics.json").read_text())["audit"]
+    text = " ".join(audit["warnings"])
+    assert "acquisition properties alone" in text and "exact copies" in text
+    assert audit["seconds"] < 60
+    html = (out / "report.html").read_text()
+    assert html.index("Data warnings") < html.index("Test metrics")
+    assert "warning: Labels can be predicted" in proc.stderr
+
+
+def test_audit_of_real_covid_challenge_binary(covid_dir, tmp_path):
+    proc = run_cli("audit", str(covid_dir), "--classes", "covid,normal", "--out", str(tmp_path / "a"))
+    assert proc.returncode == 0, proc.stderr
+    a = json.loads((tmp_path / "a" / "audit.json").read_text())
+    meta = a["metadata_baseline"]
+    assert meta["accuracy"] > 0.9 and meta["chance"] < 0.55  # COVID and normal come from different sources
+    assert any("acquisition properties alone" in w for w in a["warnings"])
+    names = {(Path(p["a"]).name, Path(p["b"]).name) for p in a["duplicates"]["cross_split"]}
+    assert ("E63574A7-4188-4C8D-8D17-9D67A18A1AFA.jpeg", "F4341CE7-73C9-45C6-99C8-8567A5484B63.jpeg") in names
+
+
+def test_audit_of_a_medmnist_npz(pneumoniamnist_npz, tmp_path):
+    proc = run_cli("audit", str(pneumoniamnist_npz), "--out", str(tmp_path / "a"))
+    assert proc.returncode == 0, proc.stderr
+    a = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert sum(a["counts"]["test"].values()) == 624
+    assert "no acquisition metadata" in a["metadata_baseline"]["skipped"]
+    assert a["image_baseline"]["accuracy"] > a["image_baseline"]["chance"]
