@@ -170,3 +170,29 @@ def test_audit_of_a_medmnist_npz(pneumoniamnist_npz, tmp_path):
     assert sum(a["counts"]["test"].values()) == 624
     assert "no acquisition metadata" in a["metadata_baseline"]["skipped"]
     assert a["image_baseline"]["accuracy"] > a["image_baseline"]["chance"]
+
+
+def test_training_splits_group_patients_from_a_csv(tmp_path, covid_dir):
+    # a flat class-folder layout: the tool carves train/val/test; the CSV says which files share a patient
+    from cxrlab.data.index import discover
+
+    rows = ["file,pid"]
+    for cls in ("covid", "normal"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i, f in enumerate(sorted((covid_dir / "train" / cls).iterdir())[:60]):
+            shutil.copy(f, tmp_path / "data" / cls / f.name)
+            rows.append(f"{cls}/{f.name},{cls}-patient-{i // 4}")  # four images per patient
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    for seed in range(3):
+        index = discover(
+            tmp_path / "data",
+            seed=seed,
+            patient_csv=tmp_path / "p.csv",
+            patient_column="pid",
+            file_column="file",
+        )
+        splits: dict[str, set[str]] = {}
+        for s in index.samples:
+            splits.setdefault(s.group, set()).add(s.split)
+        assert len(splits) == 30 and all(len(v) == 1 for v in splits.values())
+        assert {s.split for s in index.samples} == {"train", "val", "test"}

@@ -17,7 +17,7 @@ import numpy as np
 
 from cxrlab.audit.baselines import image_baseline, make_folds, metadata_baseline
 from cxrlab.audit.duplicates import NEAR_DISTANCE, THUMBNAIL, find_duplicates, perceptual_hashes, thumbnails
-from cxrlab.audit.patients import patient_ids, patient_overlap, read_patient_csv
+from cxrlab.audit.patients import patient_ids, patient_overlap
 from cxrlab.audit.properties import array_hash, content_hash, per_class_summary, read_properties
 from cxrlab.data.images import is_image_file
 from cxrlab.data.index import SPLITS, DatasetIndex
@@ -58,9 +58,17 @@ def audit_dataset(
     start = time.perf_counter()
     defaults = DataConfig()
     index = discover(
-        path, classes, label_map, defaults.val_fraction, defaults.test_fraction, group_pattern, seed
+        path,
+        classes,
+        label_map,
+        defaults.val_fraction,
+        defaults.test_fraction,
+        group_pattern,
+        seed,
+        patient_csv=patient_csv,
+        patient_column=patient_column,
+        file_column=file_column,
     )
-    mapping = read_patient_csv(patient_csv, file_column, patient_column) if patient_csv else None
     unreadable: dict[str, str] = {}
     if index.npz is not None:
         samples = index.samples
@@ -87,7 +95,7 @@ def audit_dataset(
         [s.group for s in samples],
     )
     source = _patient_source(group_pattern, patient_csv, patient_column)
-    result = _audit(index, items, props, hashes, thumbs, unreadable, mapping, source, seed, max_distance)
+    result = _audit(index, items, props, hashes, thumbs, unreadable, source, seed, max_distance)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
 
@@ -136,8 +144,8 @@ def _quick(data: Any) -> dict[str, Any]:
     else:
         hashes = [None] * len(paths)
     unreadable = dict(index.skipped)
-    source = "the file-name pattern data.group_pattern"
-    return _audit(index, items, props, hashes, thumbs, unreadable, None, source, 0, NEAR_DISTANCE)
+    source = "the run's data.group_pattern (or data.patient_csv)"
+    return _audit(index, items, props, hashes, thumbs, unreadable, source, 0, NEAR_DISTANCE)
 
 
 def _audit(
@@ -147,7 +155,6 @@ def _audit(
     hashes: list[str | None],
     thumbs: np.ndarray | None,
     unreadable: dict[str, str],
-    mapping: dict[str, str] | None,
     patient_source: str,
     seed: int,
     max_distance: int,
@@ -161,8 +168,7 @@ def _audit(
         }
         for split in SPLITS
     }
-    root = index.source if os.path.isdir(index.source) else None
-    ids = patient_ids(items.paths, items.groups, root, mapping)
+    ids = patient_ids(items.groups)
     patients = patient_overlap(ids, items.splits, patient_source)
     # Cross-validation keeps a patient's images in one fold; images without an id are their own group.
     groups = np.array([pid if pid is not None else f"image:{i}" for i, pid in enumerate(ids)])

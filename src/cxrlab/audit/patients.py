@@ -4,7 +4,6 @@ and the patients whose images sit in more than one split."""
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -45,18 +44,9 @@ def read_patient_csv(
     return mapping
 
 
-def patient_ids(
-    paths: list[str], groups: list[str], root: str | None = None, mapping: dict[str, str] | None = None
-) -> list[str | None]:
-    """One patient id per image (``None`` when unknown): from ``mapping`` (matched on the path relative
-    to ``root``, then on the file name) when given, else from the indexer's pattern-based groups."""
-    if mapping is None:
-        return [None if g.startswith(_NO_ID) else g for g in groups]
-    out: list[str | None] = []
-    for path in paths:
-        rel = os.path.relpath(path, root).replace("\\", "/") if root else path
-        out.append(mapping.get(rel) or mapping.get(os.path.basename(path)))
-    return out
+def patient_ids(groups: list[str]) -> list[str | None]:
+    """One patient id per image from the indexer's groups (pattern or CSV); ``None`` when unknown."""
+    return [None if g.startswith(_NO_ID) else g for g in groups]
 
 
 def patient_overlap(ids: list[str | None], splits: list[str], source: str) -> dict[str, Any]:

@@ -93,8 +93,15 @@ def discover(
     seed: int = 0,
     max_per_class: int | None = None,
     require_test: bool = True,
+    patient_csv: str | Path | None = None,
+    patient_column: str = "patientid",
+    file_column: str = "filename",
 ) -> DatasetIndex:
-    """Index a dataset folder or ``.npz`` file; raise :class:`DataError` with advice if unusable."""
+    """Index a dataset folder or ``.npz`` file; raise :class:`DataError` with advice if unusable.
+
+    Patient groups come from ``group_pattern`` on file names or, when ``patient_csv`` is given,
+    from its ``patient_column`` (rows matched on ``file_column``: a path relative to the data
+    folder, or a file name)."""
     root = Path(path).expanduser()
     if not root.exists():
         raise DataError(f"data not found: {root} (give a folder of class subfolders, or a MedMNIST .npz)")
@@ -113,6 +120,8 @@ def discover(
         index = _index_npz(root)
     else:
         index = _index_folder(root, pattern)
+    if patient_csv and index.layout in ("splits", "classes"):
+        _groups_from_csv(index, root, patient_csv, patient_column, file_column)
 
     if label_map:
         _apply_label_map(index, label_map)
@@ -300,6 +309,16 @@ def _image_files(class_dir: Path, index: DatasetIndex) -> list[Path]:
                 index.ignored_files += 1
                 index.ignored_paths.append(str(file))
     return found
+
+
+def _groups_from_csv(index: DatasetIndex, root: Path, csv_path: str | Path, patient: str, file: str) -> None:
+    """Replace the pattern-based groups by the CSV's patient ids (files not in the CSV: one group each)."""
+    from cxrlab.audit.patients import read_patient_csv
+
+    mapping = read_patient_csv(csv_path, file, patient)
+    for s in index.samples:
+        rel = os.path.relpath(s.path, root).replace(os.sep, "/")
+        s.group = mapping.get(rel) or mapping.get(os.path.basename(s.path)) or f"file:{s.path}"
 
 
 def _group(name: str, pattern: re.Pattern[str] | None) -> str | None:

@@ -57,6 +57,9 @@ def prepare_data(
         seed,
         cfg.max_per_class,
         require_test,
+        cfg.patient_csv,
+        cfg.patient_column,
+        cfg.file_column,
     )
     if cfg.extra_train:
         if index.layout == "codes":

@@ -74,6 +74,9 @@ def prepare_eval_data(
             cfg.data.group_pattern,
             cfg.train.seed,
             cfg.data.max_per_class,
+            patient_csv=cfg.data.patient_csv,
+            patient_column=cfg.data.patient_column,
+            file_column=cfg.data.file_column,
         )
         index.samples = [s for s in index.samples if s.split == "test"]
     else:
