@@ -76,3 +76,22 @@ def test_external_class_names_must_be_mapped(binary_run, external_set, tmp_path)
     args = ["evaluate", str(binary_run), "--data", str(data), "--label-map", "Kovid=covid"]
     line = one_line_error(run_cli(*args, "--out", str(tmp_path / "y")))
     assert "'Kovid'" in line
+
+
+def test_external_set_with_one_class(binary_run, pneumoniamnist_npz, tmp_path):
+    # PneumoniaMNIST's test normals only (28 px Kermany images, upsampled): AUC and covid sensitivity are
+    # undefined and must be reported as such, not as numbers
+    out = tmp_path / "mnist"
+    proc = run_cli("evaluate", str(binary_run), "--data", str(pneumoniamnist_npz), "--classes", "normal",
+                   "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "AUC undefined (one class)" in proc.stdout and "Warning" not in proc.stderr
+    ext = json.loads((out / "external.json").read_text())
+    assert ext["external"]["counts"] == {"covid": 0, "normal": 234}
+    auc = next(r for r in ext["metrics"] if r["metric"] == "ROC AUC")
+    assert auc["external"] is None and auc["drop"] is None
+    assert ext["per_class"]["covid"]["sensitivity"]["external"] is None
+    assert ext["per_class"]["covid"]["specificity"]["external"] is not None
+    sens = ext["operating_point"]["rows"][1]
+    assert sens["external"] is None and sens["drop"] is None
+    assert ext["overlap_with_training"]["checked"] is False

@@ -56,22 +56,32 @@ def audit(
 
     Example: cxr audit ../shared/data/covid-challenge --classes covid,normal --out audits/covid
     """
+    import shutil
+
     from cxrlab.audit import audit_dataset, write_audit
     from cxrlab.cli.core import parse_label_map
+    from cxrlab.runs import check_writable
 
-    result = audit_dataset(
-        data,
-        [c.strip() for c in classes.split(",") if c.strip()] if classes else None,
-        parse_label_map(label_map),
-        group_pattern or None,
-        patient_csv,
-        file_column,
-        patient_column,
-        seed,
-        max_distance,
-        cache_dir,
-    )
     target = out or Path("audits") / (Path(data).stem or "data")
+    existed = target.exists()
+    check_writable(target)  # fail before the work, not after it
+    try:
+        result = audit_dataset(
+            data,
+            [c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+            parse_label_map(label_map),
+            group_pattern or None,
+            patient_csv,
+            file_column,
+            patient_column,
+            seed,
+            max_distance,
+            cache_dir,
+        )
+    except BaseException:
+        if not existed:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     json_path, html_path = write_audit(result, target)
     for w in result["warnings"]:
         typer.secho(f"warning: {w}", fg="yellow", err=True)

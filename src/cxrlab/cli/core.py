@@ -201,7 +201,8 @@ def evaluate(
     )
     t = result["test"]
     lo, hi = t["accuracy_ci95"] or (float("nan"), float("nan"))
-    typer.echo(f"accuracy {t['accuracy']:.3f} [95% CI {lo:.3f}–{hi:.3f}], n={t['n']}, AUC {t['auc']:.3f}")
+    auc = f"{t['auc']:.3f}" if t["auc"] == t["auc"] else "undefined (one class)"  # NaN != NaN
+    typer.echo(f"accuracy {t['accuracy']:.3f} [95% CI {lo:.3f}–{hi:.3f}], n={t['n']}, AUC {auc}")
     target = Path(out) if out else Path(run) / ("evaluation" if data is None else "external")
     typer.echo(f"report: {target / 'report.html'}")
 

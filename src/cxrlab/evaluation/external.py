@@ -69,13 +69,18 @@ def compare(internal: dict[str, Any], external: dict[str, Any]) -> dict[str, Any
     op = None
     if it.get("operating_point") and et.get("operating_point"):
         io, eo = it["operating_point"], et["operating_point"]
+        op_rows = [
+            _row(m, f"{m} at the threshold", io, eo) for m in ("accuracy", "sensitivity", "specificity")
+        ]
+        n_pos = et["per_class"].get(io["positive_class"], {}).get("support", 0)
+        for row, undefined in ((op_rows[1], n_pos == 0), (op_rows[2], n_pos == et["n"])):
+            if undefined:  # no external positives (negatives): sensitivity (specificity) is undefined
+                row.update(external=None, external_ci95=None, drop=None)
         op = {
             "positive_class": io["positive_class"],
             "threshold": io["threshold"],
             "method": io["method"],
-            "rows": [
-                _row(m, f"{m} at the threshold", io, eo) for m in ("accuracy", "sensitivity", "specificity")
-            ],
+            "rows": op_rows,
         }
     return {"metrics": rows, "per_class": per_class, "operating_point": op}
 

@@ -81,7 +81,8 @@ def roc(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path, auc: f
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title(f"ROC (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else "ROC")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no curve when the data hold one class only
+        ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
