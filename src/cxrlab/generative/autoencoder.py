@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cxrlab.data.index import CODES_FILE
 from cxrlab.errors import ConfigError, CxrError
 from cxrlab.generative.common import (
+    check_out,
     image_grid,
     load_data,
     load_weights,
@@ -159,13 +160,14 @@ def train_autoencoder(
             f"use e.g. {max(2**depth, image_size // 2**depth * 2**depth)}"
         )
     dev = pick_device(device)
-    out = prepare_folder(out, META, overwrite, "an autoencoder folder")
+    check_out(out, META, overwrite, "an autoencoder folder")
     quiet_lightning()
     t0 = time.perf_counter()
     L.seed_everything(seed, workers=True, verbose=False)
     data_cfg, prepared = load_data(
         data, image_size, seed, classes, max_per_class, cache_dir, progress=progress
     )
+    out = prepare_folder(out, META, overwrite, "an autoencoder folder")
     net = ConvAutoencoder(latent_channels, depth)
     code_shape = [latent_channels, image_size // 2**depth, image_size // 2**depth]
     meta: dict[str, Any] = {
@@ -294,7 +296,7 @@ def encode_dataset(
     data_cfg = ae["data"]
     source = data or data_cfg["path"]
     seed = ae["train"]["seed"] if seed is None else seed
-    out = prepare_folder(out, CODES_FILE, overwrite, "a codes folder")
+    check_out(out, CODES_FILE, overwrite, "a codes folder")
     _, prepared = load_data(
         source,
         ae["image_size"],
@@ -305,6 +307,7 @@ def encode_dataset(
         data_cfg.get("resize", "squash"),
         progress=progress,
     )
+    out = prepare_folder(out, CODES_FILE, overwrite, "a codes folder")
     encoder = net.encoder.to(dev).eval()
     arrays: dict[str, np.ndarray] = {"classes": np.array(prepared.classes, dtype=str)}
     t_enc = time.perf_counter()

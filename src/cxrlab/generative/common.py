@@ -14,12 +14,12 @@ import torch
 from cxrlab.config import DataConfig
 from cxrlab.data.prepare import PreparedData, prepare_data
 from cxrlab.errors import CxrError, DataError, ModelError
-from cxrlab.runs import atomic_write, check_writable, read_json, write_json
+from cxrlab.runs import atomic_write, check_writable, read_json
 from cxrlab.training.runtime import resolve_device
 
 
-def prepare_folder(out: str | Path, marker: str, overwrite: bool, what: str) -> Path:
-    """Create ``out``; refuse a non-empty folder unless ``overwrite`` and it holds our ``marker`` file."""
+def check_out(out: str | Path, marker: str, overwrite: bool, what: str) -> Path:
+    """Fail early (before any decoding) when ``out`` cannot be (re)created; changes nothing."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CxrError(f"{out} is a file; --out takes a folder")
@@ -28,6 +28,13 @@ def prepare_folder(out: str | Path, marker: str, overwrite: bool, what: str) -> 
             raise CxrError(f"{out} already exists and is not empty; choose another --out or add --overwrite")
         if not (out / marker).is_file():
             raise CxrError(f"{out} is not empty and not {what} (no {marker}); refusing to delete it")
+    return out
+
+
+def prepare_folder(out: str | Path, marker: str, overwrite: bool, what: str) -> Path:
+    """Create ``out``; a non-empty folder is replaced only with ``overwrite`` and our ``marker`` file."""
+    out = check_out(out, marker, overwrite, what)
+    if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
     check_writable(out)
     return out
@@ -102,11 +109,6 @@ def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def write_meta(path: Path, meta: dict[str, Any]) -> None:
-    """Write a JSON description (atomically)."""
-    write_json(path, meta)
-
-
 # --------------------------------------------------------------------------- pictures
 
 
@@ -121,7 +123,9 @@ def image_grid(
     from cxrlab.evaluation.plots import _save, plt
 
     ncol = max(1, max(len(r) for r in rows))
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(ncol * cell, len(rows) * cell + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), ncol, figsize=(ncol * cell, len(rows) * (cell + 0.3) + 0.4), squeeze=False
+    )
     for i, row in enumerate(rows):
         for j in range(ncol):
             ax = axes[i, j]

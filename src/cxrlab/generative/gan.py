@@ -34,6 +34,7 @@ from torch import nn
 
 from cxrlab.errors import ConfigError, CxrError, DataError
 from cxrlab.generative.common import (
+    check_out,
     load_data,
     load_weights,
     loss_plot,
@@ -155,7 +156,7 @@ def train_gan(
         raise ConfigError("--epochs/--batch-size/--nz/--ngf/--ndf must be ≥ 1, --lr > 0, 0 ≤ --beta1 < 1")
     _levels(image_size)
     dev = pick_device(device)
-    out = prepare_folder(out, META, overwrite, "a GAN folder")
+    check_out(out, META, overwrite, "a GAN folder")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     images, name, record = class_images(data, class_name, image_size, seed, cache_dir, progress)
@@ -163,6 +164,7 @@ def train_gan(
         images = images[np.sort(np.random.default_rng(seed).choice(len(images), max_images, replace=False))]
     if len(images) < 2:
         raise DataError(f"class {name!r} has {len(images)} training image(s); a GAN needs many more")
+    out = prepare_folder(out, META, overwrite, "a GAN folder")
     save_png(out / "real.png", tile(images[:64]))
     gen, disc = Generator(nz, ngf, image_size).to(dev), Discriminator(ndf, image_size).to(dev)
     gen.apply(dcgan_init)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from cxrlab.data.images import ImageReadError, is_image_file, load_gray
 from cxrlab.errors import DataError
-from cxrlab.generative.common import image_grid, load_data, prepare_folder
+from cxrlab.generative.common import check_out, image_grid, load_data, prepare_folder
 from cxrlab.runs import write_json
 
 
@@ -212,6 +212,7 @@ def quality_report(
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{folder} has no class subfolders (expected {folder}/<class>/*.png)")
+    check_out(out, "quality.json", overwrite, "a quality report folder")
     _, prepared = load_data(data, size, seed, cache_dir=cache_dir, progress=progress)
     unknown = [d.name for d in class_dirs if d.name not in prepared.classes]
     if unknown:

@@ -2,8 +2,8 @@
 
 The Kermany report trained its CNN on the 256×14×14 codes of a convolutional autoencoder
 instead of 224×224 radiographs. This is that CNN adjusted to code input: three conv-BN-ReLU
-blocks (128-128-256 × width, one 2×2 max-pool: 14×14 → 7×7), then the usual configurable head
-(global average pooling, a 128-unit dense layer, dropout). Input channels and size follow the
+blocks (64-64-128 × width, one 2×2 max-pool: 14×14 → 7×7), then the usual configurable head
+(global average pooling, a 64-unit dense layer, dropout). Input channels and size follow the
 codes (``model.in_channels``, ``data.image_size``; ``cxr train`` sets both from the codes file;
 other channel counts than 256 go through the registry's first-convolution adaptation).
 """
@@ -29,7 +29,7 @@ class ToFloat32(nn.Module):
 
 
 def _code_cnn(pretrained: bool, cfg: ModelConfig) -> nn.Module:
-    w1, w2, w3 = (max(8, int(round(w * cfg.width))) for w in (128, 128, 256))
+    w1, w2, w3 = (max(8, int(round(w * cfg.width))) for w in (64, 64, 128))
 
     def block(a: int, b: int) -> list[nn.Module]:
         return [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
@@ -46,7 +46,7 @@ register(
         channels=CODE_CHANNELS,
         mean=(0.0,),
         std=(1.0,),
-        default_hidden=[128],
+        default_hidden=[64],
         family="codes",
         description="CNN on 256×14×14 autoencoder codes (--data CODES from `cxr autoencoder encode`)",
     )

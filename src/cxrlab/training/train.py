@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from cxrlab.config import RunConfig
 from cxrlab.data.cache import ImageCache
+from cxrlab.data.index import codes_meta
 from cxrlab.data.prepare import ImageArrayDataset, PreparedData, prepare_data
 from cxrlab.errors import CxrError, ModelError
 from cxrlab.models.heads import Classifier
@@ -172,6 +173,7 @@ def _train(
         from cxrlab.models.timm_models import ensure_timm_weights
 
         ensure_timm_weights(spec.name)
+    _codes_input(cfg, spec)  # autoencoder codes as --data: input size and channels come from them
     if cfg.data.image_size is None:
         cfg.data.image_size = spec.input_size
     device = resolve_device(cfg.train.device)
@@ -193,7 +195,10 @@ def _train(
 
     features = None
     t_feat = time.perf_counter()
-    if fast_path_applies(cfg):
+    if data.codes is not None:  # autoencoder codes: the whole model trains on them, no pixels involved
+        net: torch.nn.Module = model
+        loaders = _code_loaders(cfg, data, channels, timing)
+    elif fast_path_applies(cfg):
         cache = ImageCache(cfg.data.cache_dir)
         features = {
             split: backbone_features(
@@ -209,7 +214,7 @@ def _train(
             )
             for split in data.images
         }
-        net: torch.nn.Module = model.head
+        net = model.head
         loaders = {
             split: _loader(
                 TensorDataset(torch.from_numpy(features[split]), torch.from_numpy(data.labels[split])),
@@ -285,6 +290,46 @@ def _train(
     metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
     write_json(out / "status.json", {"status": "finished", "epochs_done": trainer.current_epoch})
     return metrics
+
+
+def _codes_input(cfg: RunConfig, spec: ModelSpec) -> None:
+    """Codes from `cxr autoencoder encode` set the input size and channels; code models need codes."""
+    meta = codes_meta(cfg.data.path)
+    if meta is not None:
+        channels, size, _ = meta["shape"]
+        if size < 8:
+            raise CxrError(f"codes of {size}x{size} are too small to train on (need 8x8); use less --depth")
+        cfg.data.image_size = cfg.data.image_size or size
+        cfg.model.in_channels = cfg.model.in_channels or channels
+    elif spec.family == "codes" and cfg.data.path:
+        raise CxrError(
+            f"model {spec.name} trains on autoencoder codes, not images: encode the data first with "
+            "`cxr autoencoder encode AE --data DATA --out CODES`, then pass --data CODES"
+        )
+
+
+def _code_loaders(
+    cfg: RunConfig, data: PreparedData, channels: int, timing: dict[str, float]
+) -> dict[str, DataLoader]:
+    """Loaders over autoencoder codes; the codes' encode time is recorded apart from training time."""
+    assert data.codes is not None and data.codes_meta is not None
+    shape = tuple(data.codes["train"].shape[1:])
+    size = cfg.data.image_size
+    if shape != (channels, size, size):
+        raise CxrError(
+            f"the codes are {'x'.join(map(str, shape))} but the model expects {channels}x{size}x{size}; "
+            f"drop --image-size/model.in_channels (they follow the codes) or re-encode"
+        )
+    timing["encode_s"] = data.codes_meta["encode_s"]
+    timing["autoencoder_train_s"] = data.codes_meta.get("autoencoder_train_s")
+    return {
+        split: _loader(
+            TensorDataset(torch.from_numpy(data.codes[split]), torch.from_numpy(data.labels[split])),
+            cfg,
+            shuffle=split == "train",
+        )
+        for split in ("train", "val")
+    }
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
