@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from cxrlab.config import RunConfig
+from cxrlab.errors import ConfigError
 from cxrlab.experiments.sweep import parse_param, run_sweep
 from tests.conftest import run_cli
 
@@ -88,11 +89,14 @@ def test_pruned_trials_stop_early_and_keep_their_folder(base_yaml, tmp_path):
         assert not (run / "metrics.json").exists()
 
 
-@pytest.mark.parametrize(
-    "param,message",
-    [("lrr=1,2", "unknown key 'lrr'"), ("lr=1e-2:1e-5", "LOW < HIGH"), ("lr", "expected NAME=")],
-)
-def test_sweep_bad_param_one_line(base_yaml, tmp_path, param, message):
-    proc = run_cli("sweep", "--config", str(base_yaml), "--param", param, "--out", str(tmp_path / "s"))
-    assert proc.returncode == 2 and message in proc.stderr
+def test_sweep_bad_param_one_line(base_yaml, tmp_path):
+    proc = run_cli("sweep", "--config", str(base_yaml), "--param", "lrr=1,2", "--out", str(tmp_path / "s"))
+    assert proc.returncode == 2 and "unknown key 'lrr'" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    for param, message in (
+        ("lr=1e-2:1e-5", "LOW < HIGH"),
+        ("lr", "expected NAME="),
+        ("lr=0:1:log", "LOW > 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_param(param)
