@@ -196,3 +196,30 @@ def test_training_splits_group_patients_from_a_csv(tmp_path, covid_dir):
             splits.setdefault(s.group, set()).add(s.split)
         assert len(splits) == 30 and all(len(v) == 1 for v in splits.values())
         assert {s.split for s in index.samples} == {"train", "val", "test"}
+
+
+def test_quick_audit_leaves_synthetic_training_images_out(tmp_path, covid_dir):
+    # --extra-train images (e.g. GAN samples, here 64 px PNGs of one class) are not the data being audited:
+    # they must not create a "format predicts the label" shortcut warning or count as duplicates
+    from cxrlab.audit import quick_audit
+    from cxrlab.config import DataConfig
+    from cxrlab.data.prepare import prepare_data
+
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("NORMAL_A", "NORMAL_B"):
+            (data / split / cls).mkdir(parents=True)
+    files = sorted((covid_dir / "train" / "normal").iterdir())
+    for i, f in enumerate(files[:56]):
+        split = "train" if i < 40 else "test"
+        shutil.copy(f, data / split / ("NORMAL_A" if i % 2 else "NORMAL_B") / f.name)
+    extra = tmp_path / "extra" / "NORMAL_A"
+    extra.mkdir(parents=True)
+    for i, f in enumerate(files[56:76]):
+        Image.open(f).convert("L").resize((64, 64)).save(extra / f"synthetic_{i}.png")
+    cfg = DataConfig(path=str(data), extra_train=str(tmp_path / "extra"), cache_dir=str(tmp_path / "cache"))
+    prepared = prepare_data(cfg, 32, progress=False)
+    audit = quick_audit(prepared)
+    assert audit["synthetic_images_left_out"] == 20
+    assert sum(sum(c.values()) for c in audit["counts"].values()) == 56
+    assert not any("acquisition properties" in w for w in audit["warnings"])

@@ -120,23 +120,20 @@ def _quick(data: Any) -> dict[str, Any]:
     order = [split for split in SPLITS if split in data.paths]
     by_path = {s.path: s for s in index.samples}
     paths = [p for split in order for p in data.paths[split]]
+    labels = np.concatenate([data.labels[split] for split in order]) if order else np.zeros(0, np.int64)
+    arrays = np.concatenate([data.images[split] for split in order]) if data.images else None
+    # Synthetic (--extra-train) images are not part of the data being audited.
+    real = [i for i, p in enumerate(paths) if not by_path[p].synthetic]
+    paths, labels = [paths[i] for i in real], labels[real]
+    arrays = arrays[real] if arrays is not None else None
     samples = [by_path[p] for p in paths]
-    items = _Items(
-        paths,
-        [s.split for s in samples],
-        np.concatenate([data.labels[split] for split in order]) if order else np.zeros(0, np.int64),
-        [s.group for s in samples],
-    )
+    items = _Items(paths, [s.split for s in samples], labels, [s.group for s in samples])
     on_disk = index.npz is None and all(os.path.isfile(p) for p in paths)
     props = None
     if on_disk:
         header, unreadable_headers = read_properties(paths)
         props = header if not unreadable_headers else None
-    if data.images:
-        arrays = np.concatenate([data.images[split] for split in order])
-        thumbs = thumbnails(arrays)
-    else:
-        arrays, thumbs = None, None
+    thumbs = thumbnails(arrays) if arrays is not None else None
     if on_disk:
         hashes: list[str | None] = [content_hash(p) for p in paths]
     elif arrays is not None:
@@ -145,7 +142,9 @@ def _quick(data: Any) -> dict[str, Any]:
         hashes = [None] * len(paths)
     unreadable = dict(index.skipped)
     source = "the run's data.group_pattern (or data.patient_csv)"
-    return _audit(index, items, props, hashes, thumbs, unreadable, source, 0, NEAR_DISTANCE)
+    result = _audit(index, items, props, hashes, thumbs, unreadable, source, 0, NEAR_DISTANCE)
+    result["synthetic_images_left_out"] = sum(s.synthetic for s in index.samples)
+    return result
 
 
 def _audit(

@@ -26,8 +26,8 @@ def audit(
     group_pattern: Annotated[
         str,
         Opt(
-            help="regex on file names whose first group is a patient id "
-            "[default: '(person\\d+)[_-]', Kermany's]"
+            help="regex on file names whose first group is a patient id (the default reads Kermany's "
+            "personN_); an empty string: no patient ids"
         ),
     ] = r"(person\d+)[_-]",
     patient_csv: Annotated[
@@ -35,16 +35,14 @@ def audit(
         Opt(help="CSV mapping files to patients (e.g. ieee8023 metadata.csv); overrides --group-pattern"),
     ] = None,
     file_column: Annotated[
-        str, Opt(help="CSV column with the file name or path relative to DATA [default: filename]")
+        str, Opt(help="CSV column with the file name or path relative to DATA")
     ] = "filename",
-    patient_column: Annotated[
-        str, Opt(help="CSV column with the patient id [default: patientid]")
-    ] = "patientid",
+    patient_column: Annotated[str, Opt(help="CSV column with the patient id")] = "patientid",
     seed: Annotated[
-        int, Opt(help="seed of the splits carved when DATA lacks val/ or test/ (as `cxr train`) [default: 0]")
+        int, Opt(help="seed of the splits carved when DATA lacks val/ or test/ (as `cxr train`)")
     ] = 0,
     max_distance: Annotated[
-        int, Opt(help="near duplicate: at most this many of 256 perceptual-hash bits differ [default: 24]")
+        int, Opt(help="near duplicate: at most this many of 256 perceptual-hash bits differ")
     ] = 24,
     cache_dir: Annotated[
         str, Opt(help="decoded-image cache [default: $CXRLAB_CACHE_DIR or ~/.cache/cxrlab]")
