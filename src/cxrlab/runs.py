@@ -27,6 +27,9 @@ from typing import Any
 
 from cxrlab.errors import CxrError, ModelError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:
     """Write a file via a temporary sibling and rename, so readers never see half a file."""
@@ -36,6 +39,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; run files are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
