@@ -56,6 +56,12 @@ META = "autoencoder.json"
 WEIGHTS = "autoencoder.safetensors"
 
 
+class Interrupted(CxrError):
+    """Ctrl-C during autoencoder training."""
+
+    exit_code = 130
+
+
 def encoder_widths(latent_channels: int, depth: int, base: int = 32) -> list[int]:
     """Channel widths of the encoder: base, 2·base, … and ``latent_channels`` last (32-64-128-256)."""
     return [base * 2**i for i in range(depth - 1)] + [latent_channels]
@@ -213,7 +219,16 @@ def train_autoencoder(
         default_root_dir=out,
     )
     t_train = time.perf_counter()
-    trainer.fit(module, train_dl, val_dl)
+    try:
+        trainer.fit(module, train_dl, val_dl)
+    except SystemExit:  # Lightning's answer to Ctrl-C
+        if trainer.interrupted:
+            meta.update(status="interrupted", epochs_done=len(history.rows))
+            write_json(out / META, meta)
+            raise Interrupted(
+                f"interrupted after {len(history.rows)} epoch(s); {out} is kept but unusable: train again"
+            ) from None
+        raise
     train_s = time.perf_counter() - t_train
     if ckpt.best_model_path and Path(ckpt.best_model_path).is_file():
         module.load_state_dict(

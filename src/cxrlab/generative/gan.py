@@ -192,53 +192,60 @@ def train_gan(
     order = torch.Generator().manual_seed(seed)
     bar = _bar(epochs, f"GAN {name}") if progress else None
     t_train = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        sums = np.zeros(4)
-        perm = torch.randperm(len(real_all), generator=order)
-        gen.train()
-        disc.train()
-        for i in range(0, len(perm), batch_size):
-            real = real_all[perm[i : i + batch_size]].to(dev).float().div(127.5).sub(1.0)
-            n = len(real)
-            ones, zeros = torch.ones(n, device=dev), torch.zeros(n, device=dev)
-            fake = gen(torch.randn(n, nz, device=dev))
-            # discriminator: real → 1, fake → 0
-            opt_d.zero_grad(set_to_none=True)
-            p_real = disc(real)
-            p_fake = disc(fake.detach())
-            loss_d = bce(p_real, ones) + bce(p_fake, zeros)
-            loss_d.backward()
-            opt_d.step()
-            # generator: make the discriminator say 1 on fakes (non-saturating loss)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g = bce(disc(fake), ones)
-            loss_g.backward()
-            opt_g.step()
-            sums += np.array([loss_d.item(), loss_g.item(), p_real.mean().item(), p_fake.mean().item()]) * n
-        means = sums / len(perm)
-        rows.append(
-            {
-                "epoch": epoch,
-                **{k: round(float(v), 5) for k, v in zip(LOSS_FIELDS[1:5], means, strict=True)},
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-        )
-        gen.eval()
-        with torch.no_grad():
-            save_png(out / "samples" / f"epoch_{epoch:03d}.png", tile(to_uint8(gen(fixed), -1.0, 1.0)))
-        save_weights(out / "generator.safetensors", gen)
-        save_weights(out / "discriminator.safetensors", disc)
-        if checkpoint_every and epoch % checkpoint_every == 0:
-            save_weights(out / "checkpoints" / f"epoch_{epoch:03d}_generator.safetensors", gen)
-            save_weights(out / "checkpoints" / f"epoch_{epoch:03d}_discriminator.safetensors", disc)
-        write_csv(out / "losses.csv", rows, LOSS_FIELDS)
-        loss_plot(rows, ["loss_d", "loss_g"], out / "losses.png", f"DCGAN {name}: losses per epoch")
-        meta.update(epochs_done=epoch, train_s=round(time.perf_counter() - t_train, 3))
+    try:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            sums = np.zeros(4)
+            perm = torch.randperm(len(real_all), generator=order)
+            gen.train()
+            disc.train()
+            for i in range(0, len(perm), batch_size):
+                real = real_all[perm[i : i + batch_size]].to(dev).float().div(127.5).sub(1.0)
+                n = len(real)
+                ones, zeros = torch.ones(n, device=dev), torch.zeros(n, device=dev)
+                fake = gen(torch.randn(n, nz, device=dev))
+                # discriminator: real → 1, fake → 0
+                opt_d.zero_grad(set_to_none=True)
+                p_real = disc(real)
+                p_fake = disc(fake.detach())
+                loss_d = bce(p_real, ones) + bce(p_fake, zeros)
+                loss_d.backward()
+                opt_d.step()
+                # generator: make the discriminator say 1 on fakes (non-saturating loss)
+                opt_g.zero_grad(set_to_none=True)
+                loss_g = bce(disc(fake), ones)
+                loss_g.backward()
+                opt_g.step()
+                sums += (
+                    np.array([loss_d.item(), loss_g.item(), p_real.mean().item(), p_fake.mean().item()]) * n
+                )
+            means = sums / len(perm)
+            rows.append(
+                {
+                    "epoch": epoch,
+                    **{k: round(float(v), 5) for k, v in zip(LOSS_FIELDS[1:5], means, strict=True)},
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
+            )
+            gen.eval()
+            with torch.no_grad():
+                save_png(out / "samples" / f"epoch_{epoch:03d}.png", tile(to_uint8(gen(fixed), -1.0, 1.0)))
+            save_weights(out / "generator.safetensors", gen)
+            save_weights(out / "discriminator.safetensors", disc)
+            if checkpoint_every and epoch % checkpoint_every == 0:
+                save_weights(out / "checkpoints" / f"epoch_{epoch:03d}_generator.safetensors", gen)
+                save_weights(out / "checkpoints" / f"epoch_{epoch:03d}_discriminator.safetensors", disc)
+            write_csv(out / "losses.csv", rows, LOSS_FIELDS)
+            loss_plot(rows, ["loss_d", "loss_g"], out / "losses.png", f"DCGAN {name}: losses per epoch")
+            meta.update(epochs_done=epoch, train_s=round(time.perf_counter() - t_train, 3))
+            write_json(out / META, meta)
+            if bar:
+                bar.set_postfix(loss_d=f"{means[0]:.3f}", loss_g=f"{means[1]:.3f}")
+                bar.update(1)
+    except KeyboardInterrupt:  # Ctrl-C: the weights of the last finished epoch stay usable
+        meta.update(status="interrupted")
         write_json(out / META, meta)
-        if bar:
-            bar.set_postfix(loss_d=f"{means[0]:.3f}", loss_g=f"{means[1]:.3f}")
-            bar.update(1)
+        raise
     if bar:
         bar.close()
     loss_plot(rows, ["d_real", "d_fake"], out / "discriminator.png", "mean D(x) and D(G(z))", "probability")
