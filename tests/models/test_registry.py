@@ -95,6 +95,18 @@ def test_builds_runs_forward_and_backward_with_the_right_shapes(name):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "alexnet_improved", "cnn5", "timm/mobilenetv1_100"])
+def test_forward_backward_at_the_true_default_input_size_one_model_per_family(name):
+    if name.startswith("timm/"):
+        pytest.importorskip("timm")
+    spec = get_spec(name)
+    model = build_model(ModelConfig(name=name), 2).train()
+    out = model(_input(name, spec.input_size))
+    assert out.shape == (2, 2)
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 @pytest.mark.parametrize(("output", "outputs"), [("softmax", 2), ("sigmoid", 1)])
 def test_binary_output_is_one_sigmoid_logit_or_two_softmax_logits(output, outputs):
     model = build_model(ModelConfig(name="small_cnn", head=HeadConfig(output=output, hidden=[8])), 2)

@@ -59,7 +59,7 @@ def _table(rows: list[dict]) -> str:
     keys = list(rows[0])
     shown = [{k: _cell(r[k]) for k in keys} for r in rows]
     widths = {k: max(len(k), *(len(r[k]) for r in shown)) for k in keys}
-    numeric = {k for k in keys if all(isinstance(r[k], int) for r in rows)}
+    numeric = {k for k in keys if all(r[k] is None or isinstance(r[k], int) for r in rows)}
     line = "  ".join(k.rjust(widths[k]) if k in numeric else k.ljust(widths[k]) for k in keys).rstrip()
     out = [line, "-" * len(line)]
     for r in shown:

@@ -284,7 +284,10 @@ def model_table() -> list[dict[str, Any]]:
     rows = []
     for name in model_names():
         spec = get_spec(name)
-        params, shape = backbone_params(name)
+        try:
+            params, shape = backbone_params(name)
+        except Exception:  # noqa: BLE001 - one broken entry must not hide the others
+            params, shape = None, None
         rows.append(
             {
                 "model": name,
