@@ -3,8 +3,9 @@
 python scripts/bench_zoo.py table --out DIR [--models a,b] [--steps 3]
     timm-style table: parameters, GMACs (torch.utils.flop_counter, eval forward of one image at the
     model's input size, MACs = FLOPs / 2), training images/s (forward + backward + Adam step,
-    batch 16) and inference images/s in fp32 and bf16 autocast, measured by `cxr bench`'s
-    isolated-process harness (cxrlab.experiments.bench.run_bench). Writes DIR/zoo_table.md/.json.
+    batch 16) and inference images/s in fp32 and (models up to --bf16-max-gmacs) bf16 autocast,
+    measured by `cxr bench`'s isolated-process harness (cxrlab.experiments.bench.run_bench).
+    Writes DIR/zoo_table.md/.json after each model; a rerun skips models already measured.
 python scripts/bench_zoo.py runs RUN [RUN ...]
     Markdown table of finished run folders: test accuracy with its 95% CI, AUC, epochs, wall time.
 """
@@ -32,24 +33,38 @@ def static_columns(name: str) -> dict:
     }
 
 
-def table(out: Path, models: list[str], steps: int, warmup: int, batch: int) -> str:
+def table(out: Path, models: list[str], steps: int, warmup: int, batch: int, bf16_max_gmacs: float) -> str:
+    """Measure model by model, rewriting DIR/zoo_table.md/.json after each one; models already in
+    zoo_table.json are kept (so an interrupted table resumes). bf16 is measured only for models of at
+    most ``bf16_max_gmacs``: emulated bf16 on a CPU without native support takes 2-3x the fp32 time,
+    which for VGG means more than 10 minutes per case."""
     from cxrlab.experiments.bench import run_bench
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = {m: static_columns(m) for m in models}
-    report = run_bench(
-        models=models,
-        devices=["cpu"],
-        precisions=["fp32", "bf16"],
-        batch_size=batch,
-        steps=steps,
-        warmup=warmup,
-        out=out,
-        progress=True,
-    )
-    for r in report["rows"]:
-        rows[r["model"]][f"train_{r['precision']}"] = r["train_img_s"]
-        rows[r["model"]][f"infer_{r['precision']}"] = r["infer_img_s"]
+    done = out / "zoo_table.json"
+    rows = {r["model"]: r for r in json.loads(done.read_text())} if done.is_file() else {}
+    skipped: list[str] = []
+    for m in models:
+        if m in rows:
+            continue
+        row = static_columns(m)
+        precisions = ["fp32"] + (["bf16"] if row["gmacs"] <= bf16_max_gmacs else [])
+        report = run_bench(
+            models=[m],
+            devices=["cpu"],
+            precisions=precisions,
+            batch_size=batch,
+            steps=steps,
+            warmup=warmup,
+            out=out / "cases" / m.replace("/", "_"),
+            progress=True,
+        )
+        for r in report["rows"]:
+            row[f"train_{r['precision']}"] = r["train_img_s"]
+            row[f"infer_{r['precision']}"] = r["infer_img_s"]
+        skipped += report["skipped"]
+        rows[m] = row
+        done.write_text(json.dumps(list(rows.values()), indent=2), encoding="utf-8")
     lines = [
         "| model | input | params (4 classes) | GMACs | train img/s fp32 | train img/s bf16 "
         "| infer img/s fp32 | infer img/s bf16 |",
@@ -63,10 +78,9 @@ def table(out: Path, models: list[str], steps: int, warmup: int, batch: int) -> 
             + " |"
         )
     text = "\n".join(lines) + "\n"
-    if report["skipped"]:
-        text += "\nSkipped: " + "; ".join(report["skipped"]) + "\n"
+    if skipped:
+        text += "\nSkipped: " + "; ".join(skipped) + "\n"
     (out / "zoo_table.md").write_text(text, encoding="utf-8")
-    (out / "zoo_table.json").write_text(json.dumps(list(rows.values()), indent=2), encoding="utf-8")
     return text
 
 
@@ -102,11 +116,14 @@ def main() -> None:
     t.add_argument("--steps", type=int, default=3)
     t.add_argument("--warmup", type=int, default=1)
     t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--bf16-max-gmacs", type=float, default=2.0, help="measure bf16 only up to this size")
     r = sub.add_parser("runs")
     r.add_argument("paths", type=Path, nargs="+")
     args = ap.parse_args()
     if args.cmd == "table":
-        sys.stdout.write(table(args.out, args.models.split(","), args.steps, args.warmup, args.batch))
+        sys.stdout.write(
+            table(args.out, args.models.split(","), args.steps, args.warmup, args.batch, args.bf16_max_gmacs)
+        )
     else:
         sys.stdout.write(runs(args.paths))
 

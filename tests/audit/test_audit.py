@@ -223,3 +223,23 @@ def test_quick_audit_leaves_synthetic_training_images_out(tmp_path, covid_dir):
     assert audit["synthetic_images_left_out"] == 20
     assert sum(sum(c.values()) for c in audit["counts"].values()) == 56
     assert not any("acquisition properties" in w for w in audit["warnings"])
+
+
+def test_quick_audit_is_cached_per_data_and_splits(tmp_path, covid_dir):
+    # a second training run on the same files and splits reads the audit back instead of recomputing it;
+    # other splits (another seed) are a different key
+    from cxrlab.audit import quick_audit
+    from cxrlab.config import DataConfig
+    from cxrlab.data.prepare import prepare_data
+
+    cache = str(tmp_path / "cache")
+    cfg = DataConfig(path=str(covid_dir), classes=["covid", "normal"], cache_dir=cache)
+    prepared = prepare_data(cfg, 32, progress=False)
+    first = quick_audit(prepared, cache)
+    second = quick_audit(prepared, cache)
+    assert "cached" not in first and second["cached"] is True
+    assert second["warnings"] == first["warnings"] and second["counts"] == first["counts"]
+    assert len(list((tmp_path / "cache" / "audit").glob("*.json"))) == 1
+    other = prepare_data(cfg.model_copy(update={"val_fraction": 0.3}), 32, progress=False)
+    assert "cached" not in quick_audit(other, cache)
+    assert len(list((tmp_path / "cache" / "audit").glob("*.json"))) == 2

@@ -101,3 +101,33 @@ def test_resume_before_the_first_checkpoint_is_one_line(tmp_path, covid_small):
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
     line = one_line_error(run_cli("train", "--resume", str(tmp_path)))
     assert "not a run folder" in line
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_evaluation_then_resume_finishes_the_run(covid_small, tmp_path):
+    # SIGINT once the model file exists: training is over, the plots and the report are still being made
+    run = tmp_path / "run"
+    args = ["train", "--data", str(covid_small), "--model", "small_cnn", "--image-size", "48",
+            "--epochs", "2", "--no-tensorboard", "-q", "--out", str(run)]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "cxrlab", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (run / "model.json").is_file():
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.01)
+    stdout, stderr = proc.communicate(timeout=600)
+    if proc.returncode == 0:
+        pytest.skip("evaluation finished before the signal arrived (machine too fast for this window)")
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    line = one_line_error(done, code=130)
+    assert "during evaluation" in line and f"--resume {run}" in line
+    assert json.loads((run / "status.json").read_text()) == {"status": "interrupted", "stage": "evaluation"}
+    assert not (run / "metrics.json").exists()
+
+    proc = run_cli("train", "--resume", str(run), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["timing"]["epochs"] == 2 and (run / "report.html").is_file()

@@ -7,6 +7,8 @@ the data a training run has already decoded (what `cxr train` runs, in seconds).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from cxrlab.audit.patients import patient_ids, patient_overlap
 from cxrlab.audit.properties import array_hash, content_hash, per_class_summary, read_properties
 from cxrlab.data.images import is_image_file
 from cxrlab.data.index import SPLITS, DatasetIndex
+from cxrlab.runs import atomic_write
 
 #: Metadata-only balanced accuracy this far above chance (1/k), with p < 0.01, triggers a warning.
 SHORTCUT_MARGIN = 0.10
@@ -100,10 +103,26 @@ def audit_dataset(
     return result
 
 
-def quick_audit(data: Any) -> dict[str, Any]:
+QUICK_AUDIT_VERSION = "1"  # bump when _quick's output changes, so cached results are not reused
+
+
+def quick_audit(data: Any, cache_dir: str | None = None) -> dict[str, Any]:
     """The audit of a training run's :class:`~cxrlab.data.prepare.PreparedData`: file headers and the
-    already-decoded images only. Never fails a training run: a failure becomes a warning."""
+    already-decoded images only. Never fails a training run: a failure becomes a warning.
+
+    The result depends on the data alone (files, splits, labels, groups), so it is kept in the image
+    cache (``cache_dir``, see :class:`~cxrlab.data.cache.ImageCache`) under a key of exactly those, and
+    a second run on the same data and splits reads it back instead of recomputing (``cached: true``)."""
     start = time.perf_counter()
+    entry = _quick_cache_entry(data, cache_dir)
+    if entry is not None and entry.is_file():
+        try:
+            result = json.loads(entry.read_text(encoding="utf-8"))
+            result["cached"] = True
+            result["seconds"] = round(time.perf_counter() - start, 3)
+            return result
+        except (OSError, ValueError):
+            pass  # a damaged entry is recomputed and rewritten
     try:
         result = _quick(data)
     except Exception as exc:  # noqa: BLE001 - the audit must not cost the user a finished training run
@@ -112,7 +131,44 @@ def quick_audit(data: Any) -> dict[str, Any]:
             "error": f"{exc.__class__.__name__}: {exc}",
         }
     result["seconds"] = round(time.perf_counter() - start, 3)
+    if entry is not None:
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next run the recomputation
+            atomic_write(entry, json.dumps(result, default=_json_default))
     return result
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _quick_cache_entry(data: Any, cache_dir: str | None) -> Path | None:
+    """Where the quick audit of exactly this data (file identities, splits, labels, groups) is cached;
+    None when the cache is unusable or the data has no file identities."""
+    from cxrlab.data.cache import ImageCache, digest
+
+    if not data.keys or not data.paths:
+        return None
+    cache = ImageCache(cache_dir)
+    if not cache.enabled:
+        return None
+    by_path = {s.path: s for s in data.index.samples}
+    parts = [f"quick-audit-v{QUICK_AUDIT_VERSION}", str(data.image_size), *data.classes]
+    for split in SPLITS:
+        if split not in data.paths:
+            continue
+        for path, key, label in zip(data.paths[split], data.keys[split], data.labels[split], strict=True):
+            sample = by_path[path]
+            parts.append(f"{split}|{key}|{int(label)}|{sample.group}|{sample.synthetic}|{path}")
+    parts += [f"skipped|{p}|{why}" for p, why in sorted(data.index.skipped)]
+    source = Path(str(data.index.source))
+    if source.is_file():  # .npz datasets and codes files: keys are paths inside them, add the file's identity
+        st = source.stat()
+        parts.append(f"source|{source.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    return cache.root / "audit" / f"{digest(parts)}.json"
 
 
 def _quick(data: Any) -> dict[str, Any]:

@@ -241,7 +241,7 @@ def evaluate_trained(
         "fast_path": trained.features is not None,
         "device": trained.device,
         "environment": environment(),
-        "audit": run_audit(data),
+        "audit": run_audit(data, cfg.data.cache_dir),
         "plots": {k: str(v.relative_to(out)) for k, v in plot_paths.items()},
     }
     write_json(out / "metrics.json", metrics)
@@ -264,13 +264,13 @@ def write_predictions(
     write_csv(path, rows, fields)
 
 
-def run_audit(data: PreparedData) -> dict[str, Any]:
-    """The fast parts of the data audit, when the audit module is available."""
+def run_audit(data: PreparedData, cache_dir: str | None = None) -> dict[str, Any]:
+    """The fast parts of the data audit (cached per data and splits), when the audit module is available."""
     try:
         from cxrlab.audit import quick_audit
     except ImportError:
         return {"warnings": []}
-    return quick_audit(data)
+    return quick_audit(data, cache_dir)
 
 
 def model_meta(cfg: RunConfig, trained: Trained, op: dict[str, Any], temperature: float) -> dict[str, Any]:

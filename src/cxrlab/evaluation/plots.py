@@ -137,15 +137,40 @@ def sample_grid(
     images: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, per_class: int = 6
 ) -> Path:
     """A few images per class, as the model sees them (after resizing)."""
-    k = len(classes)
-    fig, axes = plt.subplots(k, per_class, figsize=(per_class * 1.3, k * 1.4), squeeze=False)
-    for c in range(k):
-        idx = np.flatnonzero(labels == c)[:per_class]
-        for j in range(per_class):
-            ax = axes[c, j]
-            ax.axis("off")
-            if j < len(idx):
-                ax.imshow(images[idx[j]], cmap="gray", vmin=0, vmax=255)
-            if j == 0:
-                ax.set_title(classes[c], fontsize=8, loc="left")
-    return _save(fig, path)
+    rows = [images[np.flatnonzero(labels == c)[:per_class]] for c in range(len(classes))]
+    return image_grid(rows, path, row_titles=classes)
+
+
+def image_grid(
+    rows: list[np.ndarray] | tuple[np.ndarray, ...],
+    path: Path,
+    row_titles: list[str] | None = None,
+    title: str = "",
+    cell: int = 112,
+) -> Path:
+    """Rows of uint8 grey images ``(n, H, W)`` as one PNG, ``cell`` pixels per image; rows may differ
+    in length. Drawn with PIL: milliseconds, where a matplotlib figure of 30 axes takes a second."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font: ImageFont.ImageFont | ImageFont.FreeTypeFont = ImageFont.load_default(size=13)
+    except (OSError, TypeError):  # Pillow without FreeType: the small bitmap font
+        font = ImageFont.load_default()
+    gap, head = 4, 18 if row_titles else 0
+    top = 24 if title else 0
+    ncol = max(1, max((len(r) for r in rows), default=0))
+    canvas = Image.new("L", (gap + ncol * (cell + gap), top + len(rows) * (head + cell + gap) + gap), 255)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap, 4), title, fill=0, font=font)
+    for i, row in enumerate(rows):
+        y = top + gap + i * (head + cell + gap)
+        if row_titles:
+            draw.text((gap, y), str(row_titles[i]), fill=0, font=font)
+        for j, image in enumerate(row):
+            tile = Image.fromarray(np.asarray(image, dtype=np.uint8))
+            tile = tile.resize((cell, cell), Image.Resampling.BILINEAR)
+            canvas.paste(tile, (gap + j * (cell + gap), y + head))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, format="PNG", optimize=False)
+    return path

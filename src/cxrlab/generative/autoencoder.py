@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cxrlab.data.index import CODES_FILE
 from cxrlab.errors import ConfigError, CxrError
+from cxrlab.evaluation.plots import image_grid
 from cxrlab.generative.common import (
     check_out,
-    image_grid,
     load_data,
     load_weights,
     loss_plot,

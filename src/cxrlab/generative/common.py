@@ -112,33 +112,6 @@ def now() -> str:
 # --------------------------------------------------------------------------- pictures
 
 
-def image_grid(
-    rows: Sequence[np.ndarray],
-    path: Path,
-    row_titles: Sequence[str] | None = None,
-    title: str = "",
-    cell: float = 1.1,
-) -> Path:
-    """Rows of uint8 images ``(n, H, W)`` as one PNG (grey, 0–255); rows may differ in length."""
-    from cxrlab.evaluation.plots import _save, plt
-
-    ncol = max(1, max(len(r) for r in rows))
-    fig, axes = plt.subplots(
-        len(rows), ncol, figsize=(ncol * cell, len(rows) * (cell + 0.3) + 0.4), squeeze=False
-    )
-    for i, row in enumerate(rows):
-        for j in range(ncol):
-            ax = axes[i, j]
-            ax.axis("off")
-            if j < len(row):
-                ax.imshow(row[j], cmap="gray", vmin=0, vmax=255)
-        if row_titles:
-            axes[i, 0].set_title(row_titles[i], fontsize=7, loc="left")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
-
-
 def tile(images: np.ndarray, ncol: int = 8) -> np.ndarray:
     """uint8 ``(n, H, W)`` images tiled into one uint8 picture (2-pixel grey gaps), for PNG grids."""
     n, h, w = images.shape

@@ -23,7 +23,8 @@ from PIL import Image
 
 from cxrlab.data.images import ImageReadError, is_image_file, load_gray
 from cxrlab.errors import DataError
-from cxrlab.generative.common import check_out, image_grid, load_data, prepare_folder
+from cxrlab.evaluation.plots import image_grid
+from cxrlab.generative.common import check_out, load_data, prepare_folder
 from cxrlab.runs import write_json
 
 

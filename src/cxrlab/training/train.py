@@ -137,11 +137,20 @@ def train(
     worker = launched_rank() != 0
     if not worker:
         prepare_out(out, resume, overwrite)
-    state = {"fitting": False}
+    state = {"fitting": False, "evaluating": False}
     try:
         return _train(cfg, out, resume, progress, state, list(callbacks or []))
     except TrainingInterrupted:
         raise
+    except KeyboardInterrupt:
+        if worker or not state["evaluating"]:
+            raise
+        # Ctrl-C after training, while evaluating: the checkpoints are complete, only the scoring is not
+        write_json(out / "status.json", {"status": "interrupted", "stage": "evaluation"})
+        raise TrainingInterrupted(
+            f"interrupted during evaluation; training had finished and {out}/checkpoints is kept: "
+            f"finish it with `cxr train --resume {out}`"
+        ) from None
     except BaseException as exc:
         if worker:
             raise
@@ -287,6 +296,7 @@ def _train(
         module.load_state_dict(load_checkpoint(best)["state_dict"])
     model.to("cpu")
     trained = Trained(model, data, spec, channels, device, features, timing)
+    state["evaluating"] = True
     metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
     write_json(out / "status.json", {"status": "finished", "epochs_done": trainer.current_epoch})
     return metrics
