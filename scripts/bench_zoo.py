@@ -5,7 +5,8 @@ python scripts/bench_zoo.py table --out DIR [--models a,b] [--steps 3]
     model's input size, MACs = FLOPs / 2), training images/s (forward + backward + Adam step,
     batch 16) and inference images/s in fp32 and (models up to --bf16-max-gmacs) bf16 autocast,
     measured by `cxr bench`'s isolated-process harness (cxrlab.experiments.bench.run_bench).
-    Writes DIR/zoo_table.md/.json after each model; a rerun skips models already measured.
+    Writes DIR/zoo_table.md/.json after each model; a rerun measures only what is missing (e.g. bf16
+    for the large models, with a higher --bf16-max-gmacs and fewer --steps).
 python scripts/bench_zoo.py runs RUN [RUN ...]
     Markdown table of finished run folders: test accuracy with its 95% CI, AUC, epochs, wall time.
 """
@@ -45,10 +46,11 @@ def table(out: Path, models: list[str], steps: int, warmup: int, batch: int, bf1
     rows = {r["model"]: r for r in json.loads(done.read_text())} if done.is_file() else {}
     skipped: list[str] = []
     for m in models:
-        if m in rows:
+        row = rows.get(m) or static_columns(m)
+        wanted = ["fp32"] + (["bf16"] if row["gmacs"] <= bf16_max_gmacs else [])
+        precisions = [p for p in wanted if f"train_{p}" not in row]  # resume: only what is missing
+        if not precisions:
             continue
-        row = static_columns(m)
-        precisions = ["fp32"] + (["bf16"] if row["gmacs"] <= bf16_max_gmacs else [])
         report = run_bench(
             models=[m],
             devices=["cpu"],
@@ -62,6 +64,7 @@ def table(out: Path, models: list[str], steps: int, warmup: int, batch: int, bf1
         for r in report["rows"]:
             row[f"train_{r['precision']}"] = r["train_img_s"]
             row[f"infer_{r['precision']}"] = r["infer_img_s"]
+            row[f"steps_{r['precision']}"] = f"{warmup}+{steps}"  # warm-up + timed steps
         skipped += report["skipped"]
         rows[m] = row
         done.write_text(json.dumps(list(rows.values()), indent=2), encoding="utf-8")

@@ -30,15 +30,28 @@ CASES = {
 }  # fmt: skip
 
 
-def interrupt_after(args: list[str], out: Path, epochs: int = 2, timeout: float = 600):
-    """Start `cxr train`, send SIGINT (Ctrl-C) once history.csv holds ``epochs`` rows."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cxrlab", "train", *args, "--out", str(out)],
+def _default_sigint() -> None:
+    """In the child, before exec: Ctrl-C gets its default meaning even when this pytest process ignores
+    SIGINT (an ignored signal is inherited across exec, and Python then leaves it ignored — as after an
+    in-process Lightning run that was interrupted, which sets SIG_IGN and never restores it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_cxr(args: list[str]) -> subprocess.Popen:
+    """`python -m cxrlab ARGS` as a child process that reacts to SIGINT like a terminal's Ctrl-C."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cxrlab", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ),
+        preexec_fn=_default_sigint,
     )
+
+
+def interrupt_after(args: list[str], out: Path, epochs: int = 2, timeout: float = 600):
+    """Start `cxr train`, send SIGINT (Ctrl-C) once history.csv holds ``epochs`` rows."""
+    proc = start_cxr(["train", *args, "--out", str(out)])
     deadline = time.monotonic() + timeout
     history = out / "history.csv"
     while proc.poll() is None and time.monotonic() < deadline:
@@ -109,8 +122,7 @@ def test_ctrl_c_during_evaluation_then_resume_finishes_the_run(covid_small, tmp_
     run = tmp_path / "run"
     args = ["train", "--data", str(covid_small), "--model", "small_cnn", "--image-size", "48",
             "--epochs", "2", "--no-tensorboard", "-q", "--out", str(run)]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "cxrlab", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = start_cxr(args)
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
         if (run / "model.json").is_file():

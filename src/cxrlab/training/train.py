@@ -66,6 +66,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
     warnings.filterwarnings("ignore", message=".*The number of training batches.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    # frozen layers are put in eval mode on purpose: their batch-norm statistics must not drift
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     # --resume continues in a run folder whose checkpoints/ and logs/ exist by design
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 
