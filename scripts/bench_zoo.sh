@@ -15,6 +15,9 @@ part() { [[ -z "${ONLY:-}" || " $ONLY " == *" $1 "* ]]; }   # ONLY="table transf
 # 1. timm-style table: params, GMACs, train img/s (batch 16, fwd+bwd+Adam), inference img/s fp32/bf16.
 if part table; then
   python scripts/bench_zoo.py table --out "$OUT/table" --steps "$STEPS" --warmup 1 --batch 16
+  # second pass: bf16 for the models above 2 GMACs (emulated bf16 is slow here; the first pass skips them)
+  python scripts/bench_zoo.py table --out "$OUT/table" --steps "$STEPS" --warmup 1 --batch 16 \
+    --bf16-max-gmacs 100 --models vgg16,vgg19,resnet34,resnet50,densenet121,inception_v3
 fi
 
 # 2. MobileNetV2, covid-challenge 4 classes (224 px): ImageNet-pretrained vs random init, frozen and
