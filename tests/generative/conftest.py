@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli
+
 CLASSES = ("NORMAL", "PNEUMONIA")
+
+
+def train_small_cnn(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`cxr train` of the quick raw-image run the tests compare against: small_cnn at 32 px, 1 epoch."""
+    return run_cli(
+        "train", "--data", str(data), "--model", "small_cnn", "--image-size", "32", "--epochs", "1",
+        *extra, "--out", str(out), "-q", "--set", "eval.bootstrap=100",
+    )  # fmt: skip
 
 
 def _link(src: Path, dst: Path, n: int | None) -> None:

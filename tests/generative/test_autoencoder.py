@@ -17,6 +17,7 @@ from cxrlab.errors import ConfigError, CxrError, ModelError
 from cxrlab.generative.autoencoder import ConvAutoencoder, encode_dataset, load_autoencoder, train_autoencoder
 from cxrlab.models.registry import build_model, model_names
 from tests.conftest import run_cli
+from tests.generative.conftest import train_small_cnn
 
 
 def _one_line_error(proc) -> str:
@@ -124,22 +125,7 @@ def test_code_cnn_run_records_encode_and_train_time(codes_dir, tiny_kermany, tmp
     assert json.loads((out / "model.json").read_text())["input"] == "codes"
     # same test images as a raw-image run on the same data: paired comparison through `cxr compare`
     raw = tmp_path / "raw-run"
-    proc = run_cli(
-        "train",
-        "--data",
-        str(tiny_kermany),
-        "--model",
-        "small_cnn",
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--out",
-        str(raw),
-        "-q",
-        "--set",
-        "eval.bootstrap=100",
-    )
+    proc = train_small_cnn(tiny_kermany, raw)
     assert proc.returncode == 0, proc.stderr
     paths = {r["path"] for r in csv.DictReader((out / "predictions.csv").open())}
     assert paths == {r["path"] for r in csv.DictReader((raw / "predictions.csv").open())}
@@ -163,39 +149,14 @@ def test_code_cnn_model():
 
 
 def test_bad_input_is_one_line(codes_dir, tiny_kermany, synth_dir, tmp_path):
-    msg = _one_line_error(
-        run_cli("train", "--data", str(tiny_kermany), "--model", "code_cnn", "--out", str(tmp_path / "r1"))
-    )
-    assert "autoencoder encode" in msg
+    def code_cnn_error(data: Path, out: str, *extra: str) -> str:
+        args = ("train", "--data", str(data), "--model", "code_cnn", *extra, "--out", str(tmp_path / out))
+        return _one_line_error(run_cli(*args))
+
+    assert "autoencoder encode" in code_cnn_error(tiny_kermany, "r1")
     assert not (tmp_path / "r1").exists()
-    msg = _one_line_error(
-        run_cli(
-            "train",
-            "--data",
-            str(codes_dir),
-            "--model",
-            "code_cnn",
-            "--extra-train",
-            str(synth_dir),
-            "--out",
-            str(tmp_path / "r2"),
-        )
-    )
-    assert "--extra-train" in msg
-    msg = _one_line_error(
-        run_cli(
-            "train",
-            "--data",
-            str(codes_dir),
-            "--model",
-            "code_cnn",
-            "--image-size",
-            "16",
-            "--out",
-            str(tmp_path / "r3"),
-        )
-    )
-    assert "codes are 256x8x8" in msg
+    assert "--extra-train" in code_cnn_error(codes_dir, "r2", "--extra-train", str(synth_dir))
+    assert "codes are 256x8x8" in code_cnn_error(codes_dir, "r3", "--image-size", "16")
     msg = _one_line_error(run_cli("autoencoder", "encode", str(tiny_kermany), "--out", str(tmp_path / "c")))
     assert "not an autoencoder folder" in msg
     with pytest.raises(ConfigError, match="divisible"):
@@ -204,12 +165,7 @@ def test_bad_input_is_one_line(codes_dir, tiny_kermany, synth_dir, tmp_path):
         encode_dataset(_ae_of(codes_dir), codes_dir)
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "codes.npz").write_bytes(b"PK\x03\x04 broken")
-    msg = _one_line_error(
-        run_cli(
-            "train", "--data", str(tmp_path / "damaged"), "--model", "code_cnn", "--out", str(tmp_path / "r4")
-        )
-    )
-    assert "damaged" in msg
+    assert "damaged" in code_cnn_error(tmp_path / "damaged", "r4")
 
 
 def _ae_of(codes_dir):

@@ -7,7 +7,7 @@ import json
 
 from cxrlab.config import DataConfig
 from cxrlab.data.prepare import prepare_data
-from tests.conftest import run_cli
+from tests.generative.conftest import train_small_cnn
 
 
 def _splits(prepared) -> dict[str, set[str]]:
@@ -33,24 +33,7 @@ def test_synthetic_images_never_reach_val_or_test(flat_kermany, synth_dir):
 
 def test_run_records_real_and_synthetic_per_class(tiny_kermany, synth_dir, tmp_path):
     out = tmp_path / "aug"
-    proc = run_cli(
-        "train",
-        "--data",
-        str(tiny_kermany),
-        "--model",
-        "small_cnn",
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--extra-train",
-        str(synth_dir),
-        "--out",
-        str(out),
-        "-q",
-        "--set",
-        "eval.bootstrap=100",
-    )
+    proc = train_small_cnn(tiny_kermany, out, "--extra-train", str(synth_dir))
     assert proc.returncode == 0, proc.stderr
     data = json.loads((out / "metrics.json").read_text())["data"]
     assert data["real_train"] == {"NORMAL": 24, "PNEUMONIA": 24}

@@ -14,9 +14,6 @@ confusion matrix covers the validation images of rank 0's shard.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import lightning as L
 import numpy as np
 import torch
@@ -30,13 +27,6 @@ def _tensorboard_writer(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
-
-
-def _png_to_array(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def confusion_image(cm: np.ndarray, classes: list[str], cell: int = 56) -> np.ndarray:
@@ -90,11 +80,10 @@ class TensorBoardExtras(L.Callback):
         writer = _tensorboard_writer(trainer)
         if writer is None or not trainer.is_global_zero or self.images is None or not len(self.images):
             return
-        from cxrlab.evaluation.plots import sample_grid
+        from cxrlab.evaluation.plots import sample_picture
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = sample_grid(self.images, self.labels, self.classes, Path(tmp) / "s.png", self.per_class)
-            writer.add_image("samples/train", _png_to_array(path), 0, dataformats="HWC")
+        picture = sample_picture(self.images, self.labels, self.classes, self.per_class)
+        writer.add_image("samples/train", np.asarray(picture.convert("RGB")), 0, dataformats="HWC")
 
     # ------------------------------------------------------------------ confusion matrix
     def on_validation_epoch_start(self, trainer, pl_module) -> None:  # noqa: D102
