@@ -207,6 +207,7 @@ def evaluate_trained(
     params_total = sum(p.numel() for p in model.parameters())
     params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     history = [{k: _num(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
+    plot_notes: dict[str, str] = {}
     plot_paths = make_plots(
         out / "plots",
         history,
@@ -218,6 +219,7 @@ def evaluate_trained(
         cfg.eval.tsne,
         cfg.train.seed,
         cfg.model.name,
+        plot_notes,
     )
     timing = dict(trained.timing)
     timing["eval_s"] = round(time.perf_counter() - t_eval, 3)
@@ -243,6 +245,7 @@ def evaluate_trained(
         "environment": environment(),
         "audit": run_audit(data, cfg.data.cache_dir),
         "plots": {k: str(v.relative_to(out)) for k, v in plot_paths.items()},
+        "plot_notes": plot_notes,
     }
     write_json(out / "metrics.json", metrics)
     from cxrlab.reports.html import write_run_report
@@ -300,8 +303,9 @@ def make_plots(
     tsne: bool,
     seed: int,
     title: str = "",
+    notes: dict[str, str] | None = None,
 ) -> dict[str, Path]:
-    """All plots of a run's report."""
+    """All plots of a run's report; why a plot was left out goes into ``notes`` (plot name -> reason)."""
     classes = data.classes
     out: dict[str, Path] = {}
     curves = plots.training_curves(history, folder / "curves.png", title)
@@ -311,7 +315,7 @@ def make_plots(
     out["roc"] = plots.roc(y, probs, classes, folder / "roc.png", metrics["auc"])
     out["reliability"] = plots.reliability(y, probs, folder / "reliability.png", metrics["ece"])
     if tsne:
-        t = plots.tsne(feats, y, classes, folder / "tsne.png", seed)
+        t = tsne_plot(feats, y, classes, folder / "tsne.png", seed, notes)
         if t:
             out["tsne"] = t
     if "train" in data.images:
@@ -325,6 +329,24 @@ def make_plots(
                 folder / "synthetic.png", per_class=8,
             )
     return out
+
+
+def tsne_plot(
+    feats: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    path: Path,
+    seed: int,
+    notes: dict[str, str] | None = None,
+) -> Path | None:
+    """The t-SNE plot, or None with the reason in ``notes["tsne"]`` when the features cannot be embedded
+    (identical, non-finite or too few: see :func:`plots.tsne_problem`)."""
+    problem = plots.tsne_problem(feats)
+    if problem is not None:
+        if notes is not None:
+            notes["tsne"] = f"t-SNE skipped: {problem}"
+        return None
+    return plots.tsne(feats, y, classes, path, seed)
 
 
 def describe_task(classes: list[str]) -> str:

@@ -91,16 +91,51 @@ def roc(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path, auc: f
     return _save(fig, path)
 
 
+#: Fewest points t-SNE is run on (perplexity needs a few neighbours per point).
+TSNE_MIN_POINTS = 5
+
+
+def tsne_problem(features: np.ndarray) -> str | None:
+    """Why t-SNE cannot be run on ``features`` (``(N, D)``), or None when it can.
+
+    scikit-learn's Barnes-Hut t-SNE crashes the interpreter (segmentation fault, no message) when
+    all points coincide: its PCA initialisation divides by a zero standard deviation and the quad
+    tree is then built on NaN coordinates. Non-finite features (a diverged model) and too few points
+    are refused too."""
+    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    n = len(x)
+    if n < TSNE_MIN_POINTS:
+        return f"only {n} test image(s); t-SNE needs at least {TSNE_MIN_POINTS}"
+    bad = int((~np.isfinite(x)).any(axis=1).sum())
+    if bad:
+        return f"{bad} of {n} test feature vectors contain NaN or infinite values (did training diverge?)"
+    spread = float(np.abs(x - x.mean(axis=0)).max()) if x.size else 0.0
+    if spread <= max(1e-5 * float(np.abs(x).max(initial=0.0)), 1e-12):
+        return (
+            f"all {n} test feature vectors are identical (the model maps every test image to the same "
+            "point: constant images, or a collapsed model)"
+        )
+    return None
+
+
+def _tsne_input(features: np.ndarray) -> np.ndarray:
+    """Centred and scaled to unit overall spread (t-SNE's result does not depend on either), float32."""
+    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    x = x - x.mean(axis=0)
+    return (x / x.std()).astype(np.float32)
+
+
 def tsne(features: np.ndarray, y: np.ndarray, classes: list[str], path: Path, seed: int = 0) -> Path | None:
-    """2-D t-SNE of penultimate-layer features, coloured by true class."""
+    """2-D t-SNE of penultimate-layer features, coloured by true class; None (no plot) when
+    :func:`tsne_problem` finds the features unusable."""
     from sklearn.manifold import TSNE
 
-    n = len(features)
-    if n < 5:
+    if tsne_problem(features) is not None:
         return None
+    n = len(features)
     perplexity = float(min(30, max(2, (n - 1) / 4)))
     emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-        features.astype(np.float32)
+        _tsne_input(features)
     )
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     for c, name in enumerate(classes):

@@ -180,6 +180,7 @@ def write_run_report(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> Path
         "<h2>Plots</h2><div class='grid'>"
         + "".join(img(plots[k], alt) for k, alt in figures if k in plots and plots[k].is_file())
         + "</div>"
+        + "".join(f"<p class='muted'>{esc(note)}</p>" for note in metrics.get("plot_notes", {}).values())
     )
     body += data_section(metrics["data"], classes)
     trows = [[esc(k), fmt(v, 3)] for k, v in timing.items()]
