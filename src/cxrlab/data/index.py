@@ -214,34 +214,39 @@ def _index_codes(path: Path) -> DatasetIndex:
 
 
 def _index_npz(root: Path) -> DatasetIndex:
-    try:
-        with np.load(root, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as exc:  # noqa: BLE001 - any unreadable archive is the user's file problem
-        raise DataError(f"cannot read {root} as a .npz file: {exc}") from None
+    """A MedMNIST-style file, its arrays checked and normalised by :mod:`cxrlab.data.npz`."""
+    from cxrlab.data import npz as npz_check
+
+    arrays = npz_check.read_arrays(root)
     if "train_images" not in arrays or "train_labels" not in arrays:
         raise DataError(
             f"{root} lacks the MedMNIST keys train_images/train_labels "
             f"(has: {', '.join(arrays) or 'nothing'})"
         )
-    samples: list[Sample] = []
-    n_classes = 0
-    for split in SPLITS:
-        if f"{split}_images" not in arrays:
-            continue
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if labels.ndim == 2 and labels.shape[1] > 1:
-            raise DataError(f"{root} is multi-label ({labels.shape[1]} labels per image); not supported")
-        labels = labels.reshape(-1).astype(np.int64)
-        if len(labels) != len(images):
-            raise DataError(f"{root}: {split}_images and {split}_labels differ in length")
-        arrays[f"{split}_labels"] = labels
-        n_classes = max(n_classes, int(labels.max()) + 1 if len(labels) else 0)
-        samples += [
-            Sample(f"npz:{split}:{i}", int(y), split, f"npz:{split}:{i}") for i, y in enumerate(labels)
-        ]
-    names = MEDMNIST_CLASSES.get(root.stem.lower().split("_")[0]) or [f"class_{i}" for i in range(n_classes)]
-    return DatasetIndex(str(root), "npz", list(names), samples, npz=arrays)
+    present = [split for split in SPLITS if f"{split}_images" in arrays or f"{split}_labels" in arrays]
+    for split in present:
+        have, lack = (f"{split}_images", f"{split}_labels")[:: 1 if f"{split}_images" in arrays else -1]
+        if lack not in arrays:
+            raise DataError(f"{root} has {have} but no {lack}; give both")
+    n_total = sum(len(a) if (a := arrays[f"{split}_images"]).ndim else 0 for split in present)
+    labels: dict[str, np.ndarray] = {}
+    for split in present:
+        images, key = arrays[f"{split}_images"], f"{split}_labels"
+        images = npz_check.check_images(root, f"{split}_images", images)
+        labels[split] = npz_check.check_labels(root, key, arrays[key], n_total)
+        if len(labels[split]) != len(images):
+            raise DataError(
+                f"{root}: {split}_images has {len(images)} images but {key} has {len(labels[split])} "
+                "labels; they must match"
+            )
+        arrays[key], arrays[f"{split}_images"] = labels[split], images
+    names = npz_check.check_names(root, MEDMNIST_CLASSES.get(root.stem.lower().split("_")[0]), labels)
+    samples = [
+        Sample(f"npz:{split}:{i}", int(y), split, f"npz:{split}:{i}")
+        for split in present
+        for i, y in enumerate(labels[split])
+    ]
+    return DatasetIndex(str(root), "npz", names, samples, npz=arrays)
 
 
 def _index_folder(root: Path, pattern: re.Pattern[str] | None) -> DatasetIndex:
@@ -378,6 +383,11 @@ def _check_classes(index: DatasetIndex) -> None:
     for name in index.classes:
         if counts["train"][name] == 0:
             where = [s for s in SPLITS if counts[s][name]]
+            if not where:
+                raise DataError(
+                    f"class {name!r} of {index.source} has no images at all; "
+                    "leave it out with --classes or add images"
+                )
             raise DataError(
                 f"class {name!r} has no training images (only in {', '.join(where)}); "
                 "add training images or leave it out with --classes"
