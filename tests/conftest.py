@@ -1,4 +1,7 @@
-"""Shared fixtures: real datasets from ../shared/data (skipped with a reason when absent)."""
+"""Shared fixtures: real datasets from ../shared/data (skipped with a reason when absent).
+
+Under ``CXRLAB_REQUIRE_ALL=1`` (set by ``.ci/run``) a skip of any kind is a failure: a missing dataset,
+weights file, browser, PostgreSQL server or optional package must never let CI go green untested."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data"
+REQUIRE_ALL = os.environ.get("CXRLAB_REQUIRE_ALL", "") not in ("", "0")
 WEIGHTS = SHARED / "weights" / "torch"
 COVID = DATA / "covid-challenge"
 KERMANY = DATA / "kermany-224"
@@ -26,6 +30,17 @@ def _need(path: Path, what: str) -> Path:
             "(see shared/data/README.md); CI always has it"
         )
     return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With CXRLAB_REQUIRE_ALL set, turn every skip into a failure that keeps the skip's reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CXRLAB_REQUIRE_ALL=1 (a prerequisite is missing): {reason}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,7 @@ from cxrlab.config import ModelConfig
 from cxrlab.data.index import discover
 from cxrlab.errors import ConfigError, CxrError, ModelError
 from cxrlab.generative.autoencoder import ConvAutoencoder, encode_dataset, load_autoencoder, train_autoencoder
-from cxrlab.models.registry import build_model, model_names
+from cxrlab.models import build_model, model_names
 from tests.conftest import run_cli
 from tests.generative.conftest import train_small_cnn
 

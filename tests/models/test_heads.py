@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from cxrlab.config import HeadConfig, ModelConfig, TrainConfig
+from cxrlab.models import build_model
 from cxrlab.models.heads import Head, dropout_rates
-from cxrlab.models.registry import build_model
 from cxrlab.training.module import ClassifierModule
 
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from cxrlab.config import ModelConfig
+from cxrlab.models import build_model
 from cxrlab.models.layers import backbone_layers, trace_layers
-from cxrlab.models.registry import build_model
 
 
 def _meta(name: str, freeze: str = "none", **kw):

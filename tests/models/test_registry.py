@@ -8,7 +8,7 @@ import torchvision.models as tvm
 
 from cxrlab.config import HeadConfig, ModelConfig
 from cxrlab.errors import ModelError
-from cxrlab.models.registry import apply_freeze, build_model, get_spec, model_names, resolve_channels
+from cxrlab.models import apply_freeze, build_model, get_spec, model_names, resolve_channels
 
 NAMES = model_names()
 TORCHVISION = [n for n in NAMES if get_spec(n).family == "torchvision"]

@@ -6,7 +6,7 @@ import json
 import re
 
 from cxrlab.config import HeadConfig, ModelConfig
-from cxrlab.models.registry import build_model, model_names
+from cxrlab.models import build_model, model_names
 from cxrlab.models.summary import summarize, summarize_model
 from tests.conftest import ROOT, run_cli
 

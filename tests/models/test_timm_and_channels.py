@@ -12,7 +12,7 @@ import torch
 from cxrlab.config import ModelConfig
 from cxrlab.data.prepare import to_tensor
 from cxrlab.errors import ModelError
-from cxrlab.models.registry import build_model, get_spec
+from cxrlab.models import build_model, get_spec
 from tests.conftest import run_cli
 
 timm = pytest.importorskip("timm")
@@ -63,7 +63,7 @@ def test_pretrained_timm_without_cached_weights_fails_fast_with_one_line(tmp_pat
 def test_without_timm_installed_a_timm_name_says_how_to_install_it():
     code = (
         "import sys; sys.modules['timm'] = None\n"
-        "from cxrlab.models.registry import get_spec\n"
+        "from cxrlab.models import get_spec\n"
         "from cxrlab.errors import ModelError\n"
         "try:\n    get_spec('timm/mobilenetv1_100')\n"
         "except ModelError as e:\n    print(e)\n"

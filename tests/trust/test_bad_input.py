@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -147,18 +148,28 @@ def test_output_folder_that_cannot_be_written(tmp_path, covid_small, binary_run,
     assert "cannot write to" in line and str(out) in line
 
 
-@pytest.mark.skipif(
-    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to read-only folders"
-)
-def test_read_only_output_folder(tmp_path, covid_small):
-    parent = tmp_path / "ro"
-    parent.mkdir()
-    parent.chmod(0o500)
-    try:
-        line = one_line_error(run_cli("audit", str(covid_small), "--out", str(parent / "audit")))
-    finally:
-        parent.chmod(0o700)
-    assert "cannot write to" in line
+@pytest.fixture()
+def read_only_folder(tmp_path):
+    """A folder nobody may write into: chmod for ordinary users; for root (whom chmod does not stop) a
+    read-only tmpfs mounted there."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs as root: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_read_only_output_folder(read_only_folder, covid_small):
+    line = one_line_error(run_cli("audit", str(covid_small), "--out", str(read_only_folder / "audit")))
+    assert "cannot write to" in line and str(read_only_folder / "audit") in line
 
 
 @pytest.mark.parametrize(

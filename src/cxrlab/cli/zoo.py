@@ -44,7 +44,7 @@ def models(
         typer.echo(_table(extra))
     elif timm:
         typer.echo(f"no timm model matches {timm!r}")
-    from cxrlab.models.registry import torch_home
+    from cxrlab.models.weights import torch_home
 
     typer.echo(f"\nweights offline = checkpoint present in {torch_home()} (set TORCH_HOME to change)")
     typer.echo(

@@ -16,8 +16,8 @@ from cxrlab.data.prepare import PreparedData, _from_npz, from_codes
 from cxrlab.errors import CxrError, DataError, ModelError
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.evaluate import logits_to_probs, predict_codes, predict_images, score, thresholded
+from cxrlab.models import build_model
 from cxrlab.models.heads import Classifier
-from cxrlab.models.registry import build_model
 from cxrlab.runs import load_state, read_json, require_run, write_json
 from cxrlab.training.runtime import resolve_device
 

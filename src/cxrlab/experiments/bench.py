@@ -96,7 +96,7 @@ def bench_case(case: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from cxrlab.config import ModelConfig
-    from cxrlab.models.registry import build_model, get_spec, resolve_channels
+    from cxrlab.models import build_model, get_spec, resolve_channels
     from cxrlab.training.runtime import prepare_for_inference
 
     model_name, device, precision = case["model"], case["device"], case["precision"]
@@ -234,7 +234,7 @@ def run_bench(
 
     Writes ``out/bench.csv`` and ``out/bench.md`` when ``out`` is given.
     """
-    from cxrlab.models.registry import get_spec
+    from cxrlab.models import get_spec
 
     models = models or DEFAULT_MODELS
     devices = devices or ["cpu", "cuda"]

@@ -248,7 +248,8 @@ def build_on_meta(
 
     Returns the model, its input size and channels.
     """
-    from cxrlab.models.registry import build_model, get_spec, resolve_channels
+    from cxrlab.models.build import build_model
+    from cxrlab.models.registry import get_spec, resolve_channels
 
     spec = get_spec(cfg.name)
     size = image_size or spec.input_size
@@ -279,7 +280,8 @@ def backbone_params(name: str) -> tuple[int, tuple[int, ...]]:
 
 def model_table() -> list[dict[str, Any]]:
     """One row per registered model for `cxr models` (parameters counted on the meta device)."""
-    from cxrlab.models.registry import get_spec, model_names, weights_available
+    from cxrlab.models.registry import get_spec, model_names
+    from cxrlab.models.weights import weights_available
 
     rows = []
     for name in model_names():

@@ -17,7 +17,8 @@ from torch import nn
 
 from cxrlab.config import ModelConfig
 from cxrlab.errors import ModelError
-from cxrlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, _network_reachable, torch_home
+from cxrlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, register_resolver
+from cxrlab.models.weights import network_reachable, torch_home
 
 HF_HOST = "huggingface.co"
 _HF_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -94,7 +95,7 @@ def ensure_timm_weights(arch: str) -> None:
     if timm_weights_cached(arch):
         return
     source = cfg.hf_hub_id or cfg.url
-    if _offline() or not _network_reachable(HF_HOST if cfg.hf_hub_id else _host(cfg.url)):
+    if _offline() or not network_reachable(HF_HOST if cfg.hf_hub_id else _host(cfg.url)):
         raise ModelError(
             f"pretrained weights of timm/{arch} ({source}) are not in timm's cache and cannot be "
             "downloaded from here; fetch them where there is a network (timm.create_model("
@@ -182,3 +183,6 @@ def timm_table(pattern: str) -> list[dict[str, object]]:
             }
         )
     return rows
+
+
+register_resolver("timm/", timm_spec)

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from cxrlab.config import ModelConfig
-from cxrlab.models.registry import ModelSpec, load_torchvision_weights, register
+from cxrlab.models.registry import ModelSpec, register
+from cxrlab.models.weights import load_torchvision_weights
 
 HALF = (0.5, 0.5, 0.5)
 

@@ -42,7 +42,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def layer_summary(cfg: RunConfig, num_classes: int, image_size: int | None) -> list[list[Any]]:
     """Top-level blocks of the backbone and the head with parameter counts (rebuilt from config,
     random weights: nothing is loaded)."""
-    from cxrlab.models.registry import build_model
+    from cxrlab.models import build_model
 
     model = build_model(cfg.model.model_copy(update={"pretrained": False}), num_classes, image_size)
     rows = []
@@ -58,7 +58,7 @@ def layer_summary(cfg: RunConfig, num_classes: int, image_size: int | None) -> l
 
 def architectures_section(summaries: list[RunSummary], cfgs: list[RunConfig]) -> str:
     """One row per run (model, weights, what trains, head) and a layer summary per architecture."""
-    from cxrlab.models.registry import get_spec
+    from cxrlab.models import get_spec
 
     rows, details, seen = [], "", set()
     for s, cfg in zip(summaries, cfgs, strict=True):

@@ -14,8 +14,8 @@ import torch
 from cxrlab.config import RunConfig
 from cxrlab.data.cache import ImageCache, digest, load_npy, save_npy
 from cxrlab.data.prepare import to_tensor
+from cxrlab.models import ModelSpec
 from cxrlab.models.heads import Classifier
-from cxrlab.models.registry import ModelSpec
 from cxrlab.training.runtime import batched, inference_dtype, prepare_for_inference
 
 

@@ -95,7 +95,7 @@ class ClassifierModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # Frozen layers stay in eval mode: their batch-norm statistics must not drift.
-        from cxrlab.models.registry import frozen_modules
+        from cxrlab.models import frozen_modules
 
         for m in frozen_modules(self.net):
             m.eval()

@@ -22,14 +22,14 @@ from cxrlab.data.cache import ImageCache
 from cxrlab.data.index import codes_meta
 from cxrlab.data.prepare import ImageArrayDataset, PreparedData, prepare_data
 from cxrlab.errors import CxrError, ModelError
-from cxrlab.models.heads import Classifier
-from cxrlab.models.registry import (
+from cxrlab.models import (
     ModelSpec,
     build_model,
     get_spec,
     load_torchvision_weights,
     resolve_channels,
 )
+from cxrlab.models.heads import Classifier
 from cxrlab.runs import atomic_write, check_writable, read_csv, write_csv, write_json
 from cxrlab.training.features import backbone_features, fast_path_applies
 from cxrlab.training.module import ClassifierModule
