@@ -82,6 +82,7 @@ def audit_dataset(
     else:
         paths = [s.path for s in index.samples]
         header, unreadable = read_properties(paths)
+        unreadable.update(index.skipped)  # files the index already refused (e.g. names not valid UTF-8)
         decoded, failures = ImageCache(cache_dir).load_many(paths, THUMBNAIL)
         unreadable.update({p: r for p, r in failures.items() if p not in unreadable})
         keep = [i for i, p in enumerate(paths) if p not in unreadable]

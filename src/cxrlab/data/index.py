@@ -103,6 +103,11 @@ def discover(
     from its ``patient_column`` (rows matched on ``file_column``: a path relative to the data
     folder, or a file name)."""
     root = Path(path).expanduser()
+    if not is_utf8(str(root)):
+        raise DataError(
+            f"the data path {printable(str(root))} is not valid UTF-8; rename or move it (paths are written "
+            "to UTF-8 reports)"
+        )
     if not root.exists():
         raise DataError(f"data not found: {root} (give a folder of class subfolders, or a MedMNIST .npz)")
     label_map = label_map or {}
@@ -260,6 +265,12 @@ def _index_folder(root: Path, pattern: re.Pattern[str] | None) -> DatasetIndex:
     per_split: dict[str, dict[str, Path]] = {}
     for split, folder in roots.items():
         per_split[split] = {d.name: d for d in _class_dirs(folder)}
+        for name in per_split[split]:
+            if not is_utf8(name):
+                raise DataError(
+                    f"class folder {printable(str(folder / name))} has a name that is not valid UTF-8; "
+                    "rename it (class names are written to UTF-8 reports)"
+                )
         names += [n for n in sorted(per_split[split]) if n not in names]
     if not names:
         raise DataError(
@@ -308,12 +319,37 @@ def _image_files(class_dir: Path, index: DatasetIndex) -> list[Path]:
             if name.startswith("."):
                 continue
             file = Path(dirpath) / name
+            if not is_utf8(str(file)):
+                index.skipped.append((printable(str(file)), NOT_UTF8))
+                continue
             if is_image_file(file) and file.is_file():
                 found.append(file)
             else:
                 index.ignored_files += 1
                 index.ignored_paths.append(str(file))
     return found
+
+
+#: Why a file whose name is not valid UTF-8 is skipped (see :func:`is_utf8`).
+NOT_UTF8 = "file name is not valid UTF-8 (shown with \\x escapes); rename it to use it"
+
+
+def is_utf8(name: str) -> bool:
+    """False for a name holding bytes that are not UTF-8 (Python carries them as lone surrogates).
+
+    Such files are skipped with a named reason rather than used: every path cxrlab keeps ends up in
+    UTF-8 files (splits.csv, predictions.csv, metrics.json, report.html), and an escaped stand-in there
+    would not name the file on disk for other tools."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """``path`` with bytes that are not UTF-8 written as ``\\xNN`` escapes: safe in CSV, JSON and HTML."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _groups_from_csv(index: DatasetIndex, root: Path, csv_path: str | Path, patient: str, file: str) -> None:
