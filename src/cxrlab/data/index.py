@@ -63,6 +63,7 @@ class DatasetIndex:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored_files: int = 0
     ignored_paths: list[str] = field(default_factory=list)  # the non-image files (for `cxr audit`)
+    hidden_dirs: list[str] = field(default_factory=list)  # dot-named folders, broken links (named in errors)
     npz: dict[str, np.ndarray] | None = None
 
     def split(self, name: str) -> list[Sample]:
@@ -264,7 +265,7 @@ def _index_folder(root: Path, pattern: re.Pattern[str] | None) -> DatasetIndex:
     names: list[str] = []
     per_split: dict[str, dict[str, Path]] = {}
     for split, folder in roots.items():
-        per_split[split] = {d.name: d for d in _class_dirs(folder)}
+        per_split[split] = {d.name: d for d in _class_dirs(folder, index.hidden_dirs)}
         for name in per_split[split]:
             if not is_utf8(name):
                 raise DataError(
@@ -275,6 +276,7 @@ def _index_folder(root: Path, pattern: re.Pattern[str] | None) -> DatasetIndex:
     if not names:
         raise DataError(
             f"{root} has no class subfolders (expected {root}/<class>/<image> or {root}/train/<class>/)"
+            + hidden_note(index)
         )
     index.classes = names
     for split, class_dirs in per_split.items():
@@ -290,15 +292,45 @@ def _index_folder(root: Path, pattern: re.Pattern[str] | None) -> DatasetIndex:
     return index
 
 
-def _subdirs(folder: Path) -> list[Path]:
+def _subdirs(folder: Path, hidden: list[str] | None = None) -> list[Path]:
+    """Sub-folders of ``folder``, sorted. Dot-named ones are left out, their names added to ``hidden``,
+    as are symlinks that lead nowhere (``"name -> target"``), which are not folders yet look like one."""
     try:
-        return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    except PermissionError:
-        raise DataError(f"cannot read folder {folder}: permission denied") from None
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot read folder {printable(str(folder))}: {exc.strerror or exc}") from None
+    found = []
+    for d in entries:
+        if not d.is_dir():
+            if hidden is not None and d.is_symlink():  # dangling, or a loop: is_dir() is False
+                hidden.append(f"{d.name} -> {os.readlink(d)} (a broken symlink)")
+            continue
+        if d.name.startswith("."):
+            if hidden is not None and d.name not in hidden:
+                hidden.append(d.name)
+            continue
+        found.append(d)
+    return found
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return _subdirs(folder)
+def _class_dirs(folder: Path, hidden: list[str] | None = None) -> list[Path]:
+    return _subdirs(folder, hidden)
+
+
+def hidden_note(index: DatasetIndex) -> str:
+    """``"; ignored hidden folders: .a, .b (…)"`` (and broken symlinks) when such folders were left
+    out, else ``""``."""
+    hidden = [printable(h) for h in index.hidden_dirs if h.startswith(".") and " -> " not in h]
+    broken = [printable(h) for h in index.hidden_dirs if h not in hidden]
+    note = ""
+    if hidden:
+        note += (
+            f"; ignored hidden folders: {', '.join(hidden)} "
+            "(names starting with '.' are never classes; rename one to use it)"
+        )
+    if broken:
+        note += f"; ignored: {', '.join(broken)}"
+    return note
 
 
 def _image_files(class_dir: Path, index: DatasetIndex) -> list[Path]:
@@ -306,7 +338,8 @@ def _image_files(class_dir: Path, index: DatasetIndex) -> list[Path]:
     found: list[Path] = []
     seen: set[str] = set()
     top = os.path.realpath(class_dir)
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+    errors: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, onerror=errors.append, followlinks=True):
         real = os.path.realpath(dirpath)
         # A link back to the class folder or above it (e.g. loop -> ..) is a loop that would also pull
         # in the other classes' images under this class's label: never follow it.
@@ -327,7 +360,22 @@ def _image_files(class_dir: Path, index: DatasetIndex) -> list[Path]:
             else:
                 index.ignored_files += 1
                 index.ignored_paths.append(str(file))
+    _unreadable_folders(class_dir, errors, index)
     return found
+
+
+def _unreadable_folders(class_dir: Path, errors: list[OSError], index: DatasetIndex) -> None:
+    """A class folder that cannot be listed is an error naming why; an unreadable sub-folder is skipped
+    with its reason (``os.walk`` would pass over both in silence)."""
+    for exc in errors:
+        where = str(exc.filename) if exc.filename is not None else str(class_dir)
+        why = exc.strerror or str(exc)
+        if os.path.abspath(where) == os.path.abspath(class_dir):
+            raise DataError(
+                f"cannot read class folder {printable(where)}: {why} (check its permissions, or leave it out "
+                "with --classes)"
+            )
+        index.skipped.append((printable(where), f"cannot read this folder: {why}"))
 
 
 #: Why a file whose name is not valid UTF-8 is skipped (see :func:`is_utf8`).
@@ -414,6 +462,7 @@ def _check_classes(index: DatasetIndex) -> None:
     if len(index.classes) < 2:
         raise DataError(
             f"{index.source} has only one class ({', '.join(index.classes)}); a classifier needs at least two"
+            + hidden_note(index)
         )
     has_test = any(counts["test"].values())
     for name in index.classes:
@@ -475,7 +524,8 @@ def group_stratified_holdout(
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_splits = max(2, round(1 / fraction))
-    if len(set(groups)) < n_splits:
+    # StratifiedGroupKFold refuses when every class has fewer members than folds: hold out at random then
+    if len(set(groups)) < n_splits or np.bincount(labels).max() < n_splits:
         mask = np.zeros(len(labels), dtype=bool)
         mask[
             np.random.default_rng(seed).permutation(len(labels))[: max(1, round(fraction * len(labels)))]
