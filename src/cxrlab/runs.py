@@ -13,6 +13,9 @@
     RUN/logs/             CSV and TensorBoard logs
     RUN/plots/*.png       curves, confusion matrix, ROC, t-SNE, reliability diagram
     RUN/report.html       one self-contained page
+    RUN/status.json       running (pid, host, start) | finished | interrupted | failed, with the reason
+    RUN/.cxrlab-run       marker: this folder was created by cxrlab (``--overwrite`` needs it)
+    RUN/.cxrlab-lock      advisory lock held by the one process writing the folder
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; run files are ordinary files
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno is not None and exc.filename != str(path):  # name the file, not the temporary one
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -136,3 +144,319 @@ def load_state(run: Path) -> dict[str, Any]:
         raise ModelError(
             f"{path} is corrupted or not a safetensors file ({exc.__class__.__name__}); retrain or restore it"
         ) from None
+
+
+# --------------------------------------------------------------------------- marker, guard, lock, status
+
+MARKER = ".cxrlab-run"  # JSON {kind, version, created}: written when cxrlab creates an output folder
+LOCK = ".cxrlab-lock"  # advisory lock (fcntl.flock) held by the one process writing the folder
+_OWN = (MARKER, LOCK, ".cxrlab-write-test")
+
+# Top-level entries `cxr train` and `cxr evaluate` write into a run folder.
+RUN_ENTRIES: tuple[str, ...] = (
+    "config.yaml",
+    "splits.csv",
+    "history.csv",
+    "predictions.csv",
+    "metrics.json",
+    "model.safetensors",
+    "model.json",
+    "status.json",
+    "report.html",
+    "checkpoints",
+    "logs",
+    "tensorboard",
+    "plots",
+    "evaluation",
+    "external",
+)
+
+_INPUTS: set[Path] = set()
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
+def protect(*paths: str | Path | None) -> None:
+    """Record input paths (data folders, config files) of this process: `--overwrite` never deletes
+    a folder that is, or holds, one of them."""
+    for p in paths:
+        if p:
+            _INPUTS.add(_real(p))
+
+
+def _within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _danger(out: Path, extra: tuple[str | Path, ...] = ()) -> str | None:
+    """Why deleting the contents of ``out`` would hurt something that is not a run, or None."""
+    real = _real(out)
+    if real == Path(real.anchor):
+        return "it is the file system root"
+    if _within(_real(Path.home()), real):
+        return "it is (or holds) your home folder"
+    try:
+        cwd = _real(Path.cwd())
+    except OSError:
+        cwd = None
+    if cwd is not None and _within(cwd, real):
+        return "it is (or holds) the current folder"
+    for p in sorted(_INPUTS | {_real(e) for e in extra if e}):
+        if _within(p, real):
+            return f"it holds {p}, which this command reads"
+    return None
+
+
+def _allowed(name: str, entries: tuple[str, ...]) -> bool:
+    import fnmatch
+
+    if name in _OWN:
+        return True
+    return any(fnmatch.fnmatchcase(name, e) or fnmatch.fnmatchcase(name, f".{e}.*.tmp") for e in entries)
+
+
+def read_marker(folder: str | Path) -> dict[str, Any] | None:
+    """The marker of a folder cxrlab created (None when absent or unreadable)."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_marker(folder: str | Path, kind: str) -> None:
+    """Mark ``folder`` as written by cxrlab (``kind``: train, autoencoder, gan, …)."""
+    import time
+
+    from cxrlab import __version__
+
+    write_json(
+        Path(folder) / MARKER,
+        {"kind": kind, "version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S")},
+    )
+
+
+def check_replaceable(
+    out: str | Path, kind: str, entries: tuple[str, ...], what: str, protect: tuple[str | Path, ...] = ()
+) -> None:
+    """Refuse (one line, nothing changed) unless ``out`` is a folder cxrlab wrote as ``kind`` and holds
+    nothing but the ``entries`` (names or glob patterns) cxrlab writes there; never the root, home or
+    current folder, nor a folder holding this command's inputs."""
+    out = Path(out)
+    refuse = f"refusing to delete {out} with --overwrite"
+    reason = _danger(out, protect)
+    if reason:
+        raise CxrError(f"{refuse}: {reason}; choose another --out")
+    marker = read_marker(out)
+    if marker is None:
+        raise CxrError(
+            f"{refuse}: it was not written by this cxrlab (no {MARKER} marker); "
+            "choose another --out, or delete it yourself if you are sure"
+        )
+    if marker.get("kind") != kind:
+        raise CxrError(f"{refuse}: it is a {marker.get('kind')!r} folder, not {what}; choose another --out")
+    foreign = sorted(p.name for p in out.iterdir() if not _allowed(p.name, entries))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise CxrError(
+            f"{refuse}: it holds files cxrlab did not write ({shown}); move them or choose another --out"
+        )
+
+
+def clear_folder(out: str | Path, entries: tuple[str, ...]) -> None:
+    """Delete the cxrlab-written entries of ``out`` (never anything else, never the lock file); links are
+    removed, not followed."""
+    import shutil
+
+    for p in Path(out).iterdir():
+        if p.name == LOCK or not _allowed(p.name, entries):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def check_out_path(out: str | Path, option: str = "--out") -> Path:
+    """``out`` must be a folder or not exist yet (a file or a device is refused in one line)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CxrError(f"{out} is a file, not a folder; {option} takes a folder (new, or empty)")
+    return out
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+class RunInUse(CxrError):
+    """Another process holds the folder's lock."""
+
+
+class RunLock:
+    """An advisory lock on a folder (``fcntl.flock`` on ``FOLDER/.cxrlab-lock``), released by
+    :meth:`release` or when the process ends (also after kill -9)."""
+
+    def __init__(self, folder: str | Path, hint: str = "wait for it or choose another --out"):
+        import fcntl
+
+        self.folder = Path(folder)
+        self.fd: int | None = None
+        path = self.folder / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            writable = True
+        except OSError:
+            try:  # a read-only run: lock its existing file if there is one (nobody can write it anyway)
+                fd, writable = os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
+            except OSError:
+                return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self.holder()
+            os.close(fd)
+            who = f" (pid {holder.get('pid')} on {holder.get('host')})" if holder else ""
+            raise RunInUse(f"{self.folder} is in use by another cxr process{who}; {hint}") from None
+        self.fd = fd
+        if writable:
+            info = json.dumps({"pid": os.getpid(), "host": _host()}).encode()
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, info, 0)
+            except OSError:
+                pass  # a full disk: the lock itself still holds
+
+    def holder(self) -> dict[str, Any]:
+        """pid and host of the process that took the lock last (empty when unknown)."""
+        try:
+            data = json.loads((self.folder / LOCK).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def release(self) -> None:
+        """Unlock (idempotent)."""
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def run_lock(folder: str | Path, hint: str = "wait for it or choose another --out") -> RunLock:
+    """Take ``folder``'s lock or fail at once with one line naming the holder (use as a context manager)."""
+    return RunLock(folder, hint)
+
+
+def _lock_free(folder: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases the lock if we took it
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_status(run: str | Path, status: str, **fields: Any) -> None:
+    """Write RUN/status.json; "running" records pid, host and start time. Best effort: never raises for a
+    full or read-only disk (a full disk is retried in place, which needs no new blocks)."""
+    import time
+
+    record: dict[str, Any] = {"status": status}
+    if status == "running":
+        record.update(pid=os.getpid(), host=_host(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    record.update(fields)
+    path = Path(run) / "status.json"
+    try:
+        write_json(path, record)
+    except OSError:
+        try:
+            with path.open("r+b") as fh:
+                fh.write((json.dumps(_clean(record), indent=2) + "\n").encode("utf-8"))
+                fh.truncate()
+        except OSError:
+            pass
+
+
+def stale_reason(run: str | Path, status: dict[str, Any], holding_lock: bool = False) -> str | None:
+    """For a "running" status whose process is gone (dead pid on this host, or a free lock), why it is
+    stale ("process N ended without updating status"); None when it may still be running. ``holding_lock``: this process holds RUN's lock, so any
+    other writer is gone."""
+    if status.get("status") != "running":
+        return None
+    pid = status.get("pid")
+    if pid == os.getpid() and status.get("host") == _host():
+        return None
+    gone = holding_lock or _lock_free(Path(run))
+    if not gone and isinstance(pid, int) and status.get("host") == _host():
+        gone = not _pid_alive(pid)
+    if not gone:
+        return None
+    return f"process {pid if pid is not None else '?'} ended without updating status"
+
+
+def read_status(run: str | Path, holding_lock: bool = False) -> dict[str, Any]:
+    """RUN/status.json ({} when absent or damaged); a stale "running" is reported as interrupted, with the
+    reason and the stale record under ``stale``."""
+    try:
+        status = json.loads((Path(run) / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(status, dict):
+        return {}
+    reason = stale_reason(run, status, holding_lock)
+    if reason:
+        return {"status": "interrupted", "reason": reason, "stale": status}
+    return status
+
+
+def settle_stale(run: str | Path) -> str | None:
+    """With RUN's lock held: record a stale "running" status as interrupted; return the reason."""
+    status = read_status(run, holding_lock=True)
+    if "stale" not in status:
+        return None
+    write_status(run, "interrupted", reason=status["reason"])
+    return status["reason"]
+
+
+def disk_full(exc: BaseException) -> OSError | None:
+    """The ENOSPC (or EDQUOT) error behind ``exc``, if any."""
+    import errno
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None

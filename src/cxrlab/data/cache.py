@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import signal
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -51,17 +53,39 @@ def digest(parts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """Write atomically, so an interrupted run never leaves a half-written cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+_WARNED: list[bool] = []
+
+
+def _skip_cache(folder: Path, exc: OSError) -> None:
+    """Warn once per process that the cache is skipped: it is an optimisation, never a failure."""
+    if _WARNED:
+        return
+    _WARNED.append(True)
+    why = exc.strerror or exc.__class__.__name__
+    print(
+        f"warning: cannot write to the cache {folder} ({why}); continuing without caching "
+        "(free space there or set --cache-dir)",
+        file=sys.stderr,
+    )
+
+
+def save_npy(path: Path, array: np.ndarray) -> bool:
+    """Write a cache entry atomically (an interrupted run never leaves half an entry). A cache that
+    cannot be written (full disk, read-only, …) is skipped with one warning; returns whether it was."""
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, array, allow_pickle=False)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return True
+    except OSError as exc:
+        _skip_cache(path.parent, exc)
+        return False
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            Path(tmp).unlink(missing_ok=True)
 
 
 def load_npy(path: Path) -> np.ndarray | None:
@@ -94,8 +118,9 @@ class ImageCache:
                 probe = self.root / ".write-test"
                 probe.write_text("ok")
                 probe.unlink()
-            except OSError:
-                self.enabled = False  # read-only home: decode every time, still correct
+            except OSError as exc:
+                _skip_cache(self.root, exc)
+                self.enabled = False  # read-only or full: decode every time, still correct
 
     def _entry(self, key: str, suffix: str = ".npy") -> Path:
         return self.root / "images" / key[:2] / f"{key}{suffix}"
@@ -138,12 +163,16 @@ class ImageCache:
                 failures[paths[i]] = error or "unreadable"
                 if self.enabled and key:
                     bad = self._entry(key, ".bad")
-                    bad.parent.mkdir(parents=True, exist_ok=True)
-                    bad.write_text(failures[paths[i]], encoding="utf-8")
+                    try:
+                        bad.parent.mkdir(parents=True, exist_ok=True)
+                        bad.write_text(failures[paths[i]], encoding="utf-8")
+                    except OSError as exc:
+                        _skip_cache(self.root, exc)
+                        self.enabled = False
                 continue
             results[i] = array
-            if self.enabled and key:
-                save_npy(self._entry(key), array)
+            if self.enabled and key and not save_npy(self._entry(key), array):
+                self.enabled = False  # full or read-only: stop trying for the rest of the run
         return results, failures
 
     def features_path(self, key: str) -> Path:
@@ -162,8 +191,19 @@ def _decode_all(jobs: list[tuple[str, int, str]], progress: Callable[[int], None
             yield out
         return
     ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_signals)
+    try:
         for out in pool.map(_decode, jobs, chunksize=8):
             if progress:
                 progress(1)
             yield out
+    except BaseException:  # Ctrl-C: do not decode the rest first
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _worker_signals() -> None:
+    """Decoding workers leave Ctrl-C to the main process (which stops them): no tracebacks from them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,30 +14,86 @@ import torch
 from cxrlab.config import DataConfig
 from cxrlab.data.prepare import PreparedData, prepare_data
 from cxrlab.errors import CxrError, DataError, ModelError
-from cxrlab.runs import atomic_write, check_writable, read_json
+from cxrlab.runs import (
+    LOCK,
+    RunLock,
+    atomic_write,
+    check_out_path,
+    check_replaceable,
+    check_writable,
+    clear_folder,
+    protect,
+    read_json,
+    run_lock,
+    write_marker,
+)
 from cxrlab.training.runtime import resolve_device
+
+# What each generative command writes into its folder (top-level names or glob patterns), keyed by the
+# description file that marks the folder; `--overwrite` deletes these and nothing else.
+FOLDER_ENTRIES: dict[str, tuple[str, ...]] = {
+    "autoencoder.json": (
+        "autoencoder.json",
+        "autoencoder.safetensors",
+        "history.csv",
+        "checkpoints",
+        "loss.png",
+        "reconstructions.png",
+    ),
+    "codes.npz": ("codes.npz", "codes.json"),
+    "gan.json": (
+        "gan.json",
+        "real.png",
+        "samples",
+        "generator.safetensors",
+        "discriminator.safetensors",
+        "checkpoints",
+        "losses.csv",
+        "losses.png",
+        "discriminator.png",
+    ),
+    "quality.json": ("quality.json", "plots", "report.html"),
+}
+
+
+def _kind(marker: str) -> str:
+    return marker.rsplit(".", 1)[0]
 
 
 def check_out(out: str | Path, marker: str, overwrite: bool, what: str) -> Path:
-    """Fail early (before any decoding) when ``out`` cannot be (re)created; changes nothing."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CxrError(f"{out} is a file; --out takes a folder")
-    if out.exists() and any(out.iterdir()):
+    """Fail early (before any decoding) when ``out`` cannot be (re)created; changes nothing.
+
+    A non-empty folder is replaced only with ``overwrite``, and only when cxrlab wrote it as this kind
+    of folder and it holds nothing else (:func:`cxrlab.runs.check_replaceable`); never the folder being
+    read (:func:`cxrlab.runs.protect`), the current, home or root folder."""
+    out = check_out_path(out)
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         if not overwrite:
             raise CxrError(f"{out} already exists and is not empty; choose another --out or add --overwrite")
-        if not (out / marker).is_file():
-            raise CxrError(f"{out} is not empty and not {what} (no {marker}); refusing to delete it")
+        check_replaceable(out, _kind(marker), FOLDER_ENTRIES.get(marker, (marker,)), what)
     return out
 
 
 def prepare_folder(out: str | Path, marker: str, overwrite: bool, what: str) -> Path:
-    """Create ``out``; a non-empty folder is replaced only with ``overwrite`` and our ``marker`` file."""
+    """Create ``out`` (marked as cxrlab's); a non-empty folder is replaced only as :func:`check_out` allows.
+
+    The folder's lock is taken and kept until the process ends: a second writer stops at once."""
     out = check_out(out, marker, overwrite, what)
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
+    key = os.path.realpath(out)
+    if key in _HELD:  # written before by this process (in-process API use): ours to write again
+        _HELD.pop(key).release()
+    lock = run_lock(out) if (out / LOCK).is_file() else None
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
+        check_out(out, marker, overwrite, what)  # again, under the lock
+        clear_folder(out, FOLDER_ENTRIES.get(marker, (marker,)))
     check_writable(out)
+    lock = lock or run_lock(out)
+    _HELD[key] = lock
+    write_marker(out, _kind(marker))
     return out
+
+
+_HELD: dict[str, RunLock] = {}  # locks of the folders this process writes, released when it ends
 
 
 def pick_device(device: str) -> str:
@@ -95,6 +151,7 @@ def load_data(
     """Decode a dataset like `cxr train` does (same splits for the same data and seed)."""
     if not data:
         raise DataError("no data given: pass --data FOLDER (class subfolders or train/val/test)")
+    protect(data)  # --overwrite never deletes the folder being read
     cfg = DataConfig(
         path=str(data), classes=classes, max_per_class=max_per_class, cache_dir=cache_dir, resize=resize
     )

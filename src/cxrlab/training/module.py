@@ -8,6 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrlab.config import TrainConfig
+from cxrlab.errors import CxrError
+
+
+class TrainingDiverged(CxrError):
+    """The loss became NaN or infinite: training cannot continue from here."""
 
 
 def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -79,6 +84,7 @@ class ClassifierModule(L.LightningModule):
         output = self.net(x)
         loss = self.loss(output, y)
         total = loss + self.penalty()
+        self._check_finite(total, "")
         acc = (logits_to_probs(main_logits(output)).argmax(1) == y).float().mean()
         self.log("train_loss", loss, batch_size=len(y), **_EPOCH)
         self.log("train_acc", acc, batch_size=len(y), **_EPOCH)
@@ -88,10 +94,25 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.loss(logits, y)
+        self._check_finite(loss, "validation ")
         acc = (logits_to_probs(logits).argmax(1) == y).float().mean()
         self.log("val_loss", loss, batch_size=len(y), **_EPOCH)
         self.log("val_acc", acc, batch_size=len(y), **_EPOCH)
         return logits.detach()  # for callbacks (TensorBoard's confusion matrix)
+
+    def _check_finite(self, loss: torch.Tensor, what: str) -> None:
+        """Stop with one line when the loss is NaN or infinite (a diverging run): before any callback sees
+        NaN weights (TensorBoard histograms) and before a NaN checkpoint is written."""
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        kind = "NaN" if bool(torch.isnan(loss.detach()).any()) else "infinite"
+        lr = self.cfg.lr
+        where = f"after step {self.global_step}" if what else f"step {self.global_step + 1}"
+        raise TrainingDiverged(
+            f"the {what}loss became {kind} at epoch {self.current_epoch + 1} ({where}); "
+            f"lower the learning rate (now {lr:g}), e.g. --lr {min(lr, 1.0) / 10:g}, or check the images "
+            "and labels for NaN"
+        )
 
     def on_train_epoch_start(self) -> None:
         # Frozen layers stay in eval mode: their batch-norm statistics must not drift.

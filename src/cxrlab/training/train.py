@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
 import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from cxrlab.config import RunConfig
@@ -30,7 +37,24 @@ from cxrlab.models import (
     resolve_channels,
 )
 from cxrlab.models.heads import Classifier
-from cxrlab.runs import atomic_write, check_writable, read_csv, write_csv, write_json
+from cxrlab.runs import (
+    LOCK,
+    MARKER,
+    RUN_ENTRIES,
+    RunLock,
+    atomic_write,
+    check_out_path,
+    check_replaceable,
+    check_writable,
+    clear_folder,
+    disk_full,
+    read_csv,
+    run_lock,
+    settle_stale,
+    write_csv,
+    write_marker,
+    write_status,
+)
 from cxrlab.training.features import backbone_features, fast_path_applies
 from cxrlab.training.module import ClassifierModule
 from cxrlab.training.runtime import resolve_device, resolve_precision
@@ -98,23 +122,139 @@ class HistoryCallback(L.Callback):
         write_csv(self.path, self.rows, HISTORY_FIELDS)
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an existing run unless asked; make sure the folder is writable."""
+class DiskFull(CxrError):
+    """No space left on the device holding the run folder."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (status interrupted, run resumable) but exiting with 143."""
+
+
+def prepare_out(
+    out: Path, resume: bool, overwrite: bool, protect: tuple[str | Path, ...] = ()
+) -> tuple[RunLock, bool]:
+    """Make ``out`` ready for this run and take its lock; return the lock and whether ``out`` was created.
+
+    An existing run is replaced only with ``overwrite``, and only when cxrlab wrote it (its marker) and it
+    holds nothing else (:func:`cxrlab.runs.check_replaceable`); a second process writing the same folder
+    stops at once (:class:`cxrlab.runs.RunInUse`). Nothing is changed when this fails.
+    """
+    check_out_path(out, "--resume" if resume else "--out")
     if resume:
         if not (out / "config.yaml").is_file():
             raise CxrError(f"--resume {out}: not a run folder (no config.yaml)")
+        return run_lock(out), False
+    created = not out.exists()
+    lock = run_lock(out) if (out / LOCK).is_file() else None
+    try:
+        if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
+            if not overwrite:
+                raise CxrError(
+                    f"{out} already exists and is not empty; choose another --out, add --overwrite, "
+                    f"or continue it with --resume {out}"
+                )
+            check_replaceable(out, "train", RUN_ENTRIES, "a training run folder", protect)
+            lock = lock or run_lock(out)
+            clear_folder(out, RUN_ENTRIES)
+        check_writable(out)
+        lock = lock or run_lock(out)
+        write_marker(out, "train")
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock, created
+
+
+@contextmanager
+def _sigterm_as_interrupt(state: dict[str, Any]) -> Iterator[None]:
+    """SIGTERM raises like Ctrl-C for the duration (main thread only; the old handler is restored);
+    ``state["signal"]`` records it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise CxrError(
-                f"{out} already exists and is not empty; choose another --out, add --overwrite, "
-                f"or continue it with --resume {out}"
+
+    def handler(signum, frame) -> None:
+        state["signal"] = signum
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _discard(out: Path, created: bool) -> None:
+    """Remove what this command wrote into ``out`` (the folder itself when this command created it)."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    try:
+        clear_folder(out, RUN_ENTRIES)
+        (out / MARKER).unlink(missing_ok=True)
+        (out / LOCK).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, CxrError) else f"{exc.__class__.__name__}: {exc}"
+
+
+def _ended(
+    exc: BaseException, out: Path, resume: bool, created: bool, state: dict[str, Any]
+) -> BaseException:
+    """Record truthfully how the run ended (status.json, or the half-made folder removed) and return the
+    exception to raise: a one-line :class:`CxrError` where there is one."""
+    term = isinstance(exc, _Terminated) or state.get("signal") == signal.SIGTERM
+    word, code = ("terminated (SIGTERM)", 143) if term else ("interrupted", 130)
+    if isinstance(exc, TrainingInterrupted):  # Lightning stopped fit; status.json is written
+        if term:
+            exc = TrainingInterrupted(str(exc).replace("interrupted", word, 1))
+            exc.exit_code = code
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        if state["evaluating"]:
+            # after training, while evaluating: the checkpoints are complete, only the scoring is not
+            write_status(out, "interrupted", stage="evaluation")
+            msg = (
+                f"{word} during evaluation; training had finished and {out}/checkpoints is kept: "
+                f"finish it with `cxr train --resume {out}`"
             )
-        if (out / "config.yaml").is_file():
-            shutil.rmtree(out)
+        elif state["fitting"]:
+            write_status(out, "interrupted", stage="training")
+            msg = f"{word}; the run folder {out} is kept: continue with `cxr train --resume {out}`"
+        elif resume:
+            write_status(out, "interrupted", stage=state["stage"])
+            msg = f"{word} before training resumed; continue later with `cxr train --resume {out}`"
         else:
-            raise CxrError(f"{out} is not empty and not a cxrlab run; refusing to delete it with --overwrite")
-    check_writable(out)
+            _discard(out, created)
+            where = "while decoding images" if state["stage"] == "decoding" else "before training started"
+            msg = f"{word} {where}; nothing was trained, {out} removed"
+        err = TrainingInterrupted(msg)
+        err.exit_code = code
+        return err
+    full = disk_full(exc)
+    if full is not None:
+        path = full.filename or out
+        if not resume and not state["fitting"]:
+            _discard(out, created)
+            return DiskFull(
+                f"no space left on device while writing {path}; nothing was trained and {out} was removed: "
+                "free space and run again"
+            )
+        msg = (
+            f"no space left on device while writing {path}; "
+            f"free space and resume with `cxr train --resume {out}`"
+        )
+        write_status(out, "failed", error=msg)
+        return DiskFull(msg)
+    if not resume and not state["fitting"]:
+        _discard(out, created)
+    else:
+        write_status(out, "failed", error=_error_text(exc))
+    return exc
 
 
 def train(
@@ -124,43 +264,37 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: list[L.Callback] | None = None,
+    protect: tuple[str | Path, ...] = (),
 ) -> dict[str, Any]:
     """Train and evaluate a run described by ``cfg``; return metrics.json's content.
 
-    ``callbacks`` are extra Lightning callbacks (e.g. a sweep's pruning callback). Under DDP
+    ``callbacks`` are extra Lightning callbacks (e.g. a sweep's pruning callback); ``protect``: more input
+    paths (the config file) that ``overwrite`` must never delete, besides the data folders. Under DDP
     every process runs this function; only global rank 0 writes the run folder and evaluates,
     the other ranks return ``{}``.
 
-    A run that fails before its first epoch removes the folder it created (nothing half-made is
-    left behind); a run that fails or is interrupted later keeps its folder, with ``status.json``
-    saying what happened, so it can be inspected or resumed.
+    The run folder is locked for the whole command. A run that fails or is interrupted before its first
+    epoch removes what it wrote (nothing half-made is left behind); a run that fails or is interrupted
+    later keeps its folder, with ``status.json`` saying what happened, so it can be inspected or resumed.
+    SIGTERM is handled like Ctrl-C (exit 143); a full disk ends in one line.
     """
     out = Path(out)
-    worker = launched_rank() != 0
-    if not worker:
-        prepare_out(out, resume, overwrite)
-    state = {"fitting": False, "evaluating": False}
-    try:
+    state: dict[str, Any] = {"stage": "starting", "fitting": False, "evaluating": False}
+    if launched_rank() != 0:  # a DDP worker: rank 0 owns the run folder
         return _train(cfg, out, resume, progress, state, list(callbacks or []))
-    except TrainingInterrupted:
-        raise
-    except KeyboardInterrupt:
-        if worker or not state["evaluating"]:
-            raise
-        # Ctrl-C after training, while evaluating: the checkpoints are complete, only the scoring is not
-        write_json(out / "status.json", {"status": "interrupted", "stage": "evaluation"})
-        raise TrainingInterrupted(
-            f"interrupted during evaluation; training had finished and {out}/checkpoints is kept: "
-            f"finish it with `cxr train --resume {out}`"
-        ) from None
-    except BaseException as exc:
-        if worker:
-            raise
-        if not resume and not state["fitting"]:
-            shutil.rmtree(out, ignore_errors=True)
-        elif out.is_dir():
-            write_json(out / "status.json", {"status": "failed", "error": f"{exc.__class__.__name__}: {exc}"})
-        raise
+    inputs = tuple(protect) + ((cfg.data.path, cfg.data.extra_train) if cfg is not None else ())
+    lock, created = prepare_out(out, resume, overwrite, tuple(p for p in inputs if p))
+    try:
+        with _sigterm_as_interrupt(state):
+            try:
+                return _train(cfg, out, resume, progress, state, list(callbacks or []))
+            except BaseException as exc:
+                final = _ended(exc, out, resume, created, state)
+                if final is exc:
+                    raise
+                raise final from None
+    finally:
+        lock.release()
 
 
 def _train(
@@ -175,8 +309,17 @@ def _train(
 
     quiet_lightning()
     t0 = time.perf_counter()
+    zero = launched_rank() == 0
     if resume:
         cfg = RunConfig.load(out / "config.yaml")
+        if not (out / "checkpoints" / "last.ckpt").is_file():
+            raise CxrError(
+                f"--resume {out}: no checkpoints/last.ckpt yet (interrupted before the first epoch); "
+                "start the run again"
+            )
+        stale = settle_stale(out) if zero else None
+        if stale:
+            print(f"warning: {out} was interrupted ({stale}); resuming it", file=sys.stderr)
     spec = get_spec(cfg.model.name)
     if cfg.model.pretrained and spec.weights and spec.family == "torchvision":
         load_torchvision_weights(spec.weights)  # fail in seconds, before decoding any image
@@ -191,13 +334,14 @@ def _train(
     if device == "cuda" and not torch.cuda.is_available():
         raise CxrError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    zero = launched_rank() == 0
     if not resume and zero:
         atomic_write(out / "config.yaml", cfg.to_yaml())
     if zero:
-        write_json(out / "status.json", {"status": "running", "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        write_status(out, "running", **({"resumed": True} if resume else {}))
 
+    state["stage"] = "decoding"
     data = prepare_data(cfg.data, cfg.data.image_size, cfg.train.seed, progress=progress)
+    state["stage"] = "preparing"
     if zero:
         _write_splits(out, data)
     model = build_model(cfg.model, len(data.classes), cfg.data.image_size)
@@ -263,14 +407,9 @@ def _train(
         cfg, out, device, progress, HistoryCallback(out / "history.csv", history_rows), callbacks
     )
     ckpt = out / "checkpoints" / "last.ckpt"
-    if resume and not ckpt.is_file():
-        raise CxrError(
-            f"--resume {out}: no checkpoints/last.ckpt yet (interrupted before the first epoch); "
-            "start the run again"
-        )
     if resume:
         load_checkpoint(ckpt)  # a damaged or tampered checkpoint is refused in one line, never executed
-    state["fitting"] = True
+    state["fitting"], state["stage"] = True, "training"
     try:
         trainer.fit(
             module,
@@ -281,7 +420,7 @@ def _train(
         )
     except SystemExit:
         if trainer.interrupted:
-            write_json(out / "status.json", {"status": "interrupted", "epochs_done": trainer.current_epoch})
+            write_status(out, "interrupted", epochs_done=trainer.current_epoch)
             raise TrainingInterrupted(
                 f"interrupted after {trainer.current_epoch} epoch(s); the run folder {out} is kept: "
                 f"continue with `cxr train --resume {out}`"
@@ -298,9 +437,9 @@ def _train(
         module.load_state_dict(load_checkpoint(best)["state_dict"])
     model.to("cpu")
     trained = Trained(model, data, spec, channels, device, features, timing)
-    state["evaluating"] = True
+    state["evaluating"], state["stage"] = True, "evaluating"
     metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
-    write_json(out / "status.json", {"status": "finished", "epochs_done": trainer.current_epoch})
+    write_status(out, "finished", epochs_done=trainer.current_epoch)
     return metrics
 
 
@@ -423,6 +562,16 @@ def launched_rank() -> int:
     return 0
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary sibling and renamed: a failed write (full disk, kill) leaves the
+    previous complete checkpoint in place."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:  # noqa: D102
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write(path, buf.getbuffer())
+
+
 def _trainer(
     cfg: RunConfig,
     out: Path,
@@ -480,6 +629,7 @@ def _trainer(
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         default_root_dir=out,
+        plugins=[AtomicCheckpointIO()],
     )
 
 
