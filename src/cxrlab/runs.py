@@ -409,8 +409,8 @@ def write_status(run: str | Path, status: str, **fields: Any) -> None:
 
 def stale_reason(run: str | Path, status: dict[str, Any], holding_lock: bool = False) -> str | None:
     """For a "running" status whose process is gone (dead pid on this host, or a free lock), why it is
-    stale ("process N ended without updating status"); None when it may still be running. ``holding_lock``: this process holds RUN's lock, so any
-    other writer is gone."""
+    stale ("process N ended without updating status"); None when it may still be running.
+    ``holding_lock``: this process holds RUN's lock, so any other writer is gone."""
     if status.get("status") != "running":
         return None
     pid = status.get("pid")
