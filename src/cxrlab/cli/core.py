@@ -164,7 +164,8 @@ def train(
         "eval.temperature_scaling": temperature_scaling,
     }
     cfg = build_config(config, overrides, set_)
-    metrics = run_train(cfg, out, overwrite=overwrite, progress=not quiet)
+    inputs = (config,) if config else ()  # --overwrite never deletes the folder of the config file
+    metrics = run_train(cfg, out, overwrite=overwrite, progress=not quiet, protect=inputs)
     _print_summary(out, metrics)
 
 

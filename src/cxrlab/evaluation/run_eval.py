@@ -155,6 +155,10 @@ def evaluate_run(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Score a run on its test split or on another dataset; writes metrics, plots and a report."""
+    from cxrlab.runs import run_lock, settle_stale
+
+    _lock = run_lock(require_run(run), "wait for it to finish, then evaluate")  # held until we return
+    settle_stale(run)  # a "running" status whose process is gone is recorded as interrupted
     loaded = load_run(run)
     prepared = prepare_eval_data(loaded, data, classes, label_map)
     target = Path(out) if out else loaded.path / ("evaluation" if data is None else "external")
