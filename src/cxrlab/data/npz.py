@@ -106,7 +106,8 @@ def check_names(root: Path, names: list[str] | None, labels: dict[str, np.ndarra
     missing = sorted(set(range(top + 1)) - set(used))
     if missing:
         raise DataError(
-            f"{root}: no image has label {', '.join(map(str, missing[:5]))} (labels used: "
+            f"{root}: no image in {', '.join(f'{k}_labels' for k in labels)} has label "
+            f"{', '.join(map(str, missing[:5]))} (labels used: "
             f"{', '.join(map(str, used[:10]))}); labels must be consecutive class indices 0..K-1"
         )
     return [f"class_{i}" for i in range(top + 1)]
