@@ -49,3 +49,49 @@ def binary_run(tmp_path_factory, covid_small, torch_home) -> Path:
         "--out", str(out), "-q", check=True,
     )  # fmt: skip
     return out
+
+
+def png_classes(root: Path, n: int = 12, size: int = 32, classes: tuple[str, ...] = ("a", "b")) -> Path:
+    """``classes`` x ``n`` random grey PNGs of ``size`` x ``size`` (the issue's ``d_base``)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        folder = root / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture()
+def d_base(tmp_path) -> Path:
+    """2 classes x 12 PNGs of 32 x 32, in this test's tmp_path."""
+    return png_classes(tmp_path / "d_base")
+
+
+@pytest.fixture()
+def small_fs(tmp_path):
+    """Mount a size-limited tmpfs: ``small_fs(size_bytes) -> Path``; unmounted afterwards. Needs root (or
+    CAP_SYS_ADMIN); skipped otherwise, which CXRLAB_REQUIRE_ALL=1 turns into a failure."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size: int, name: str = "fs") -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError:
+            pytest.skip("no `mount` command here: cannot make a small file system")
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
