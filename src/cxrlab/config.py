@@ -8,6 +8,7 @@ plain value (nanoGPT style) and can be overridden from the command line with
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,8 @@ from cxrlab.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are never meaningful config values (a learning rate of inf diverges at once)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AugmentConfig(_Section):
@@ -72,7 +74,7 @@ class HeadConfig(_Section):
     hidden: list[int] | None = Field(None, description="widths of dense layers before output; null: model's")
     activation: Literal["relu", "leaky_relu"] = "relu"
     leaky_slope: float = 0.01
-    dropout: float | list[float] = Field(0.2, description="dropout before each dense layer")
+    dropout: float | list[float] = Field(0.2, description="dropout before each dense layer, in [0, 1)")
     l2: float = Field(0.0, ge=0, description="L2 penalty (sum of squares × l2) on the head's weights")
     l2_layers: list[Literal["hidden", "output", "conv"]] = Field(
         ["hidden", "output"],
@@ -82,6 +84,14 @@ class HeadConfig(_Section):
     output: Literal["softmax", "sigmoid"] = Field(
         "softmax", description="softmax over classes, or one sigmoid logit (binary tasks only)"
     )
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_range(cls, value: float | list[float]) -> float | list[float]:
+        for v in value if isinstance(value, list) else [value]:
+            if not 0 <= v < 1:
+                raise ValueError(f"dropout must be in [0, 1), got {v}")
+        return value
 
 
 class ModelConfig(_Section):
@@ -120,7 +130,7 @@ class TrainConfig(_Section):
     early_stopping: int | None = Field(5, ge=1, description="patience in epochs; null turns it off")
     monitor: Literal["val_loss", "val_acc"] = "val_loss"
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="random seed, 0 ≤ seed < 2**32")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     devices: str = Field("auto", description="number of devices (Lightning --devices)")
     num_nodes: int = Field(1, ge=1)
@@ -176,6 +186,8 @@ class RunConfig(_Section):
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except yaml.constructor.ConstructorError as exc:
+            raise ConfigError(_tag_message(path, exc)) from None
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" (line {line + 1})" if line is not None else ""
@@ -203,8 +215,86 @@ class RunConfig(_Section):
                 node = node[part]
             if parts[-1] not in node:
                 raise ConfigError(f"--set {key}: unknown key {parts[-1]!r}{_suggest(parts[-1], node)}")
-            node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+            try:
+                node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+            except yaml.YAMLError:
+                raise ConfigError(
+                    f"--set {item!r}: not a plain YAML value (no tags, balanced brackets and quotes)"
+                ) from None
         return RunConfig.from_dict(raw, source="--set")
+
+
+class OperatingPoint(BaseModel):
+    """model.json's binary operating point."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    positive_class: str | None = None
+    threshold: float | None = Field(None, ge=0, le=1)
+    method: str | None = None
+
+
+class ModelMeta(BaseModel):
+    """What ``model.json`` of a run must hold before a network is built from it."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    classes: list[str] = Field(min_length=1)
+    image_size: int = Field(ge=8, le=4096)
+    channels: int = Field(1, ge=1, le=4096)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    resize: Literal["squash", "pad", "crop"] = "squash"
+    operating_point: OperatingPoint | None = None
+    temperature: float = Field(1.0, gt=0)
+    input: Literal["images", "codes"] = "images"
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value) or not all(v.strip() for v in value):
+            raise ValueError("class names must be distinct and non-empty")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(v <= 0 for v in value):
+            raise ValueError("std must be positive")
+        return value
+
+
+def validate_model_meta(raw: Any, path: str | Path) -> dict[str, Any]:
+    """Check a run's ``model.json`` (sizes, channels, classes, threshold) before anything is built
+    or allocated from it; returns it unchanged. A damaged or edited file gives one line."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object; the file is damaged, retrain or restore it")
+    try:
+        meta = ModelMeta.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            _describe(exc, str(path)) + "; the file is damaged or was edited: retrain the run or restore it"
+        ) from None
+    if meta.input == "codes":
+        return raw
+    if meta.channels not in (1, 3):
+        raise ConfigError(f"{path}: 'channels' must be 1 or 3 (got {meta.channels}); retrain or restore it")
+    for key in ("mean", "std"):
+        values = getattr(meta, key)
+        if values is not None and len(values) != meta.channels:
+            raise ConfigError(f"{path}: '{key}' has {len(values)} values for {meta.channels} channel(s)")
+    return raw
+
+
+def _tag_message(path: Path, exc: yaml.constructor.ConstructorError) -> str:
+    """A YAML tag safe_load refuses (e.g. ``!!python/object/apply``): say so, not "indentation"."""
+    problem = str(exc.problem or "")
+    match = re.search(r"tag '([^']*)'", problem)
+    tag = match.group(1) if match else "?"
+    tag = tag.replace("tag:yaml.org,2002:", "!!")
+    mark = exc.problem_mark
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    return f"{path}: unsafe or unsupported YAML tag '{tag}'{where}: cxrlab configs are plain YAML"
 
 
 def _suggest(key: str, node: dict[str, Any]) -> str:

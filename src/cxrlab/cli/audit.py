@@ -58,9 +58,18 @@ def audit(
 
     from cxrlab.audit import audit_dataset, write_audit
     from cxrlab.cli.core import parse_label_map
+    from cxrlab.errors import ConfigError
     from cxrlab.runs import check_writable
 
+    if not 0 <= max_distance <= 256:
+        raise ConfigError(
+            f"--max-distance {max_distance}: give a number of differing hash bits from 0 to 256 (default 24)"
+        )
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed}: give a seed from 0 to 2**32 - 1")
     target = out or Path("audits") / (Path(data).stem or "data")
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--out {target} is an existing file; give a folder for audit.json and audit.html")
     existed = target.exists()
     check_writable(target)  # fail before the work, not after it
     try:

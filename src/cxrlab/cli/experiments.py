@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cxrlab.cli import app
+from cxrlab.errors import ConfigError
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -15,6 +16,16 @@ Arg = typer.Argument
 
 def _split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _names(text: str, option: str, example: str) -> list[str]:
+    """A comma-separated list option that was given: spaces stripped, never empty."""
+    names = _split(text)
+    if not names:
+        raise ConfigError(
+            f"{option} {text!r}: give at least one name, comma-separated, e.g. {option} {example}"
+        )
+    return names
 
 
 @app.command()
@@ -97,6 +108,8 @@ def sweep(
     base = RunConfig.load(config).override(list(set_ or []))
     summary = run_sweep(base, param, out, trials, sampler, storage, study, prune, progress=progress)
     typer.echo(f"trials: {summary['trials']} · this worker {summary['worker_wall_s']} s")
+    for f in summary.get("failed", []):
+        typer.echo(f"trial {f['trial']} failed ({f['params']}): {f['error']}")
     best = summary["best"]
     if best:
         acc = best.get("test_accuracy")
@@ -135,9 +148,9 @@ def bench(
     from cxrlab.experiments.bench import run_bench
 
     report = run_bench(
-        _split(models),
-        _split(devices),
-        _split(precision),
+        _names(models, "--models", "small_cnn,resnet18"),
+        _names(devices, "--devices", "cpu"),
+        _names(precision, "--precision", "fp32"),
         batch_size,
         image_size,
         steps,

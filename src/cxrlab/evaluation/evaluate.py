@@ -14,7 +14,7 @@ import torch
 from cxrlab.config import RunConfig
 from cxrlab.data.prepare import PreparedData, to_tensor
 from cxrlab.evaluation import plots
-from cxrlab.evaluation.metrics import classification_metrics, youden_threshold
+from cxrlab.evaluation.metrics import classification_metrics, operating_threshold
 from cxrlab.models.heads import Classifier
 from cxrlab.runs import read_csv, save_model, write_json
 from cxrlab.training.runtime import batched, inference_dtype, prepare_for_inference
@@ -120,11 +120,8 @@ def operating_point(
             "threshold": 0.5 if pos >= 0 else None,
             "method": "argmax",
         }
-    thr = youden_threshold((y_val == pos).astype(int), p_val[:, pos], cfg.eval.target_sensitivity)
-    method = (
-        f"sensitivity >= {cfg.eval.target_sensitivity} on validation"
-        if cfg.eval.target_sensitivity
-        else "Youden's J on validation"
+    thr, method = operating_threshold(
+        (y_val == pos).astype(int), p_val[:, pos], cfg.eval.target_sensitivity, classes[pos]
     )
     return {"positive_class": classes[pos], "threshold": thr, "method": method}
 

@@ -155,6 +155,29 @@ def roc_points(y: np.ndarray, probs: np.ndarray) -> dict[int, tuple[np.ndarray, 
     return out
 
 
+def operating_threshold(
+    y: np.ndarray, p_positive: np.ndarray, target_sensitivity: float | None = None, positive: str = "positive"
+) -> tuple[float, str]:
+    """:func:`youden_threshold` and how it was chosen, in words for metrics.json and the report.
+
+    A validation split without positives (or without negatives) has no ROC curve: the threshold falls
+    back to 0.5 and the method says so, instead of claiming Youden's J or a sensitivity target."""
+    y = np.asarray(y)
+    n_pos = int((y == 1).sum())
+    if n_pos == 0 or n_pos == len(y):
+        missing = f"no {positive} images" if n_pos == 0 else f"only {positive} images"
+        return 0.5, (
+            f"fallback 0.5: the validation split has {missing} ({len(y)} in all), so no threshold "
+            "could be chosen on it"
+        )
+    method = (
+        f"sensitivity >= {target_sensitivity} on validation"
+        if target_sensitivity
+        else "Youden's J on validation"
+    )
+    return youden_threshold(y, p_positive, target_sensitivity), method
+
+
 def youden_threshold(y: np.ndarray, p_positive: np.ndarray, target_sensitivity: float | None = None) -> float:
     """Operating threshold on P(positive): Youden's J, or the highest meeting a target sensitivity.
 

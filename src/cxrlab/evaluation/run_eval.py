@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrlab.config import RunConfig
+from cxrlab.config import RunConfig, validate_model_meta
 from cxrlab.data.images import ImageReadError, load_gray
 from cxrlab.data.index import discover
 from cxrlab.data.prepare import PreparedData, _from_npz, from_codes
@@ -43,6 +43,7 @@ def load_run(run: str | Path) -> LoadedRun:
     meta = read_json(path / "model.json") if (path / "model.json").is_file() else None
     if meta is None:
         raise ModelError(f"{path} has no model.json: the run did not finish; `cxr train --resume {path}`")
+    validate_model_meta(meta, path / "model.json")  # before any allocation sized by it
     model_cfg = cfg.model.model_copy(update={"pretrained": False})
     model = build_model(model_cfg, len(meta["classes"]), meta["image_size"])
     state = load_state(path)
@@ -146,6 +147,9 @@ def _from_files_eval(prepared: PreparedData, size: int, data_cfg) -> None:
     prepared.keys["test"] = [file_key(p, size, data_cfg.resize) for p in prepared.paths["test"]]
 
 
+EVAL_OUTPUTS = ("metrics.json", "predictions.csv", "plots", "report.html", "external.json", "external.html")
+
+
 def evaluate_run(
     run: str | Path,
     data: str | None = None,
@@ -159,9 +163,12 @@ def evaluate_run(
 
     _lock = run_lock(require_run(run), "wait for it to finish, then evaluate")  # held until we return
     settle_stale(run)  # a "running" status whose process is gone is recorded as interrupted
+    from cxrlab.experiments.compare import check_out_folder
+
     loaded = load_run(run)
     prepared = prepare_eval_data(loaded, data, classes, label_map)
     target = Path(out) if out else loaded.path / ("evaluation" if data is None else "external")
+    check_out_folder(target, EVAL_OUTPUTS)  # never into a run folder or a folder of other files
     from cxrlab.runs import check_writable
 
     check_writable(target)
@@ -229,6 +236,21 @@ def evaluate_run(
     return result
 
 
+def _not_a_file(path: str) -> str | None:
+    """Why ``path`` cannot be an image file (a FIFO would block on open forever), or None."""
+    import stat
+
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "a folder, not an image file; give image files"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device); give image files"
+    return None
+
+
 def predict(run: str | Path, images: list[str]) -> list[dict[str, Any]]:
     """Class and probabilities for each image file (operating threshold applied for binary runs)."""
     loaded = load_run(run)
@@ -241,6 +263,10 @@ def predict(run: str | Path, images: list[str]) -> list[dict[str, Any]]:
     size = meta["image_size"]
     arrays, results, valid = [], [], []
     for path in images:
+        why = _not_a_file(path)
+        if why:
+            results.append({"image": path, "error": why})
+            continue
         try:
             arrays.append(load_gray(path, size, meta.get("resize", "squash")))
             valid.append(path)

@@ -216,6 +216,9 @@ def _run_isolated(case: dict[str, Any], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+BENCH_OUTPUTS = ("bench.csv", "bench.md")
+
+
 def run_bench(
     models: list[str] | None = None,
     devices: list[str] | None = None,
@@ -234,8 +237,11 @@ def run_bench(
 
     Writes ``out/bench.csv`` and ``out/bench.md`` when ``out`` is given.
     """
+    from cxrlab.experiments.compare import check_out_folder
     from cxrlab.models import get_spec
 
+    if out is not None:  # before minutes of measuring, not after
+        check_out_folder(Path(out), BENCH_OUTPUTS)
     models = models or DEFAULT_MODELS
     devices = devices or ["cpu", "cuda"]
     precisions = precisions or ["fp32", "bf16"]

@@ -131,11 +131,64 @@ def _num(v: str | None) -> float | None:
         return None
 
 
+RUN_MARKERS = ("config.yaml", "status.json", "metrics.json", "model.safetensors")
+COMPARE_OUTPUTS = ("compare.csv", "compare.md", "compare.html", "pairwise.csv", "plots")
+
+
+def check_out_folder(out: Path, ours: tuple[str, ...], option: str = "--out") -> None:
+    """Refuse an output folder that is a file, a run folder, or a non-empty folder holding anything
+    but ``ours`` (the files this command writes there), so nothing else is ever overwritten."""
+    if out.exists() and not out.is_dir():
+        raise CxrError(f"{option} {out} is an existing file; give a folder (new, or written by this command)")
+    if not out.is_dir():
+        return
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    run_files = sorted(names & set(RUN_MARKERS) - set(ours))
+    if run_files:
+        raise CxrError(
+            f"{option} {out} is a run folder (it has {', '.join(run_files)}); write elsewhere, "
+            "e.g. a new folder beside it"
+        )
+    foreign = sorted(names - set(ours))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise CxrError(
+            f"{option} {out} already holds files not written by this command ({shown}); "
+            "choose a new or empty folder"
+        )
+
+
+def _unfinished(path: Path) -> str:
+    """Why a run folder without metrics.json cannot be compared, from its status.json."""
+    status: dict[str, Any] = {}
+    if (path / "status.json").is_file():
+        try:
+            status = read_json(path / "status.json")
+        except CxrError:
+            status = {}
+    state = status.get("status")
+    if state == "failed":
+        error = str(status.get("error") or "no error recorded").splitlines()[0]
+        return f"{path}: the run failed and cannot be compared; its recorded error: {error}"
+    if state == "pruned":
+        return f"{path}: the trial was pruned by its sweep (stopped early); it has no test metrics to compare"
+    if state == "interrupted":
+        return f"{path}: the run was interrupted; finish it with `cxr train --resume {path}`, then compare"
+    if state == "running":
+        return (
+            f"{path}: the run has not finished (status 'running'); wait for it, or if its process is gone "
+            f"finish it with `cxr train --resume {path}`"
+        )
+    return (
+        f"{path} has no metrics.json: the run did not finish; train it again or `cxr train --resume {path}`"
+    )
+
+
 def load_summary(run: str | Path) -> RunSummary:
     """Read a finished run folder (metrics.json, history.csv, predictions.csv)."""
     path = require_run(run)
     if not (path / "metrics.json").is_file():
-        raise CxrError(f"{path} has no metrics.json: the run did not finish (`cxr train --resume {path}`)")
+        raise CxrError(_unfinished(path))
     metrics = read_json(path / "metrics.json")
     if "test" not in metrics or "classes" not in metrics:
         raise CxrError(f"{path}/metrics.json has no test metrics; is it a `cxr train` run folder?")
@@ -417,10 +470,15 @@ def _save(fig, path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- output
 
 
-def compare_summaries(summaries: list[RunSummary], out: Path) -> dict[str, Any]:
-    """Write compare.csv/.md/.html, pairwise.csv and plots for loaded runs; return what was written."""
+def compare_summaries(
+    summaries: list[RunSummary], out: Path, extra_outputs: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Write compare.csv/.md/.html, pairwise.csv and plots for loaded runs; return what was written.
+
+    ``out`` must be new, empty or hold only these outputs (plus ``extra_outputs``, e.g. a sweep's)."""
     from cxrlab.reports.html import esc, img, page, table
 
+    check_out_folder(out, COMPARE_OUTPUTS + extra_outputs)
     check_writable(out)
     rows = [s.row() for s in summaries]
     pairs = paired_tests(summaries)
@@ -472,6 +530,9 @@ def compare_summaries(summaries: list[RunSummary], out: Path) -> dict[str, Any]:
     }
 
 
-def compare_runs(runs: list[str | Path], out: str | Path) -> dict[str, Any]:
+def compare_runs(
+    runs: list[str | Path], out: str | Path, extra_outputs: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Compare finished run folders; writes ``out/compare.{csv,md,html}``, ``pairwise.csv``, plots."""
-    return compare_summaries(load_summaries(runs), Path(out))
+    check_out_folder(Path(out), COMPARE_OUTPUTS + extra_outputs)  # before reading any run
+    return compare_summaries(load_summaries(runs), Path(out), extra_outputs)

@@ -15,6 +15,7 @@ median pruner on the per-epoch validation metric) unless ``prune=False``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -45,6 +46,20 @@ ALIASES = {
     "momentum": "train.momentum",
 }
 DEFAULT_TPE_TRIALS = 20
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+SWEEP_OUTPUTS = (
+    "trials",
+    "study.db",
+    "study.db-journal",
+    "study.db-wal",
+    "study.db-shm",
+    "sweep.csv",
+    "sweep.json",
+)
+
+
+class _TrialFailed(Exception):
+    """A trial's training raised: recorded as an Optuna FAIL with its reason, the sweep goes on."""
 
 
 @dataclass
@@ -159,6 +174,16 @@ class OptunaPruning(L.Callback):
             raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.monitor}={float(value):.4f}")
 
 
+def check_storage(url: str) -> None:
+    """Refuse a storage URL Optuna cannot open, before anything is created."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    if scheme not in STORAGE_SCHEMES:
+        raise ConfigError(
+            f"--storage {url!r}: unsupported storage URL; use sqlite:///PATH/study.db or "
+            "postgresql://USER:PASSWORD@HOST/DB (mysql://… also works)"
+        )
+
+
 def default_storage(out: Path) -> str:
     """SQLite file inside the sweep folder."""
     return f"sqlite:///{(out / 'study.db').resolve()}"
@@ -252,14 +277,19 @@ def run_sweep(
     ``pruner`` replaces the default median pruner (an ``optuna.pruners`` object).
     """
     import optuna
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    from cxrlab.training.train import train
+    from cxrlab.experiments.compare import COMPARE_OUTPUTS, check_out_folder
+    from cxrlab.training.train import TrainingInterrupted, train
 
     out = Path(out)
+    if trials is not None and (isinstance(trials, bool) or trials < 1):
+        raise ConfigError(f"--trials {trials}: give at least 1 trial (or leave it out for the default)")
+    if storage is not None:
+        check_storage(storage)
     plist = [p if isinstance(p, Param) else parse_param(p) for p in params]
     check_params(base, plist)
+    check_out_folder(out, SWEEP_OUTPUTS + COMPARE_OUTPUTS)
     check_writable(out)
     monitor = base.train.monitor
     direction = "minimize" if monitor == "val_loss" else "maximize"
@@ -281,6 +311,14 @@ def run_sweep(
         except optuna.TrialPruned:
             write_json(run / "status.json", {"status": "pruned", "epochs_done": pruning.pruned_at})
             raise
+        except TrainingInterrupted:
+            raise  # Ctrl-C stops the whole sweep (the trial stays resumable)
+        except Exception as exc:  # noqa: BLE001 - any failing trial is recorded, the sweep goes on
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            if not isinstance(exc, CxrError):
+                reason = f"{exc.__class__.__name__}: {reason}" if reason else exc.__class__.__name__
+            trial.set_user_attr("error", reason)
+            raise _TrialFailed(reason) from None
         test = metrics["test"]
         trial.set_user_attr("test_accuracy", test["accuracy"])
         trial.set_user_attr("test_accuracy_ci95", test.get("accuracy_ci95"))
@@ -289,16 +327,38 @@ def run_sweep(
         return float(val["loss"] if monitor == "val_loss" else val["accuracy"])
 
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    t0 = time.perf_counter()
-    if len(study.get_trials(deepcopy=False, states=states)) < total:
-        study.optimize(
-            objective,
-            n_trials=total,
-            callbacks=[MaxTrialsCallback(total, states=states)],
-            gc_after_trial=True,
+
+    def counted() -> int:
+        # A trial that failed in training (its reason recorded) counts towards --trials, so the sweep
+        # moves on; one Optuna marked failed because it was interrupted does not, so it is run again.
+        return sum(
+            t.state in states or (t.state == TrialState.FAIL and "error" in t.user_attrs)
+            for t in study.get_trials(deepcopy=False)
         )
-    wall = time.perf_counter() - t0
-    return summarize_sweep(out, study, plist, kind, url, worker_wall_s=wall)
+
+    def enough(study_: optuna.Study, _trial) -> None:
+        if counted() >= total:
+            study_.stop()
+
+    t0 = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures go to sweep.csv, not as tracebacks
+    try:
+        if counted() < total:
+            study.optimize(
+                objective, n_trials=total, callbacks=[enough], gc_after_trial=True, catch=(_TrialFailed,)
+            )
+    except BaseException:
+        with contextlib.suppress(Exception):  # sweep.csv even when stopped: what ran so far
+            summarize_sweep(out, study, plist, kind, url, worker_wall_s=time.perf_counter() - t0)
+        raise
+    summary = summarize_sweep(out, study, plist, kind, url, worker_wall_s=time.perf_counter() - t0)
+    if summary["failed"] and not summary["best"] and not summary["trials"].get("pruned"):
+        first = summary["failed"][0]
+        raise CxrError(
+            f"all {len(summary['failed'])} trial(s) failed; trial {first['trial']} ({first['params']}): "
+            f"{first['error']} — see {out / 'sweep.csv'}"
+        )
+    return summary
 
 
 def summarize_sweep(
@@ -321,12 +381,13 @@ def summarize_sweep(
                 "epochs": len(t.intermediate_values) or None,
                 "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
                 "test_accuracy": t.user_attrs.get("test_accuracy"),
+                "error": t.user_attrs.get("error") if t.state == TrialState.FAIL else None,
                 "worker": t.user_attrs.get("worker"),
                 "run": t.user_attrs.get("run"),
             }
         )
     fields = ["trial", "state", "value", *[p.name for p in params], "epochs", "duration_s", "test_accuracy"]
-    write_csv(out / "sweep.csv", rows, [*fields, "worker", "run"])
+    write_csv(out / "sweep.csv", rows, [*fields, "error", "worker", "run"])
     complete = [t for t in all_trials if t.state == TrialState.COMPLETE]
     best = None
     if complete:
@@ -336,7 +397,7 @@ def summarize_sweep(
     ends = [t.datetime_complete for t in all_trials if t.datetime_complete]
     plots = sweep_plots(study, out / "plots")
     runs = [Path(t.user_attrs["run"]) for t in complete if Path(t.user_attrs.get("run", "")).is_dir()]
-    compared = compare_runs(runs, out) if runs else None
+    compared = compare_runs(runs, out, SWEEP_OUTPUTS) if runs else None
     summary = {
         "study": study.study_name,
         "storage": storage,
@@ -346,6 +407,15 @@ def summarize_sweep(
         "params": [{k: v for k, v in vars(p).items() if v is not None} for p in params],
         "trials": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
         "best": best,
+        "failed": [
+            {
+                "trial": r["trial"],
+                "params": {p.name: r[p.name] for p in params},
+                "error": r["error"] or "unknown",
+            }
+            for r in rows
+            if r["state"] == "fail"
+        ],
         "study_wall_s": round((max(ends) - min(starts)).total_seconds(), 2) if starts and ends else None,
         "worker_wall_s": round(worker_wall_s, 2) if worker_wall_s is not None else None,
         "plots": {k: str(v.relative_to(out)) for k, v in plots.items()},

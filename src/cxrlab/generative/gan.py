@@ -270,16 +270,23 @@ def load_generator(folder: str | Path) -> tuple[Generator, dict[str, Any]]:
     return gen.eval(), meta
 
 
-def generate(gen: Generator, n: int, seed: int = 0, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
-    """``n`` uint8 images ``(n, S, S)`` from seeded noise."""
+def generate_batches(gen: Generator, n: int, seed: int = 0, batch_size: int = 256, device: str = "cpu"):
+    """Yield ``n`` uint8 images from seeded noise, ``batch_size`` at a time (memory stays flat)."""
     noise = torch.Generator().manual_seed(seed)
     gen = gen.to(device).eval()
-    chunks = []
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             z = torch.randn(min(batch_size, n - start), gen.nz, generator=noise).to(device)
-            chunks.append(to_uint8(gen(z), -1.0, 1.0))
+            yield to_uint8(gen(z), -1.0, 1.0)
+
+
+def generate(gen: Generator, n: int, seed: int = 0, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    """``n`` uint8 images ``(n, S, S)`` from seeded noise."""
+    chunks = list(generate_batches(gen, n, seed, batch_size, device))
     return np.concatenate(chunks) if chunks else np.zeros((0, 1, 1), np.uint8)
+
+
+MAX_SAMPLES = 1_000_000
 
 
 def sample_gan(
@@ -292,8 +299,10 @@ def sample_gan(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``n`` generated PNGs into ``out`` (name it ``DIR/<class>`` for ``--extra-train DIR``)."""
-    if n < 1:
-        raise ConfigError("--n must be ≥ 1")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+        raise ConfigError(f"--n {n}: give a number of images from 1 to {MAX_SAMPLES:,}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed}: give a seed from 0 to 2**32 - 1")
     gen, meta = load_generator(folder)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -313,7 +322,16 @@ def sample_gan(
         for p in ours:
             p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    images = generate(gen, n, seed, device=pick_device(device))
-    for i, im in enumerate(images):
-        save_png(out / f"gan_s{seed}_{i:05d}.png", im)
+    # Written batch by batch: memory stays flat and Ctrl-C keeps every PNG written so far.
+    i = 0
+    try:
+        for batch in generate_batches(gen, n, seed, device=pick_device(device)):
+            for im in batch:
+                save_png(out / f"gan_s{seed}_{i:05d}.png", im)
+                i += 1
+    except BaseException:
+        # a signal landing inside atomic_write's mkstemp can strand its temporary file: remove it
+        for tmp in out.glob(f".gan_s{seed}_*.tmp"):
+            tmp.unlink(missing_ok=True)
+        raise
     return {"class": meta["class"], "n": n, "out": str(out), "seed": seed, "image_size": meta["image_size"]}

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from cxrlab.config import RunConfig
-from cxrlab.experiments.compare import RunSummary, compare_summaries, load_summaries, main_table, pair_table
+from cxrlab.experiments.compare import (
+    COMPARE_OUTPUTS,
+    RunSummary,
+    check_out_folder,
+    compare_summaries,
+    load_summaries,
+    main_table,
+    pair_table,
+)
 from cxrlab.reports.html import data_section, esc, fmt, img, page, table, warnings_block
 from cxrlab.runs import atomic_write
 
@@ -172,12 +180,16 @@ def timing_section(summaries: list[RunSummary]) -> str:
     )
 
 
+REPORT_OUTPUTS = ("report.html",)
+
+
 def write_comparison_report(runs: list[str | Path], out: str | Path, title: str | None = None) -> Path:
     """Write ``out/report.html`` (plus compare.csv/.md/.html and plots); return the report's path."""
     out = Path(out)
+    check_out_folder(out, COMPARE_OUTPUTS + REPORT_OUTPUTS)  # never into a run or a foreign folder
     summaries = load_summaries(runs)
     cfgs = [RunConfig.load(s.path / "config.yaml") for s in summaries]
-    compared = compare_summaries(summaries, out)
+    compared = compare_summaries(summaries, out, REPORT_OUTPUTS)
     tasks = sorted({str(s.metrics.get("task")) for s in summaries})
     heading = title or f"{' / '.join(tasks)}: {len(summaries)} runs compared"
     models = ", ".join(f"{s.name} ({s.metrics.get('model')})" for s in summaries)
