@@ -81,7 +81,7 @@ def save_npy(path: Path, array: np.ndarray) -> bool:
         os.replace(tmp, path)
         return True
     except OSError as exc:
-        _skip_cache(path.parent, exc)
+        _skip_cache(path.parents[2] if path.parent.parent.name == "images" else path.parents[1], exc)
         return False
     finally:
         if tmp is not None and os.path.exists(tmp):
