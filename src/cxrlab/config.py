@@ -8,6 +8,7 @@ plain value (nanoGPT style) and can be overridden from the command line with
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -262,6 +263,15 @@ class ModelMeta(BaseModel):
         if value is not None and any(v <= 0 for v in value):
             raise ValueError("std must be positive")
         return value
+
+
+def check_seed_and_lr(seed: int | None = None, lr: float | None = None) -> None:
+    """The same bounds as the run config (train.seed, train.lr) for commands outside it
+    (`cxr gan`, `cxr autoencoder`): a seed in [0, 2**32) and a finite learning rate > 0."""
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed}: give a seed from 0 to 2**32 - 1")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr {lr}: give a finite learning rate > 0, e.g. 1e-3")
 
 
 def validate_model_meta(raw: Any, path: str | Path) -> dict[str, Any]:

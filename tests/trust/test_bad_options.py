@@ -321,3 +321,22 @@ def test_validation_split_without_positives_says_the_threshold_fell_back(tmp_pat
     metrics = (out / "metrics.json").read_text()
     assert "Youden" not in metrics and "fallback 0.5" in metrics
     assert "fallback 0.5" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["gan", "train", "--class", "a", "--seed", "-1"], "--seed -1: give a seed from 0 to 2**32 - 1"),
+        (["gan", "train", "--class", "a", "--lr", "inf"], "--lr inf: give a finite learning rate > 0"),
+        (
+            ["autoencoder", "train", "--image-size", "32", "--lr", "nan"],
+            "--lr nan: give a finite learning rate",
+        ),
+        (["autoencoder", "train", "--image-size", "32", "--seed", "-1"], "--seed -1: give a seed from 0"),
+    ],
+)
+def test_generative_seed_and_lr_have_the_run_configs_bounds(d_base, tmp_path, command, message):
+    out = tmp_path / "out"
+    line = one_line_error(run_cli(*command, "--data", str(d_base), "--out", str(out), "--epochs", "1", "-q"))
+    assert message in line
+    assert not out.exists()

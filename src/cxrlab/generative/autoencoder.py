@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from cxrlab.config import check_seed_and_lr
 from cxrlab.data.index import CODES_FILE
 from cxrlab.errors import ConfigError, CxrError
 from cxrlab.evaluation.plots import image_grid
@@ -158,6 +159,7 @@ def train_autoencoder(
 
     from cxrlab.training.train import quiet_lightning
 
+    check_seed_and_lr(seed, lr)
     if depth < 1 or latent_channels < 1 or epochs < 1 or batch_size < 1 or lr <= 0:
         raise ConfigError("--depth, --latent, --epochs and --batch-size must be ≥ 1, --lr > 0")
     if image_size % 2**depth:
@@ -310,6 +312,7 @@ def encode_dataset(
     dev = pick_device(device)
     data_cfg = ae["data"]
     source = data or data_cfg["path"]
+    check_seed_and_lr(seed)
     seed = ae["train"]["seed"] if seed is None else seed
     check_out(out, CODES_FILE, overwrite, "a codes folder")
     _, prepared = load_data(

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrlab.config import check_seed_and_lr
 from cxrlab.errors import ConfigError, CxrError, DataError
 from cxrlab.generative.common import (
     check_out,
@@ -152,6 +153,7 @@ def train_gan(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train a DCGAN on one class's training images; write ``out`` (see the module docstring)."""
+    check_seed_and_lr(seed, lr)
     if min(epochs, batch_size, nz, ngf, ndf) < 1 or lr <= 0 or not 0 <= beta1 < 1 or checkpoint_every < 0:
         raise ConfigError("--epochs/--batch-size/--nz/--ngf/--ndf must be ≥ 1, --lr > 0, 0 ≤ --beta1 < 1")
     _levels(image_size)
@@ -301,8 +303,7 @@ def sample_gan(
     """Write ``n`` generated PNGs into ``out`` (name it ``DIR/<class>`` for ``--extra-train DIR``)."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
         raise ConfigError(f"--n {n}: give a number of images from 1 to {MAX_SAMPLES:,}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ConfigError(f"--seed {seed}: give a seed from 0 to 2**32 - 1")
+    check_seed_and_lr(seed)
     gen, meta = load_generator(folder)
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cxrlab.config import check_seed_and_lr
 from cxrlab.data.images import ImageReadError, is_image_file, load_gray
 from cxrlab.errors import DataError
 from cxrlab.evaluation.plots import image_grid
@@ -207,6 +208,7 @@ def quality_report(
 
     Writes ``out/quality.json``, ``out/plots/*.png`` and ``out/report.html``.
     """
+    check_seed_and_lr(seed)
     folder = Path(synthetic)
     if not folder.is_dir():
         raise DataError(f"synthetic folder not found: {folder} (give DIR with DIR/<class>/*.png)")
