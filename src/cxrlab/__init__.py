@@ -12,24 +12,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cxrlab._version import __version__
 from cxrlab.config import RunConfig
 
-__version__ = "0.1.0"
 __all__ = ["RunConfig", "train", "evaluate_run", "predict", "load_run", "__version__"]
 
 if TYPE_CHECKING:
-    from cxrlab.evaluation.run_eval import evaluate_run, load_run, predict
-    from cxrlab.training.train import train
+    from cxrlab.evaluation.inference import load_run, predict
+    from cxrlab.pipeline import evaluate_run, train
 
 
 def __getattr__(name: str) -> Any:
     # Heavy imports (torch, Lightning) only when used, so `cxr --help` stays fast.
-    if name == "train":
-        from cxrlab.training.train import train
+    if name in ("train", "evaluate_run"):
+        from cxrlab import pipeline
 
-        return train
-    if name in ("evaluate_run", "predict", "load_run"):
-        from cxrlab.evaluation import run_eval
+        return getattr(pipeline, name)
+    if name in ("predict", "load_run"):
+        from cxrlab.evaluation import inference
 
-        return getattr(run_eval, name)
+        return getattr(inference, name)
     raise AttributeError(name)

@@ -19,6 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cxrlab.errors import ConfigError
 
 
+def split_list(text: str, option: str = "list") -> list[str]:
+    """``"covid, normal,"`` → ``["covid", "normal"]``: split on commas, strip spaces, drop empties.
+
+    The one parser of comma-separated options (every CLI list option, sweep values, ``data.classes``);
+    ``option`` names the flag in the one-line error raised when nothing is left."""
+    items = [item.strip() for item in str(text).split(",")]
+    items = [item for item in items if item]
+    if not items:
+        raise ConfigError(f"{option} {text!r}: give at least one name or value, comma-separated, e.g. a,b")
+    return items
+
+
 class _Section(BaseModel):
     # inf/nan are never meaningful config values (a learning rate of inf diverges at once)
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)

@@ -6,16 +6,11 @@ pediatric chest X-rays from Kermany et al. (2018) at 28×28, official train/val/
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from cxrlab.config import RunConfig
-
-
-def bundled_pneumoniamnist() -> Path:
-    """Path of the bundled pneumoniamnist.npz."""
-    return Path(str(resources.files("cxrlab") / "assets" / "pneumoniamnist.npz"))
+from cxrlab.data.bundled import bundled_pneumoniamnist
 
 
 def demo_config(epochs: int = 8) -> RunConfig:
@@ -35,6 +30,6 @@ def demo_config(epochs: int = 8) -> RunConfig:
 
 def run_demo(out: str | Path = "runs/demo", epochs: int = 8, progress: bool = True) -> dict[str, Any]:
     """Train the demo run into ``out`` (replacing an earlier demo run there)."""
-    from cxrlab.training.train import train
+    from cxrlab.pipeline.train import train
 
     return train(demo_config(epochs), out, overwrite=True, progress=progress)

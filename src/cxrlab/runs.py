@@ -230,7 +230,7 @@ def write_marker(folder: str | Path, kind: str) -> None:
     """Mark ``folder`` as written by cxrlab (``kind``: train, autoencoder, gan, …)."""
     import time
 
-    from cxrlab import __version__
+    from cxrlab._version import __version__
 
     write_json(
         Path(folder) / MARKER,
@@ -460,3 +460,29 @@ def disk_full(exc: BaseException) -> OSError | None:
             return cur
         cur = cur.__cause__ or cur.__context__
     return None
+
+
+RUN_MARKERS = ("config.yaml", "status.json", "metrics.json", "model.safetensors")
+
+
+def check_out_folder(out: Path, ours: tuple[str, ...], option: str = "--out") -> None:
+    """Refuse an output folder that is a file, a run folder, or a non-empty folder holding anything
+    but ``ours`` (the files this command writes there), so nothing else is ever overwritten."""
+    if out.exists() and not out.is_dir():
+        raise CxrError(f"{option} {out} is an existing file; give a folder (new, or written by this command)")
+    if not out.is_dir():
+        return
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    run_files = sorted(names & set(RUN_MARKERS) - set(ours))
+    if run_files:
+        raise CxrError(
+            f"{option} {out} is a run folder (it has {', '.join(run_files)}); write elsewhere, "
+            "e.g. a new folder beside it"
+        )
+    foreign = sorted(names - set(ours))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise CxrError(
+            f"{option} {out} already holds files not written by this command ({shown}); "
+            "choose a new or empty folder"
+        )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from cxrlab.evaluation.metrics import (
+from cxrlab.stats import (
     _auc_rows,
     classification_metrics,
     expected_calibration_error,

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from cxrlab.experiments.compare import COMPARE_FIELDS, holm, image_key, mcnemar_exact
+from cxrlab.experiments.compare import COMPARE_FIELDS, image_key
+from cxrlab.stats import holm, mcnemar_exact
+from tests.browser import check_page
 from tests.conftest import run_cli
 
 ISSUE_COLUMNS = [
@@ -100,6 +102,7 @@ def test_compare_table_groups_by_test_set_and_tests_pairs(runs, tmp_path):
     assert "| test set | run |" in md and "McNemar" in md
     html = (out / "compare.html").read_text()
     assert html.count("data:image/png;base64,") == 2
+    check_page(out / "compare.html", "compare")
     for plot in ("val_curves.png", "accuracy_vs_time.png"):
         assert (out / "plots" / plot).stat().st_size > 5000
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cxrlab.config import RunConfig
+from cxrlab.pipeline.train import train
 from cxrlab.runs import read_csv
-from cxrlab.training.train import train
 
 
 def _cfg(data: str, seed: int) -> RunConfig:

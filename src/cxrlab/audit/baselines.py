@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cxrlab.audit.properties import CATEGORICAL, NUMERIC, PROPERTIES
-from cxrlab.evaluation.metrics import balanced_accuracy, bootstrap_ci
+from cxrlab.stats import balanced_accuracy, bootstrap_ci
 
 FOLDS = 5
 BOOTSTRAP = 500

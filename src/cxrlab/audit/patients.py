@@ -1,47 +1,14 @@
-"""Patient identity: from a file-name pattern (default: Kermany's ``personN_``) or a CSV column,
-and the patients whose images sit in more than one split."""
+"""Patients in the audit: the ids the indexer found (file-name pattern or CSV column, see
+:mod:`cxrlab.data.patients`) and the patients whose images sit in more than one split."""
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
-
-from cxrlab.errors import DataError
 
 #: Groups made up by the indexer for files without a patient id (one group per file or array row).
 _NO_ID = ("file:", "npz:", "synthetic:")
-
-
-def read_patient_csv(
-    csv_path: str | Path, file_column: str = "filename", patient_column: str = "patientid"
-) -> dict[str, str]:
-    """``{file name or relative path: patient id}`` from a metadata CSV (e.g. ieee8023's metadata.csv)."""
-    path = Path(csv_path).expanduser()
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = reader.fieldnames or []
-            missing = [c for c in (file_column, patient_column) if c not in columns]
-            if missing:
-                raise DataError(
-                    f"{path} has no column {', '.join(map(repr, missing))} (columns: {', '.join(columns)}); "
-                    "name them with --file-column and --patient-column"
-                )
-            mapping: dict[str, str] = {}
-            for row in reader:
-                name, patient = (row.get(file_column) or "").strip(), (row.get(patient_column) or "").strip()
-                if name and patient:
-                    mapping[name.replace("\\", "/")] = patient
-    except FileNotFoundError:
-        raise DataError(f"patient CSV not found: {path}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read patient CSV {path}: {exc}") from None
-    if not mapping:
-        raise DataError(f"{path}: no rows with both {file_column!r} and {patient_column!r} filled in")
-    return mapping
 
 
 def patient_ids(groups: list[str]) -> list[str | None]:

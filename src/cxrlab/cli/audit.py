@@ -3,50 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cxrlab.cli import app
+from cxrlab.cli.options import AUDIT, resolved, with_config_flags
 
 Opt = typer.Option
 
 
 @app.command()
+@with_config_flags(AUDIT, before="out")
 def audit(
     data: Annotated[str, typer.Argument(help="folder (train/val/test or class subfolders) or MedMNIST .npz")],
-    classes: Annotated[
-        str, Opt(help="comma-separated subset and order of classes, e.g. covid,normal [default: all]")
-    ] = None,
-    label_map: Annotated[str, Opt(help="rename classes: SRC=DST,… (e.g. COVID=covid)")] = None,
     out: Annotated[
         Path,
         Opt("--out", "-o", help="folder for audit.json, audit.html and plots/ [default: audits/<DATA name>]"),
     ] = None,
-    group_pattern: Annotated[
-        str,
-        Opt(
-            help="regex on file names whose first group is a patient id (the default reads Kermany's "
-            "personN_); an empty string: no patient ids"
-        ),
-    ] = r"(person\d+)[_-]",
-    patient_csv: Annotated[
-        Path,
-        Opt(help="CSV mapping files to patients (e.g. ieee8023 metadata.csv); overrides --group-pattern"),
-    ] = None,
-    file_column: Annotated[
-        str, Opt(help="CSV column with the file name or path relative to DATA")
-    ] = "filename",
-    patient_column: Annotated[str, Opt(help="CSV column with the patient id")] = "patientid",
-    seed: Annotated[
-        int, Opt(help="seed of the splits carved when DATA lacks val/ or test/ (as `cxr train`)")
-    ] = 0,
     max_distance: Annotated[
         int, Opt(help="near duplicate: at most this many of 256 perceptual-hash bits differ")
     ] = 24,
-    cache_dir: Annotated[
-        str, Opt(help="decoded-image cache [default: $CXRLAB_CACHE_DIR or ~/.cache/cxrlab]")
-    ] = None,
+    **flags: Any,
 ) -> None:
     """Audit a dataset: counts, unreadable files, exact and near duplicates within and across splits,
     patients in two splits, acquisition properties per class, and metadata-only / image-statistics
@@ -57,10 +35,11 @@ def audit(
     import shutil
 
     from cxrlab.audit import audit_dataset, write_audit
-    from cxrlab.cli.core import parse_label_map
     from cxrlab.errors import ConfigError
     from cxrlab.runs import check_writable
 
+    o = resolved(AUDIT, flags)
+    seed = o["seed"]
     if not 0 <= max_distance <= 256:
         raise ConfigError(
             f"--max-distance {max_distance}: give a number of differing hash bits from 0 to 256 (default 24)"
@@ -75,15 +54,15 @@ def audit(
     try:
         result = audit_dataset(
             data,
-            [c.strip() for c in classes.split(",") if c.strip()] if classes else None,
-            parse_label_map(label_map),
-            group_pattern or None,
-            patient_csv,
-            file_column,
-            patient_column,
+            o["classes"],
+            o["label_map"],
+            o["group_pattern"] or None,  # an empty --group-pattern: no patient ids
+            o["patient_csv"],
+            o["file_column"],
+            o["patient_column"],
             seed,
             max_distance,
-            cache_dir,
+            o["cache_dir"],
         )
     except BaseException:
         if not existed:

@@ -9,123 +9,50 @@ from typing import Annotated, Any
 import typer
 
 from cxrlab.cli import app
+from cxrlab.cli.options import (
+    EVALUATE,
+    TRAIN,
+    overrides,
+    parse_label_map,
+    resolved,
+    split_list,
+    with_config_flags,
+)
 from cxrlab.errors import ConfigError
 
 Opt = typer.Option
 
 
-def parse_label_map(text: str | None) -> dict[str, str]:
-    """'COVID=covid,Normal=normal' → {'COVID': 'covid', 'Normal': 'normal'}."""
-    if not text:
-        return {}
-    out = {}
-    for item in text.split(","):
-        if "=" not in item:
-            raise ConfigError(f"--label-map {text!r}: expected SRC=DST pairs separated by commas")
-        src, dst = item.split("=", 1)
-        out[src.strip()] = dst.strip()
-    return out
-
-
-def build_config(config: Path | None, overrides: dict[str, Any], sets: list[str] | None):
-    """Config file (or defaults) ← explicit flags ← --set KEY=VALUE."""
+def build_config(config: Path | None, values: dict[str, Any], sets: list[str] | None):
+    """Config file (or defaults) ← explicit flags ({config key: value}) ← --set KEY=VALUE."""
     from cxrlab.config import RunConfig
 
     cfg = RunConfig.load(config) if config else RunConfig()
-    flat = [f"{k}={json.dumps(v)}" for k, v in overrides.items() if v is not None]
+    flat = [f"{k}={json.dumps(v)}" for k, v in values.items() if v is not None]
     return cfg.override(flat + list(sets or []))
 
 
 @app.command()
+@with_config_flags(TRAIN, before="set_")
 def train(
     out: Annotated[
         Path, Opt("--out", "-o", help="run folder to create (must not exist, unless --overwrite)")
     ] = None,
-    data: Annotated[str, Opt(help="folder (train/val/test or class subfolders) or MedMNIST .npz")] = None,
     config: Annotated[Path, Opt("--config", "-c", help="YAML config; flags below override it")] = None,
-    model: Annotated[str, Opt(help="model name from `cxr models` [default: mobilenet_v2]")] = None,
-    classes: Annotated[
-        str, Opt(help="comma-separated subset and order of classes, e.g. covid,normal")
-    ] = None,
-    label_map: Annotated[str, Opt(help="rename classes: SRC=DST,… (e.g. COVID=covid)")] = None,
-    image_size: Annotated[int, Opt(help="input size in pixels [default: the model's]")] = None,
-    pretrained: Annotated[
-        bool,
-        Opt(
-            "--pretrained/--random-init",
-            help="start from torchvision ImageNet weights [default: random init]",
-        ),
-    ] = None,
-    freeze: Annotated[str, Opt(help="none | backbone | N (first N layers) [default: none]")] = None,
-    epochs: Annotated[int, Opt(help="maximum epochs [default: 20]")] = None,
-    batch_size: Annotated[int, Opt(help="batch size [default: 32]")] = None,
-    lr: Annotated[float, Opt(help="learning rate [default: 1e-3]")] = None,
-    optimizer: Annotated[str, Opt(help="adam | adamw | sgd [default: adam]")] = None,
-    weight_decay: Annotated[float, Opt(help="weight decay [default: 0]")] = None,
-    dropout: Annotated[float, Opt(help="dropout in the head [default: 0.2]")] = None,
-    early_stopping: Annotated[
-        int, Opt(help="patience in epochs on the monitored metric [default: 5]")
-    ] = None,
-    class_weights: Annotated[
-        bool,
-        Opt(
-            "--class-weights/--no-class-weights",
-            help="weight the loss by inverse class frequency [default: off]",
-        ),
-    ] = None,
-    augment: Annotated[
-        bool, Opt("--augment/--no-augment", help="Keras-style rotation/shift/shear/zoom/flip [default: off]")
-    ] = None,
-    seed: Annotated[
-        int, Opt(help="random seed: same seed + data + machine = same metrics [default: 0]")
-    ] = None,
-    device: Annotated[str, Opt(help="auto | cpu | cuda [default: auto]")] = None,
-    devices: Annotated[str, Opt(help="number of devices for multi-device training [default: auto]")] = None,
-    num_nodes: Annotated[int, Opt(help="number of nodes (clusters) [default: 1]")] = None,
-    strategy: Annotated[str, Opt(help="Lightning strategy, e.g. ddp [default: auto]")] = None,
-    precision: Annotated[str, Opt(help="auto | 32 | bf16-mixed | 16-mixed [default: auto]")] = None,
-    cache_dir: Annotated[
-        str, Opt(help="decoded-image cache [default: $CXRLAB_CACHE_DIR or ~/.cache/cxrlab]")
-    ] = None,
-    extra_train: Annotated[
-        str, Opt(help="folder of extra (synthetic) training images, class subfolders")
-    ] = None,
-    max_per_class: Annotated[int, Opt(help="use at most N images per class and split (quick trials)")] = None,
-    tensorboard: Annotated[
-        bool,
-        Opt(
-            "--tensorboard/--no-tensorboard",
-            help="write TensorBoard logs to RUN/tensorboard [default: on]; "
-            "view with `tensorboard --logdir RUN/tensorboard`",
-        ),
-    ] = None,
-    target_sensitivity: Annotated[
-        float,
-        Opt(
-            help="binary runs: operating threshold = the highest reaching this sensitivity on validation "
-            "data, e.g. 0.95 [default: Youden's J]"
-        ),
-    ] = None,
-    temperature_scaling: Annotated[
-        bool,
-        Opt(
-            "--temperature-scaling/--no-temperature-scaling",
-            help="fit a softmax temperature on validation data (calibration) [default: off]",
-        ),
-    ] = None,
     set_: Annotated[
         list[str], Opt("--set", help="override any config key: --set train.lr=1e-4 (repeatable)")
     ] = None,
     resume: Annotated[Path, Opt(help="continue an interrupted run folder from its last checkpoint")] = None,
     overwrite: Annotated[bool, Opt(help="replace an existing run folder at --out")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
+    **flags: Any,
 ) -> None:
     """Train a classifier and write a run folder with metrics (95% CIs), plots and report.html.
 
     Example: cxr train --data ../shared/data/covid-challenge --classes covid,normal
     --model mobilenet_v2 --pretrained --freeze backbone --out runs/covid
     """
-    from cxrlab.training.train import train as run_train
+    from cxrlab.pipeline.train import train as run_train
 
     if resume is not None:
         metrics = run_train(None, resume, resume=True, progress=not quiet)  # type: ignore[arg-type]
@@ -133,37 +60,8 @@ def train(
         return
     if out is None:
         raise ConfigError("--out RUN is required: the folder where the run is written")
-    overrides = {
-        "data.path": data,
-        "data.classes": classes.split(",") if classes else None,
-        "data.label_map": parse_label_map(label_map) or None,
-        "data.image_size": image_size,
-        "data.augment": augment,
-        "data.cache_dir": cache_dir,
-        "data.extra_train": extra_train,
-        "data.max_per_class": max_per_class,
-        "model.name": model,
-        "model.pretrained": pretrained,
-        "model.freeze": freeze,
-        "model.head.dropout": dropout,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.lr": lr,
-        "train.optimizer": optimizer,
-        "train.weight_decay": weight_decay,
-        "train.early_stopping": early_stopping,
-        "train.class_weights": class_weights,
-        "train.seed": seed,
-        "train.device": device,
-        "train.devices": devices,
-        "train.num_nodes": num_nodes,
-        "train.strategy": strategy,
-        "train.precision": precision,
-        "train.tensorboard": tensorboard,
-        "eval.target_sensitivity": target_sensitivity,
-        "eval.temperature_scaling": temperature_scaling,
-    }
-    cfg = build_config(config, overrides, set_)
+    given = overrides(TRAIN, flags)
+    cfg = build_config(config, given, set_)
     inputs = (config,) if config else ()  # --overwrite never deletes the folder of the config file
     metrics = run_train(cfg, out, overwrite=overwrite, progress=not quiet, protect=inputs)
     _print_summary(out, metrics)
@@ -186,19 +84,25 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
 
 
 @app.command()
+@with_config_flags(EVALUATE)
 def evaluate(
     run: Annotated[Path, typer.Argument(help="a run folder written by `cxr train`")],
     data: Annotated[str, Opt(help="evaluate on this dataset instead of the run's test split")] = None,
     classes: Annotated[str, Opt(help="comma-separated classes to evaluate (default: the model's)")] = None,
     label_map: Annotated[str, Opt(help="map the dataset's class names to the model's: SRC=DST,…")] = None,
     out: Annotated[Path, Opt(help="where to write [default: RUN/evaluation or RUN/external]")] = None,
-    device: Annotated[str, Opt(help="auto | cpu | cuda")] = "auto",
+    **flags: Any,
 ) -> None:
     """Evaluate a trained run (metrics with 95% CIs, plots, report) on its test split or on other data."""
-    from cxrlab.evaluation.run_eval import evaluate_run
+    from cxrlab.pipeline.evaluate import evaluate_run
 
     result = evaluate_run(
-        run, data, classes.split(",") if classes else None, parse_label_map(label_map), out, device
+        run,
+        data,
+        split_list(classes, "--classes") if classes is not None else None,
+        parse_label_map(label_map) if label_map is not None else {},
+        out,
+        resolved(EVALUATE, flags)["device"],
     )
     t = result["test"]
     lo, hi = t["accuracy_ci95"] or (float("nan"), float("nan"))
@@ -215,7 +119,7 @@ def predict(
     as_json: Annotated[bool, Opt("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Predict the class and class probabilities of each image (binary runs use the saved threshold)."""
-    from cxrlab.evaluation.run_eval import predict as run_predict
+    from cxrlab.evaluation.inference import predict as run_predict
 
     results = run_predict(run, images)
     if as_json:

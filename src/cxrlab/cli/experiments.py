@@ -8,24 +8,10 @@ from typing import Annotated
 import typer
 
 from cxrlab.cli import app
-from cxrlab.errors import ConfigError
+from cxrlab.cli.options import split_list
 
 Opt = typer.Option
 Arg = typer.Argument
-
-
-def _split(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-def _names(text: str, option: str, example: str) -> list[str]:
-    """A comma-separated list option that was given: spaces stripped, never empty."""
-    names = _split(text)
-    if not names:
-        raise ConfigError(
-            f"{option} {text!r}: give at least one name, comma-separated, e.g. {option} {example}"
-        )
-    return names
 
 
 @app.command()
@@ -148,9 +134,9 @@ def bench(
     from cxrlab.experiments.bench import run_bench
 
     report = run_bench(
-        _names(models, "--models", "small_cnn,resnet18"),
-        _names(devices, "--devices", "cpu"),
-        _names(precision, "--precision", "fp32"),
+        split_list(models, "--models"),
+        split_list(devices, "--devices"),
+        split_list(precision, "--precision"),
         batch_size,
         image_size,
         steps,
@@ -177,7 +163,7 @@ def report(
 
     Example: cxr report runs/mobilenet runs/resnet18 --out runs/report
     """
-    from cxrlab.reports.comparison import write_comparison_report
+    from cxrlab.experiments.report import write_comparison_report
 
     path = write_comparison_report(runs, out, title)
     typer.echo(f"report: {path}")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cxrlab.cli import app
+from cxrlab.cli.options import split_list
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -68,7 +69,7 @@ def autoencoder_train(
     meta = train_autoencoder(
         data,
         out,
-        classes=_split(classes),
+        classes=split_list(classes, "--classes") if classes is not None else None,
         image_size=image_size,
         latent_channels=latent,
         depth=depth,
@@ -120,7 +121,7 @@ def autoencoder_encode(
         autoencoder,
         out,
         data=data,
-        classes=_split(classes),
+        classes=split_list(classes, "--classes") if classes is not None else None,
         max_per_class=max_per_class,
         seed=seed,
         batch_size=batch_size,
@@ -253,7 +254,3 @@ def gan_quality(
             f"vs real {m['real_nn_median']:.4f}"
         )
     typer.echo(f"report: {Path(out) / 'report.html'}")
-
-
-def _split(text: str | None) -> list[str] | None:
-    return [c.strip() for c in text.split(",") if c.strip()] if text else None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cxrlab.cli import app
+from cxrlab.cli.options import SUMMARY, overrides, with_config_flags
 
 Opt = typer.Option
 
@@ -80,6 +81,7 @@ def _cell(value: object) -> str:
 
 
 @app.command()
+@with_config_flags(SUMMARY, before="set_")
 def summary(
     model: Annotated[
         str, typer.Argument(help="a model name from `cxr models` or timm/NAME (or use --config)")
@@ -90,11 +92,6 @@ def summary(
     num_classes: Annotated[
         int, Opt(help="number of classes [default: the config's data.classes, else 2]")
     ] = None,
-    image_size: Annotated[
-        int, Opt(help="input size in pixels [default: the config's data.image_size, else the model's]")
-    ] = None,
-    in_channels: Annotated[int, Opt(help="input channels, 1 or 3 [default: the model's]")] = None,
-    freeze: Annotated[str, Opt(help="none | backbone | N (first N layers) [default: none]")] = None,
     set_: Annotated[
         list[str],
         Opt("--set", help="override any config key, e.g. --set model.head.hidden=[256] (repeatable)"),
@@ -103,6 +100,7 @@ def summary(
         str, Opt(help="rows to show: all | params (layers holding weights) | none (totals only)")
     ] = "all",
     as_json: Annotated[bool, Opt("--json", help="print JSON instead of a table")] = False,
+    **flags: Any,
 ) -> None:
     """Keras-style summary: layer, output shape, parameters, trainable; totals in both conventions.
 
@@ -118,10 +116,9 @@ def summary(
         raise ConfigError("give a MODEL name or --config FILE (one of them), e.g. `cxr summary vgg16`")
     if layers not in ("all", "params", "none"):
         raise ConfigError(f"--layers {layers!r}: choose all, params or none")
-    overrides = {"model.name": model, "model.freeze": freeze, "model.in_channels": in_channels}
-    cfg = build_config(config, overrides, set_)
+    cfg = build_config(config, {"model.name": model, **overrides(SUMMARY, flags)}, set_)
     classes = num_classes or (len(cfg.data.classes) if cfg.data.classes else 2)
-    result = summarize(cfg.model, classes, image_size or cfg.data.image_size)
+    result = summarize(cfg.model, classes, cfg.data.image_size)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:

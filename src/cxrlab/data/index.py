@@ -402,7 +402,7 @@ def printable(path: str) -> str:
 
 def _groups_from_csv(index: DatasetIndex, root: Path, csv_path: str | Path, patient: str, file: str) -> None:
     """Replace the pattern-based groups by the CSV's patient ids (files not in the CSV: one group each)."""
-    from cxrlab.audit.patients import read_patient_csv
+    from cxrlab.data.patients import read_patient_csv
 
     mapping = read_patient_csv(csv_path, file, patient)
     for s in index.samples:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import re
 import time
 from pathlib import Path
@@ -14,10 +13,11 @@ import torch
 from cxrlab.config import RunConfig
 from cxrlab.data.prepare import PreparedData, to_tensor
 from cxrlab.evaluation import plots
-from cxrlab.evaluation.metrics import classification_metrics, operating_threshold
+from cxrlab.figures import sample_grid
 from cxrlab.models.heads import Classifier
-from cxrlab.runs import read_csv, save_model, write_json
-from cxrlab.training.runtime import batched, inference_dtype, prepare_for_inference
+from cxrlab.runs import read_csv, save_model
+from cxrlab.runtime import batched, inference_dtype, prepare_for_inference
+from cxrlab.stats import classification_metrics, operating_threshold, to_number
 
 if TYPE_CHECKING:
     from cxrlab.training.train import Trained
@@ -166,7 +166,9 @@ def score(
 def evaluate_trained(
     cfg: RunConfig, out: Path, trained: Trained, t0: float, progress: bool = True
 ) -> dict[str, Any]:
-    """After training: score val/test, save the model with its operating point, plots and report."""
+    """After training: score val/test; save the model with its operating point, predictions.csv and the
+    plots; return the metrics (the pipeline adds the audit and the environment, writes metrics.json and
+    the report)."""
     t_eval = time.perf_counter()
     data, model = trained.data, trained.model
     outputs = {}
@@ -203,7 +205,7 @@ def evaluate_trained(
                       thresholded(probs, op, data.classes), data.classes)
     params_total = sum(p.numel() for p in model.parameters())
     params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    history = [{k: _num(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
+    history = [{k: to_number(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
     plot_notes: dict[str, str] = {}
     plot_paths = make_plots(
         out / "plots",
@@ -239,15 +241,9 @@ def evaluate_trained(
         "timing": timing,
         "fast_path": trained.features is not None,
         "device": trained.device,
-        "environment": environment(),
-        "audit": run_audit(data, cfg.data.cache_dir),
         "plots": {k: str(v.relative_to(out)) for k, v in plot_paths.items()},
         "plot_notes": plot_notes,
     }
-    write_json(out / "metrics.json", metrics)
-    from cxrlab.reports.html import write_run_report
-
-    write_run_report(out, cfg, metrics)
     return metrics
 
 
@@ -262,15 +258,6 @@ def write_predictions(
              **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, pr, strict=True)}}
             for p, t, k, pr in zip(paths, y, pred, probs, strict=True)]
     write_csv(path, rows, fields)
-
-
-def run_audit(data: PreparedData, cache_dir: str | None = None) -> dict[str, Any]:
-    """The fast parts of the data audit (cached per data and splits), when the audit module is available."""
-    try:
-        from cxrlab.audit import quick_audit
-    except ImportError:
-        return {"warnings": []}
-    return quick_audit(data, cache_dir)
 
 
 def model_meta(cfg: RunConfig, trained: Trained, op: dict[str, Any], temperature: float) -> dict[str, Any]:
@@ -316,12 +303,12 @@ def make_plots(
         if t:
             out["tsne"] = t
     if "train" in data.images:
-        out["samples"] = plots.sample_grid(
+        out["samples"] = sample_grid(
             data.images["train"], data.labels["train"], classes, folder / "samples.png"
         )
         synthetic = np.array([s.synthetic for s in data.index.split("train")], dtype=bool)
         if synthetic.any():  # --extra-train: the synthetic images per class, as the model sees them
-            out["synthetic"] = plots.sample_grid(
+            out["synthetic"] = sample_grid(
                 data.images["train"][synthetic], data.labels["train"][synthetic], classes,
                 folder / "synthetic.png", per_class=8,
             )
@@ -367,29 +354,3 @@ def data_summary(data: PreparedData) -> dict[str, Any]:
         "ignored_files": data.index.ignored_files,
         "decode_s": round(data.decode_s, 3),
     }
-
-
-def environment() -> dict[str, Any]:
-    """Versions and machine, for reproducibility."""
-    import lightning
-    import torchvision
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "lightning": lightning.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def _num(v: str) -> float | int | None:
-    if v in ("", None):
-        return None
-    try:
-        f = float(v)
-    except ValueError:
-        return None
-    return int(f) if f.is_integer() and "." not in v else f

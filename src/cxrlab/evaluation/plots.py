@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from cxrlab.figures import plt, sample_grid, save_figure
+from cxrlab.stats import roc_points
 
-from cxrlab.evaluation.metrics import roc_points  # noqa: E402
-
-if TYPE_CHECKING:
-    from PIL.Image import Image
-
-DPI = 150
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+__all__ = ["confusion", "reliability", "roc", "sample_grid", "training_curves", "tsne", "tsne_problem"]
 
 
 def training_curves(history: list[dict], path: Path, title: str = "") -> Path | None:
@@ -46,7 +31,7 @@ def training_curves(history: list[dict], path: Path, title: str = "") -> Path | 
         ax.legend()
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion(cm: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
@@ -73,7 +58,7 @@ def confusion(cm: list[list[int]], classes: list[str], path: Path, title: str = 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roc(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path, auc: float | None = None) -> Path:
@@ -88,7 +73,7 @@ def roc(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path, auc: f
     if ax.get_legend_handles_labels()[0]:  # no curve when the data hold one class only
         ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 #: Fewest points t-SNE is run on (perplexity needs a few neighbours per point).
@@ -145,7 +130,7 @@ def tsne(features: np.ndarray, y: np.ndarray, classes: list[str], path: Path, se
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=8, markerscale=1.5)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability(y: np.ndarray, probs: np.ndarray, path: Path, ece: float, bins: int = 10) -> Path:
@@ -169,67 +154,4 @@ def reliability(y: np.ndarray, probs: np.ndarray, path: Path, ece: float, bins: 
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
-
-
-def sample_grid(
-    images: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, per_class: int = 6
-) -> Path:
-    """A few images per class, as the model sees them (after resizing), as a PNG."""
-    return _save_picture(sample_picture(images, labels, classes, per_class), path)
-
-
-def sample_picture(images: np.ndarray, labels: np.ndarray, classes: list[str], per_class: int = 6) -> Image:
-    """The picture of :func:`sample_grid` as a PIL image (grey), e.g. for TensorBoard."""
-    rows = [images[np.flatnonzero(labels == c)[:per_class]] for c in range(len(classes))]
-    return grid_picture(rows, row_titles=classes)
-
-
-def image_grid(
-    rows: list[np.ndarray] | tuple[np.ndarray, ...],
-    path: Path,
-    row_titles: list[str] | None = None,
-    title: str = "",
-    cell: int = 112,
-) -> Path:
-    """Rows of uint8 grey images ``(n, H, W)`` as one PNG (see :func:`grid_picture`)."""
-    return _save_picture(grid_picture(rows, row_titles, title, cell), path)
-
-
-def grid_picture(
-    rows: list[np.ndarray] | tuple[np.ndarray, ...],
-    row_titles: list[str] | None = None,
-    title: str = "",
-    cell: int = 112,
-) -> Image:
-    """Rows of uint8 grey images ``(n, H, W)`` as one PIL image, ``cell`` pixels per image; rows may
-    differ in length. Drawn with PIL: milliseconds, where a matplotlib figure of 30 axes takes a second."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw, ImageFont
-
-    try:
-        font: ImageFont.ImageFont | ImageFont.FreeTypeFont = ImageFont.load_default(size=13)
-    except (OSError, TypeError):  # Pillow without FreeType: the small bitmap font
-        font = ImageFont.load_default()
-    gap, head = 4, 18 if row_titles else 0
-    top = 24 if title else 0
-    ncol = max(1, max((len(r) for r in rows), default=0))
-    canvas = PILImage.new("L", (gap + ncol * (cell + gap), top + len(rows) * (head + cell + gap) + gap), 255)
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((gap, 4), title, fill=0, font=font)
-    for i, row in enumerate(rows):
-        y = top + gap + i * (head + cell + gap)
-        if row_titles:
-            draw.text((gap, y), str(row_titles[i]), fill=0, font=font)
-        for j, image in enumerate(row):
-            tile = PILImage.fromarray(np.asarray(image, dtype=np.uint8))
-            tile = tile.resize((cell, cell), PILImage.Resampling.BILINEAR)
-            canvas.paste(tile, (gap + j * (cell + gap), y + head))
-    return canvas
-
-
-def _save_picture(picture: Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path, format="PNG", optimize=False)
-    return path
+    return save_figure(fig, path)

@@ -72,7 +72,7 @@ def _images(n: int, size: int, channels: int, mean, std):
     import torch
     import torch.nn.functional as F
 
-    from cxrlab.demo import bundled_pneumoniamnist
+    from cxrlab.data.bundled import bundled_pneumoniamnist
 
     with np.load(bundled_pneumoniamnist()) as z:
         raw = z["test_images"]
@@ -97,7 +97,7 @@ def bench_case(case: dict[str, Any]) -> dict[str, Any]:
 
     from cxrlab.config import ModelConfig
     from cxrlab.models import build_model, get_spec, resolve_channels
-    from cxrlab.training.runtime import prepare_for_inference
+    from cxrlab.runtime import prepare_for_inference
 
     model_name, device, precision = case["model"], case["device"], case["precision"]
     bs, steps, warmup = case["batch_size"], case["steps"], case["warmup"]
@@ -237,8 +237,8 @@ def run_bench(
 
     Writes ``out/bench.csv`` and ``out/bench.md`` when ``out`` is given.
     """
-    from cxrlab.experiments.compare import check_out_folder
     from cxrlab.models import get_spec
+    from cxrlab.runs import check_out_folder
 
     if out is not None:  # before minutes of measuring, not after
         check_out_folder(Path(out), BENCH_OUTPUTS)

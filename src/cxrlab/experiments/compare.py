@@ -17,8 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from cxrlab import pages
 from cxrlab.errors import CxrError
-from cxrlab.runs import atomic_write, check_writable, read_csv, read_json, require_run, write_csv
+from cxrlab.runs import (
+    atomic_write,
+    check_out_folder,
+    check_writable,
+    read_csv,
+    read_json,
+    require_run,
+    write_csv,
+)
+from cxrlab.stats import holm, mcnemar_exact, paired_bootstrap_difference, to_number
 
 COMPARE_FIELDS = [
     "run",
@@ -124,38 +134,7 @@ def image_key(path: str) -> str:
     return "/".join(Path(path.replace("\\", "/")).parts[-3:])
 
 
-def _num(v: str | None) -> float | None:
-    try:
-        return float(v) if v not in (None, "") else None
-    except ValueError:
-        return None
-
-
-RUN_MARKERS = ("config.yaml", "status.json", "metrics.json", "model.safetensors")
 COMPARE_OUTPUTS = ("compare.csv", "compare.md", "compare.html", "pairwise.csv", "plots")
-
-
-def check_out_folder(out: Path, ours: tuple[str, ...], option: str = "--out") -> None:
-    """Refuse an output folder that is a file, a run folder, or a non-empty folder holding anything
-    but ``ours`` (the files this command writes there), so nothing else is ever overwritten."""
-    if out.exists() and not out.is_dir():
-        raise CxrError(f"{option} {out} is an existing file; give a folder (new, or written by this command)")
-    if not out.is_dir():
-        return
-    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    run_files = sorted(names & set(RUN_MARKERS) - set(ours))
-    if run_files:
-        raise CxrError(
-            f"{option} {out} is a run folder (it has {', '.join(run_files)}); write elsewhere, "
-            "e.g. a new folder beside it"
-        )
-    foreign = sorted(names - set(ours))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
-        raise CxrError(
-            f"{option} {out} already holds files not written by this command ({shown}); "
-            "choose a new or empty folder"
-        )
 
 
 def _unfinished(path: Path) -> str:
@@ -192,7 +171,7 @@ def load_summary(run: str | Path) -> RunSummary:
     metrics = read_json(path / "metrics.json")
     if "test" not in metrics or "classes" not in metrics:
         raise CxrError(f"{path}/metrics.json has no test metrics; is it a `cxr train` run folder?")
-    history = [{k: _num(v) for k, v in r.items()} for r in read_csv(path / "history.csv")]
+    history = [{k: to_number(v) for k, v in r.items()} for r in read_csv(path / "history.csv")]
     predictions = read_csv(path / "predictions.csv")
     summary = RunSummary(path.name, path, metrics, history, predictions)
     if predictions:
@@ -231,26 +210,6 @@ def load_summaries(runs: list[str | Path]) -> list[RunSummary]:
     return summaries
 
 
-def mcnemar_exact(a_only: int, b_only: int) -> float:
-    """Exact two-sided McNemar p-value: a binomial test on the discordant pairs."""
-    from scipy.stats import binomtest
-
-    n = a_only + b_only
-    return 1.0 if n == 0 else float(binomtest(a_only, n, 0.5).pvalue)
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (family-wise error over all pairs)."""
-    m = len(pvalues)
-    order = np.argsort(pvalues)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
-
-
 def paired_tests(summaries: list[RunSummary], n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
     """McNemar + paired-bootstrap accuracy difference for every pair sharing a test set."""
     pairs: list[dict[str, Any]] = []
@@ -263,9 +222,7 @@ def paired_tests(summaries: list[RunSummary], n_boot: int = 2000, seed: int = 0)
             xa = np.array([ca[k] for k in keys])
             xb = np.array([cb[k] for k in keys])
             a_only, b_only = int((xa & ~xb).sum()), int((~xa & xb).sum())
-            rng = np.random.default_rng(seed)
-            idx = rng.integers(0, len(keys), size=(n_boot, len(keys)))
-            diffs = xa[idx].mean(1) - xb[idx].mean(1)
+            lo, hi = paired_bootstrap_difference(xa, xb, n_boot, seed)
             pairs.append(
                 {
                     "test_set": a.test_set,
@@ -275,8 +232,8 @@ def paired_tests(summaries: list[RunSummary], n_boot: int = 2000, seed: int = 0)
                     "accuracy_a": round(float(xa.mean()), 4),
                     "accuracy_b": round(float(xb.mean()), 4),
                     "difference": round(float(xa.mean() - xb.mean()), 4),
-                    "difference_ci95_lo": round(float(np.percentile(diffs, 2.5)), 4),
-                    "difference_ci95_hi": round(float(np.percentile(diffs, 97.5)), 4),
+                    "difference_ci95_lo": round(lo, 4),
+                    "difference_ci95_hi": round(hi, 4),
                     "a_only_correct": a_only,
                     "b_only_correct": b_only,
                     "p_mcnemar": mcnemar_exact(a_only, b_only),
@@ -403,11 +360,9 @@ def notes(summaries: list[RunSummary]) -> list[str]:
 
 def plot_val_curves(summaries: list[RunSummary], path: Path) -> Path | None:
     """Validation loss and accuracy per epoch, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    from cxrlab.figures import plt, save_figure
 
     if not any(s.history for s in summaries):
         return None
@@ -425,16 +380,14 @@ def plot_val_curves(summaries: list[RunSummary], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="best")
     fig.suptitle("validation curves")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy_vs_time(rows: list[dict[str, Any]], path: Path) -> Path:
     """Test accuracy with its 95% CI against total run time (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    from cxrlab.figures import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.6))
     for r in rows:
@@ -454,17 +407,7 @@ def plot_accuracy_vs_time(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
     ax.set_title("accuracy against time")
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -476,8 +419,6 @@ def compare_summaries(
     """Write compare.csv/.md/.html, pairwise.csv and plots for loaded runs; return what was written.
 
     ``out`` must be new, empty or hold only these outputs (plus ``extra_outputs``, e.g. a sweep's)."""
-    from cxrlab.reports.html import esc, img, page, table
-
     check_out_folder(out, COMPARE_OUTPUTS + extra_outputs)
     check_writable(out)
     rows = [s.row() for s in summaries]
@@ -505,21 +446,17 @@ def compare_summaries(
     md += "\n" + "".join(f"![{k}](plots/{p.name})\n" for k, p in plots.items())
     atomic_write(out / "compare.md", md)
 
-    body = "<h1>Comparison</h1>" + "".join(f'<div class="warn">{esc(c)}</div>' for c in caveats)
-    body += table(header, [[esc(c) if not isinstance(c, float) else f"{c:.3f}" for c in r] for r in cells])
-    body += "<h2>Paired tests (same test images)</h2>"
-    body += (
-        table(pheader, [[esc(c) for c in r] for r in pcells])
-        + f"<p class='muted'>Exact McNemar test on discordant images, Holm-corrected over {len(pairs)} "
-        f"pair(s), α = {ALPHA}; difference CI by paired bootstrap.</p>"
-        if pairs
-        else "<p>No pair of runs shares a test set with predictions; nothing to test.</p>"
+    pages.write_page(
+        out / "compare.html",
+        "compare.html",
+        notes=caveats,
+        header=header,
+        cells=cells,
+        pair_header=pheader,
+        pair_cells=pcells,
+        alpha=ALPHA,
+        figures=[{"path": p, "caption": k.replace("_", " ")} for k, p in plots.items()],
     )
-    body += "<h2>Plots</h2><div class='grid'>" + "".join(
-        img(p, k.replace("_", " ")) for k, p in plots.items()
-    )
-    body += "</div>"
-    atomic_write(out / "compare.html", page("cxrlab comparison", body))
     return {
         "rows": rows,
         "pairs": pairs,

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import socket
 import time
 import warnings
@@ -28,7 +29,7 @@ from typing import Any
 
 import lightning as L
 
-from cxrlab.config import RunConfig
+from cxrlab.config import RunConfig, split_list
 from cxrlab.errors import ConfigError, CxrError
 from cxrlab.runs import check_writable, read_json, write_csv, write_json
 
@@ -55,6 +56,7 @@ SWEEP_OUTPUTS = (
     "study.db-shm",
     "sweep.csv",
     "sweep.json",
+    "sweep.html",
 )
 
 
@@ -124,7 +126,7 @@ def parse_param(text: str) -> Param:
             raise ConfigError(f"--param {text!r}: a log range needs LOW > 0")
         integer = isinstance(low, int) and isinstance(high, int)
         return Param(name, key, low=low, high=high, log=log, integer=integer)
-    values = [_scalar(v.strip()) for v in spec.split(",") if v.strip()]
+    values = [_scalar(v) for v in split_list(spec, f"--param {name}=")]
     if len(set(map(str, values))) != len(values):
         raise ConfigError(f"--param {name}: repeated values in {spec!r}")
     return Param(name, key, values=values)
@@ -279,8 +281,10 @@ def run_sweep(
     import optuna
     from optuna.trial import TrialState
 
-    from cxrlab.experiments.compare import COMPARE_OUTPUTS, check_out_folder
-    from cxrlab.training.train import TrainingInterrupted, train
+    from cxrlab.experiments.compare import COMPARE_OUTPUTS
+    from cxrlab.pipeline.train import train
+    from cxrlab.runs import check_out_folder
+    from cxrlab.training.train import TrainingInterrupted
 
     out = Path(out)
     if trials is not None and (isinstance(trials, bool) or trials < 1):
@@ -423,7 +427,38 @@ def summarize_sweep(
         "pairs_tested": len(compared["pairs"]) if compared else 0,
     }
     write_json(out / "sweep.json", summary)
+    write_sweep_page(out, summary, rows, all_trials, params, plots)
     return summary
+
+
+def _hide_password(url: str) -> str:
+    """A storage URL without its password (postgresql://user:secret@host → user:***@host)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def write_sweep_page(
+    out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], trials, params: list[Param], plots
+) -> Path:
+    """``out/sweep.html``: the trials (state, value, parameters, error), the best trial, Optuna's plots."""
+    from cxrlab import pages
+
+    captions = {
+        "history": "optimisation history (objective per trial, best so far)",
+        "intermediate": "intermediate values per epoch (what the pruner saw)",
+        "importance": "parameter importances (fANOVA)",
+    }
+    return pages.write_page(
+        out / "sweep.html",
+        "sweep.html",
+        s=summary,
+        storage=_hide_password(summary["storage"]),
+        param_names=[p.name for p in params],
+        trials=[
+            {**r, "params": {p.name: t.params.get(p.name) for p in params}}
+            for r, t in zip(rows, trials, strict=True)
+        ],
+        figures=[{"path": path, "caption": captions.get(k, k)} for k, path in plots.items()],
+    )
 
 
 def sweep_plots(study, folder: Path) -> dict[str, Path]:

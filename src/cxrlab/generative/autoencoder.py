@@ -37,21 +37,20 @@ from torch.utils.data import DataLoader, TensorDataset
 from cxrlab.config import check_seed_and_lr
 from cxrlab.data.index import CODES_FILE
 from cxrlab.errors import ConfigError, CxrError
-from cxrlab.evaluation.plots import image_grid
+from cxrlab.figures import image_grid
 from cxrlab.generative.common import (
     check_out,
     load_data,
     load_weights,
     loss_plot,
     now,
-    pick_device,
     prepare_folder,
     read_meta,
     save_weights,
     to_uint8,
 )
 from cxrlab.runs import write_csv, write_json
-from cxrlab.training.runtime import batched, resolve_precision
+from cxrlab.runtime import batched, resolve_device, resolve_precision
 
 META = "autoencoder.json"
 WEIGHTS = "autoencoder.safetensors"
@@ -157,7 +156,7 @@ def train_autoencoder(
     """Train the autoencoder on the training split (validation split for model selection); write ``out``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from cxrlab.training.train import quiet_lightning
+    from cxrlab.runtime import quiet_lightning
 
     check_seed_and_lr(seed, lr)
     if depth < 1 or latent_channels < 1 or epochs < 1 or batch_size < 1 or lr <= 0:
@@ -167,7 +166,7 @@ def train_autoencoder(
             f"--image-size {image_size} is not divisible by 2^depth = {2**depth}; "
             f"use e.g. {max(2**depth, image_size // 2**depth * 2**depth)}"
         )
-    dev = pick_device(device)
+    dev = resolve_device(device)
     check_out(out, META, overwrite, "an autoencoder folder")
     quiet_lightning()
     t0 = time.perf_counter()
@@ -309,7 +308,7 @@ def encode_dataset(
     autoencoder's seed), so a code-trained run and a raw-image run score the same test images.
     """
     net, ae = load_autoencoder(autoencoder)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     data_cfg = ae["data"]
     source = data or data_cfg["path"]
     check_seed_and_lr(seed)

@@ -27,7 +27,6 @@ from cxrlab.runs import (
     run_lock,
     write_marker,
 )
-from cxrlab.training.runtime import resolve_device
 
 # What each generative command writes into its folder (top-level names or glob patterns), keyed by the
 # description file that marks the folder; `--overwrite` deletes these and nothing else.
@@ -94,16 +93,6 @@ def prepare_folder(out: str | Path, marker: str, overwrite: bool, what: str) -> 
 
 
 _HELD: dict[str, RunLock] = {}  # locks of the folders this process writes, released when it ends
-
-
-def pick_device(device: str) -> str:
-    """``auto`` → cuda when visible, else cpu; ``cuda`` without a GPU is a one-line error."""
-    chosen = resolve_device(device)
-    if chosen == "cuda" and not torch.cuda.is_available():
-        raise CxrError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
-    if chosen not in ("cpu", "cuda"):
-        raise CxrError(f"--device {device!r}: choose auto, cpu or cuda")
-    return chosen
 
 
 def save_weights(path: Path, module: torch.nn.Module) -> None:
@@ -195,7 +184,7 @@ def loss_plot(
     rows: list[dict[str, Any]], keys: Sequence[str], path: Path, title: str = "", ylabel: str = "loss"
 ):
     """Curves of ``keys`` per epoch from history rows."""
-    from cxrlab.evaluation.plots import _save, plt
+    from cxrlab.figures import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     epochs = [int(r["epoch"]) for r in rows]
@@ -208,7 +197,7 @@ def loss_plot(
     ax.legend()
     if title:
         ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def to_uint8(x: torch.Tensor, low: float = 0.0, high: float = 1.0) -> np.ndarray:

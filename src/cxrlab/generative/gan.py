@@ -40,7 +40,6 @@ from cxrlab.generative.common import (
     load_weights,
     loss_plot,
     now,
-    pick_device,
     prepare_folder,
     read_meta,
     save_png,
@@ -49,6 +48,7 @@ from cxrlab.generative.common import (
     to_uint8,
 )
 from cxrlab.runs import write_csv, write_json
+from cxrlab.runtime import resolve_device
 
 META = "gan.json"
 LOSS_FIELDS = ["epoch", "loss_d", "loss_g", "d_real", "d_fake", "seconds"]
@@ -157,7 +157,7 @@ def train_gan(
     if min(epochs, batch_size, nz, ngf, ndf) < 1 or lr <= 0 or not 0 <= beta1 < 1 or checkpoint_every < 0:
         raise ConfigError("--epochs/--batch-size/--nz/--ngf/--ndf must be ≥ 1, --lr > 0, 0 ≤ --beta1 < 1")
     _levels(image_size)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     check_out(out, META, overwrite, "a GAN folder")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -326,7 +326,7 @@ def sample_gan(
     # Written batch by batch: memory stays flat and Ctrl-C keeps every PNG written so far.
     i = 0
     try:
-        for batch in generate_batches(gen, n, seed, device=pick_device(device)):
+        for batch in generate_batches(gen, n, seed, device=resolve_device(device)):
             for im in batch:
                 save_png(out / f"gan_s{seed}_{i:05d}.png", im)
                 i += 1

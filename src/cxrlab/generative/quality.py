@@ -24,7 +24,7 @@ from PIL import Image
 from cxrlab.config import check_seed_and_lr
 from cxrlab.data.images import ImageReadError, is_image_file, load_gray
 from cxrlab.errors import DataError
-from cxrlab.evaluation.plots import image_grid
+from cxrlab.figures import image_grid
 from cxrlab.generative.common import check_out, load_data, prepare_folder
 from cxrlab.runs import write_json
 
@@ -245,7 +245,7 @@ def quality_report(
 
 
 def _class_plots(folder: Path, name: str, real, fake, mem, seed: int) -> dict[str, str]:
-    from cxrlab.evaluation.plots import _save, plt
+    from cxrlab.figures import plt, save_figure
 
     rng = np.random.default_rng(seed)
     pick_r = real[rng.choice(len(real), min(10, len(real)), replace=False)]
@@ -270,7 +270,7 @@ def _class_plots(folder: Path, name: str, real, fake, mem, seed: int) -> dict[st
     ax.set_xlabel("RMS pixel distance to the nearest training image")
     ax.legend(fontsize=8)
     ax.set_title(f"{name}: nearest-neighbour distances", fontsize=9)
-    hist = _save(fig, folder / f"distances_{name}.png")
+    hist = save_figure(fig, folder / f"distances_{name}.png")
     return {
         k: str(p.relative_to(folder.parent))
         for k, p in (("grid", grid), ("nearest", pairs), ("distances", hist))
@@ -278,68 +278,10 @@ def _class_plots(folder: Path, name: str, real, fake, mem, seed: int) -> dict[st
 
 
 def _write_report(out: Path, result: dict[str, Any]) -> None:
-    from cxrlab.reports.html import ci, esc, fmt, img, page, table
-    from cxrlab.runs import atomic_write
+    from cxrlab import pages
 
-    body = (
-        f"<h1>Synthetic image quality</h1><p class='muted'>{esc(result['synthetic'])} vs the training "
-        f"split of {esc(result['data'])}, at {result['size']}×{result['size']} px</p>"
-    )
-    rows = []
-    for name, e in result["classes"].items():
-        for t in e["two_sample"]:
-            rows.append(
-                [
-                    esc(name),
-                    esc(t["detector"]),
-                    f"{fmt(t['accuracy'])} {ci(t['accuracy_ci95'])}",
-                    fmt(t["auc"]),
-                    f"{t['p_value_vs_chance']:.3g}",
-                    t["n"],
-                ]
-            )
-    body += (
-        "<h2>Real-vs-synthetic two-sample test</h2><p>Out-of-fold accuracy of a detector on balanced "
-        "real and synthetic sets: 0.5 = indistinguishable to this detector, 1.0 = always told apart.</p>"
-    )
-    body += table(["class", "detector", "accuracy [95% CI]", "AUC", "p vs 0.5", "n"], rows)
-    mrows = [
-        [
-            esc(n),
-            e["n_synthetic"],
-            e["n_real_train"],
-            fmt(m["synthetic_nn_median"], 4),
-            fmt(m["real_nn_median"], 4),
-            fmt(m["synthetic_self_nn_median"], 4),
-            fmt(m["ratio_of_medians"]),
-            fmt(m["share_closer_than_real_p5"]),
-        ]
-        for n, e in result["classes"].items()
-        for m in [e["memorization"]]
-    ]
-    body += (
-        "<h2>Memorisation (nearest training image)</h2><p>A GAN copying its training images has "
-        "synthetic-to-real distances well below the real images' own nearest-neighbour distances "
-        "(ratio ≪ 1, a large share below the real 5th percentile). Synthetic images all alike "
-        "(distance to the nearest other synthetic image near 0) mean mode collapse.</p>"
-    )
-    body += table(
-        [
-            "class",
-            "synthetic",
-            "real train",
-            "median NN dist (synthetic)",
-            "median NN dist (real)",
-            "median dist synthetic↔synthetic",
-            "ratio",
-            "share < real p5",
-        ],
-        mrows,
-    )
-    for name, e in result["classes"].items():
-        body += (
-            f"<h2>{esc(name)}</h2><div class='grid'>"
-            + "".join(img(out / p, f"{name}: {k}") for k, p in e["plots"].items())
-            + "</div>"
-        )
-    atomic_write(out / "report.html", page("cxrlab — synthetic image quality", body))
+    class_figures = {
+        name: [{"path": out / p, "caption": f"{name}: {k}"} for k, p in e["plots"].items()]
+        for name, e in result["classes"].items()
+    }
+    pages.write_page(out / "report.html", "quality.html", r=result, class_figures=class_figures)

@@ -16,7 +16,7 @@ from cxrlab.data.cache import ImageCache, digest, load_npy, save_npy
 from cxrlab.data.prepare import to_tensor
 from cxrlab.models import ModelSpec
 from cxrlab.models.heads import Classifier
-from cxrlab.training.runtime import batched, inference_dtype, prepare_for_inference
+from cxrlab.runtime import batched, inference_dtype, prepare_for_inference
 
 
 def fast_path_applies(cfg: RunConfig) -> bool:

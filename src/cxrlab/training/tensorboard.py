@@ -80,7 +80,7 @@ class TensorBoardExtras(L.Callback):
         writer = _tensorboard_writer(trainer)
         if writer is None or not trainer.is_global_zero or self.images is None or not len(self.images):
             return
-        from cxrlab.evaluation.plots import sample_picture
+        from cxrlab.figures import sample_picture
 
         picture = sample_picture(self.images, self.labels, self.classes, self.per_class)
         writer.add_image("samples/train", np.asarray(picture.convert("RGB")), 0, dataformats="HWC")

@@ -1,4 +1,4 @@
-"""Device and precision choices, and fast batched inference.
+"""Device and precision choices, fast batched inference, a quiet Lightning, the machine's description.
 
 Measured on the development CPU (2 cores, AVX-512 without native bf16; docs/benchmarks.md):
 ``channels_last`` alone nearly doubles MobileNetV2 inference, while bf16 autocast *without*
@@ -9,11 +9,17 @@ bf16 (``avx512_bf16`` / ``amx_bf16``) or on CUDA, and channels_last always for c
 from __future__ import annotations
 
 import functools
+import logging
+import platform
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from cxrlab.errors import CxrError
 
 
 @functools.cache
@@ -28,9 +34,13 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error upstream."""
+    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is a one-line error."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise CxrError(f"--device {device!r}: choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CxrError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
     return device
 
 
@@ -94,3 +104,35 @@ def prepare_for_inference(model: nn.Module, device: str, channels_last: bool = T
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's banner lines (GPU available…, tips) out of the user's terminal."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    # frozen layers are put in eval mode on purpose: their batch-norm statistics must not drift
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    # --resume continues in a run folder whose checkpoints/ and logs/ exist by design
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine, for reproducibility."""
+    import lightning
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": lightning.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "native_bf16": cpu_has_native_bf16(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

@@ -14,12 +14,11 @@ from cxrlab.data.images import ImageReadError, load_gray
 from cxrlab.data.index import discover
 from cxrlab.data.prepare import PreparedData, _from_npz, from_codes
 from cxrlab.errors import CxrError, DataError, ModelError
-from cxrlab.evaluation import plots
-from cxrlab.evaluation.evaluate import logits_to_probs, predict_codes, predict_images, score, thresholded
+from cxrlab.evaluation.evaluate import logits_to_probs, predict_images, thresholded
 from cxrlab.models import build_model
 from cxrlab.models.heads import Classifier
-from cxrlab.runs import load_state, read_json, require_run, write_json
-from cxrlab.training.runtime import resolve_device
+from cxrlab.runs import load_state, read_json, require_run
+from cxrlab.runtime import resolve_device
 
 
 @dataclass
@@ -145,95 +144,6 @@ def _from_files_eval(prepared: PreparedData, size: int, data_cfg) -> None:
     prepared.labels["test"] = np.array([s.label for s in index.samples], dtype=np.int64)
     prepared.paths["test"] = [s.path for s in index.samples]
     prepared.keys["test"] = [file_key(p, size, data_cfg.resize) for p in prepared.paths["test"]]
-
-
-EVAL_OUTPUTS = ("metrics.json", "predictions.csv", "plots", "report.html", "external.json", "external.html")
-
-
-def evaluate_run(
-    run: str | Path,
-    data: str | None = None,
-    classes: list[str] | None = None,
-    label_map: dict[str, str] | None = None,
-    out: str | Path | None = None,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Score a run on its test split or on another dataset; writes metrics, plots and a report."""
-    from cxrlab.runs import run_lock, settle_stale
-
-    _lock = run_lock(require_run(run), "wait for it to finish, then evaluate")  # held until we return
-    settle_stale(run)  # a "running" status whose process is gone is recorded as interrupted
-    from cxrlab.experiments.compare import check_out_folder
-
-    loaded = load_run(run)
-    prepared = prepare_eval_data(loaded, data, classes, label_map)
-    target = Path(out) if out else loaded.path / ("evaluation" if data is None else "external")
-    check_out_folder(target, EVAL_OUTPUTS)  # never into a run folder or a folder of other files
-    from cxrlab.runs import check_writable
-
-    check_writable(target)
-    dev = resolve_device(device)
-    meta = loaded.meta
-    if prepared.codes is not None:  # a run trained on autoencoder codes
-        logits, feats = predict_codes(loaded.model, prepared.codes["test"])
-    else:
-        logits, feats = predict_images(
-            loaded.model,
-            prepared.images["test"],
-            meta["channels"],
-            tuple(meta["mean"]),
-            tuple(meta["std"]),
-            dev,
-            loaded.cfg.train.precision,
-            progress="predicting",
-        )
-    y = prepared.labels["test"]
-    metrics, probs = score(
-        y,
-        logits,
-        loaded.classes,
-        meta.get("operating_point") or {},
-        meta.get("temperature", 1.0),
-        loaded.cfg.eval.bootstrap,
-        loaded.cfg.train.seed,
-    )
-    plot_paths = {
-        "confusion": plots.confusion(
-            metrics["confusion_matrix"], loaded.classes, target / "plots" / "confusion.png"
-        ),
-        "roc": plots.roc(y, probs, loaded.classes, target / "plots" / "roc.png", metrics["auc"]),
-        "reliability": plots.reliability(y, probs, target / "plots" / "reliability.png", metrics["ece"]),
-    }
-    if loaded.cfg.eval.tsne:
-        t = plots.tsne(feats, y, loaded.classes, target / "plots" / "tsne.png", loaded.cfg.train.seed)
-        if t:
-            plot_paths["tsne"] = t
-    from cxrlab.evaluation.evaluate import data_summary
-
-    result = {
-        "run": str(loaded.path),
-        "model": loaded.cfg.model.name,
-        "classes": loaded.classes,
-        "data": data_summary(prepared),
-        "test": metrics,
-        "plots": {k: str(v.relative_to(target)) for k, v in plot_paths.items()},
-    }
-    write_json(target / "metrics.json", result)
-    from cxrlab.evaluation.evaluate import write_predictions
-
-    write_predictions(target / "predictions.csv", prepared.paths["test"], y, probs,
-                      thresholded(probs, meta.get("operating_point") or {}, loaded.classes), loaded.classes)
-    internal = read_json(loaded.path / "metrics.json") if (loaded.path / "metrics.json").is_file() else None
-    from cxrlab.reports.html import write_eval_report
-
-    write_eval_report(target, result)
-    if data is not None and internal is not None:
-        try:
-            from cxrlab.evaluation.external import write_external
-        except ImportError:
-            return result
-        write_external(target, loaded, internal, result)
-    return result
 
 
 def _not_a_file(path: str) -> str | None:

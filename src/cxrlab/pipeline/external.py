@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxrlab.runs import atomic_write, read_csv, write_json
+from cxrlab import pages
+from cxrlab.pages import ci
+from cxrlab.runs import read_csv, write_json
+from cxrlab.stats import to_number
 
 if TYPE_CHECKING:
-    from cxrlab.evaluation.run_eval import LoadedRun
+    from cxrlab.evaluation.inference import LoadedRun
 
 HEADLINE = (
     ("accuracy", "accuracy"),
@@ -28,19 +31,15 @@ HEADLINE = (
 )
 
 
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and np.isfinite(value) else None
-
-
 def _interval(values: Any) -> list[float] | None:
-    if not values or any(_num(v) is None for v in values):
+    if not values or any(to_number(v) is None for v in values):
         return None
     return [float(v) for v in values]
 
 
 def _row(name: str, label: str, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """One metric side by side; undefined values (NaN, e.g. an AUC with one class) become None."""
-    ia, eb = _num(a.get(name)), _num(b.get(name))
+    ia, eb = to_number(a.get(name)), to_number(b.get(name))
     return {
         "metric": label,
         "internal": ia,
@@ -106,13 +105,10 @@ def summary_sentences(cmp: dict[str, Any], classes: list[str]) -> list[str]:
 def _sentence(name: str, row: dict[str, Any]) -> str:
     change = "drops" if row["drop"] > 0 else "rises" if row["drop"] < 0 else "stays"
     return (
-        f"{name} {change} from {row['internal']:.3f} {_ci(row['internal_ci95'])} internally to "
-        f"{row['external']:.3f} {_ci(row['external_ci95'])} externally ({-row['drop']:+.3f})."
+        f"{name} {change} from {row['internal']:.3f} {ci(row['internal_ci95'])} internally to "
+        f"{row['external']:.3f} {ci(row['external_ci95'])} externally ({-row['drop']:+.3f})."
     ).replace("  ", " ")
 
-
-def _ci(values: list[float] | None) -> str:
-    return f"[{values[0]:.3f}, {values[1]:.3f}]" if values and values[0] is not None else ""
 
 
 def training_overlap(loaded: LoadedRun, external: dict[str, Any], target: Path) -> dict[str, Any]:
@@ -189,64 +185,14 @@ def write_external(
         "summary": sentences,
     }
     write_json(target / "external.json", result)
-    atomic_write(target / "external.html", _html(result))
+    pages.write_page(target / "external.html", "external.html", **external_context(result))
 
 
-def _html(r: dict[str, Any]) -> str:
-    from cxrlab.reports.html import ci, esc, fmt, page, table
-
-    def cells(row: dict[str, Any]) -> list[str]:
-        drop = f"{-row['drop']:+.3f}" if row["drop"] is not None else "—"
-        return [
-            f"{fmt(row['internal'])} {ci(row['internal_ci95'])}",
-            f"{fmt(row['external'])} {ci(row['external_ci95'])}",
-            drop,
-        ]
-
-    head = ["metric", "internal test", "external", "change (external − internal)"]
-    body = f"<h1>External validation — {esc(r['model'])}</h1>"
-    body += (
-        f"<p class='muted'>Run <code>{esc(r['run'])}</code>. Internal: "
-        f"<code>{esc(r['internal']['source'])}</code> test split (n = {r['internal']['n']}). "
-        f"External: <code>{esc(r['external']['source'])}</code> "
-        f"(n = {r['external']['n']}: "
-        + esc(", ".join(f"{k} {v}" for k, v in r["external"]["counts"].items()))
-        + "). 95% bootstrap intervals.</p>"
-    )
-    body += "<h2>Summary</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in r["summary"]) + "</ul>"
-    body += "<h2>Metrics</h2>" + table(head, [[esc(row["metric"])] + cells(row) for row in r["metrics"]])
-    op = r.get("operating_point")
-    if op:
-        body += (
-            f"<h2>At the saved operating threshold</h2><p>Positive class <b>{esc(op['positive_class'])}</b>, "
-            f"threshold {fmt(op['threshold'])} ({esc(op['method'])}).</p>"
-        )
-        body += table(head, [[esc(row["metric"])] + cells(row) for row in op["rows"]])
-    rows = []
-    for cls, m in r["per_class"].items():
-        for key in ("sensitivity", "specificity", "auc"):
-            rows.append([esc(f"{cls}: {key}")] + cells(m[key]))
-    body += "<h2>Per class (one vs rest, argmax)</h2>" + table(head, rows)
-    ov = r["overlap_with_training"]
-    body += "<h2>Overlap with the training images</h2>"
-    if ov.get("checked"):
-        body += (
-            f"<p>{ov['external_images_in_training']} of {ov['external_images']} external images are "
-            f"exact or near duplicates (pHash within {ov['max_distance']}/256 bits) of the run's "
-            f"{ov['training_images']} training/validation images.</p>"
-        )
-        body += table(
-            ["external image", "training image", "kind", "distance"],
-            [
-                [
-                    f"<code>{esc(p['external'])}</code>",
-                    f"<code>{esc(p['training'])}</code>",
-                    esc(p["kind"]),
-                    p["distance"],
-                ]
-                for p in ov["pairs"][:200]
-            ],
-        )
-    else:
-        body += f"<p class='muted'>Not checked: {esc(ov.get('reason', ''))}.</p>"
-    return page(f"cxrlab external validation — {r['model']}", body)
+def external_context(r: dict[str, Any]) -> dict[str, Any]:
+    """What external.html shows: the external.json result and its per-class rows."""
+    per_class_rows = [
+        {**m[key], "label": f"{cls}: {key}"}
+        for cls, m in r["per_class"].items()
+        for key in ("sensitivity", "specificity", "auc")
+    ]
+    return {"r": r, "per_class_rows": per_class_rows}

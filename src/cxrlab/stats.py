@@ -1,4 +1,5 @@
-"""Classification metrics with bootstrap 95% confidence intervals.
+"""Statistics, written once for every user: classification metrics with bootstrap 95% confidence intervals,
+paired comparisons (exact McNemar, Holm, paired bootstrap) and reading numbers from CSV/JSON cells.
 
 Test sets in this field are small (62–624 images), so every headline number comes with a
 percentile bootstrap interval (resampling test images with replacement, fixed seed).
@@ -6,6 +7,7 @@ percentile bootstrap interval (resampling test images with replacement, fixed se
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -80,15 +82,62 @@ def bootstrap_ci(
         out["auc"] = _auc_rows(probs[idx, 1], yb == 1)
     else:
         out["auc"] = np.nanmean(np.stack([_auc_rows(probs[idx, c], yb == c) for c in range(k)]), axis=0)
-    result = {}
-    for key, values in out.items():
-        values = values[np.isfinite(values)]
-        result[key] = (
-            [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-            if len(values)
-            else [float("nan"), float("nan")]
-        )
-    return result
+    return {key: percentile_ci(values) for key, values in out.items()}
+
+
+def percentile_ci(values: np.ndarray) -> list[float]:
+    """The 95% percentile interval of bootstrap replicates (non-finite replicates dropped; NaNs if none)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return [float("nan"), float("nan")]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def paired_bootstrap_difference(
+    correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = 2000, seed: int = 0
+) -> list[float]:
+    """95% CI of accuracy(a) - accuracy(b) on the same images, resampling images (pairs kept together)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(correct_a), size=(n_boot, len(correct_a)))
+    return percentile_ci(correct_a[idx].mean(1) - correct_b[idx].mean(1))
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Exact two-sided McNemar p-value: a binomial test on the discordant pairs."""
+    from scipy.stats import binomtest
+
+    n = a_only + b_only
+    return 1.0 if n == 0 else float(binomtest(a_only, n, 0.5).pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (family-wise error over all pairs)."""
+    m = len(pvalues)
+    order = np.argsort(pvalues)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def to_number(value: Any) -> float | int | None:
+    """A CSV/JSON cell as a number: ints stay ints ("3"), floats floats ("0.5", "1e-3"); empty, missing,
+    non-numeric and non-finite values are None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value if math.isfinite(value) else None
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    return int(number) if number.is_integer() and text.lstrip("+-").isdigit() else number
 
 
 def classification_metrics(

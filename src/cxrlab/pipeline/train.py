@@ -1,0 +1,310 @@
+"""One training run, end to end: run folder → data → fit → evaluate → audit → report.
+
+The orchestration lives here and only here; every step below is its own layer (:mod:`cxrlab.data`,
+:mod:`cxrlab.training`, :mod:`cxrlab.evaluation`, :mod:`cxrlab.audit`, :mod:`cxrlab.reports`), none of
+which imports another step above it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from cxrlab.audit import quick_audit
+from cxrlab.config import RunConfig
+from cxrlab.data.index import codes_meta
+from cxrlab.data.prepare import PreparedData, prepare_data
+from cxrlab.errors import CxrError
+from cxrlab.evaluation.evaluate import evaluate_trained
+from cxrlab.models import ModelSpec, get_spec, load_torchvision_weights
+from cxrlab.reports.html import write_run_report
+from cxrlab.runs import (
+    LOCK,
+    MARKER,
+    RUN_ENTRIES,
+    RunLock,
+    atomic_write,
+    check_out_path,
+    check_replaceable,
+    check_writable,
+    clear_folder,
+    disk_full,
+    run_lock,
+    settle_stale,
+    write_csv,
+    write_json,
+    write_marker,
+    write_status,
+)
+from cxrlab.runtime import environment, quiet_lightning, resolve_device
+from cxrlab.training.train import TrainingInterrupted, fit, launched_rank
+
+
+class DiskFull(CxrError):
+    """No space left on the device holding the run folder."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (status interrupted, run resumable) but exiting with 143."""
+
+
+def prepare_out(
+    out: Path, resume: bool, overwrite: bool, protect: tuple[str | Path, ...] = ()
+) -> tuple[RunLock, bool]:
+    """Make ``out`` ready for this run and take its lock; return the lock and whether ``out`` was created.
+
+    An existing run is replaced only with ``overwrite``, and only when cxrlab wrote it (its marker) and it
+    holds nothing else (:func:`cxrlab.runs.check_replaceable`); a second process writing the same folder
+    stops at once (:class:`cxrlab.runs.RunInUse`). Nothing is changed when this fails.
+    """
+    check_out_path(out, "--resume" if resume else "--out")
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise CxrError(f"--resume {out}: not a run folder (no config.yaml)")
+        return run_lock(out), False
+    created = not out.exists()
+    lock = run_lock(out) if (out / LOCK).is_file() else None
+    try:
+        if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
+            if not overwrite:
+                raise CxrError(
+                    f"{out} already exists and is not empty; choose another --out, add --overwrite, "
+                    f"or continue it with --resume {out}"
+                )
+            check_replaceable(out, "train", RUN_ENTRIES, "a training run folder", protect)
+            lock = lock or run_lock(out)
+            clear_folder(out, RUN_ENTRIES)
+        check_writable(out)
+        lock = lock or run_lock(out)
+        write_marker(out, "train")
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock, created
+
+
+@contextmanager
+def _sigterm_as_interrupt(state: dict[str, Any]) -> Iterator[None]:
+    """SIGTERM raises like Ctrl-C for the duration (main thread only; the old handler is restored);
+    ``state["signal"]`` records it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        state["signal"] = signum
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _discard(out: Path, created: bool) -> None:
+    """Remove what this command wrote into ``out`` (the folder itself when this command created it)."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    try:
+        clear_folder(out, RUN_ENTRIES)
+        (out / MARKER).unlink(missing_ok=True)
+        (out / LOCK).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, CxrError) else f"{exc.__class__.__name__}: {exc}"
+
+
+def _ended(
+    exc: BaseException, out: Path, resume: bool, created: bool, state: dict[str, Any]
+) -> BaseException:
+    """Record truthfully how the run ended (status.json, or the half-made folder removed) and return the
+    exception to raise: a one-line :class:`CxrError` where there is one."""
+    term = isinstance(exc, _Terminated) or state.get("signal") == signal.SIGTERM
+    word, code = ("terminated (SIGTERM)", 143) if term else ("interrupted", 130)
+    if isinstance(exc, TrainingInterrupted):  # Lightning stopped fit; status.json is written
+        if term:
+            exc = TrainingInterrupted(str(exc).replace("interrupted", word, 1))
+            exc.exit_code = code
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        if state["evaluating"]:
+            # after training, while evaluating: the checkpoints are complete, only the scoring is not
+            write_status(out, "interrupted", stage="evaluation")
+            msg = (
+                f"{word} during evaluation; training had finished and {out}/checkpoints is kept: "
+                f"finish it with `cxr train --resume {out}`"
+            )
+        elif state["fitting"]:
+            write_status(out, "interrupted", stage="training")
+            msg = f"{word}; the run folder {out} is kept: continue with `cxr train --resume {out}`"
+        elif resume:
+            write_status(out, "interrupted", stage=state["stage"])
+            msg = f"{word} before training resumed; continue later with `cxr train --resume {out}`"
+        else:
+            _discard(out, created)
+            where = "while decoding images" if state["stage"] == "decoding" else "before training started"
+            msg = f"{word} {where}; nothing was trained, {out} removed"
+        err = TrainingInterrupted(msg)
+        err.exit_code = code
+        return err
+    full = disk_full(exc)
+    if full is not None:
+        path = full.filename or out
+        if not resume and not state["fitting"]:
+            _discard(out, created)
+            return DiskFull(
+                f"no space left on device while writing {path}; nothing was trained and {out} was removed: "
+                "free space and run again"
+            )
+        msg = (
+            f"no space left on device while writing {path}; "
+            f"free space and resume with `cxr train --resume {out}`"
+        )
+        write_status(out, "failed", error=msg)
+        return DiskFull(msg)
+    if not resume and not state["fitting"]:
+        _discard(out, created)
+    else:
+        write_status(out, "failed", error=_error_text(exc))
+    return exc
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: list[L.Callback] | None = None,
+    protect: tuple[str | Path, ...] = (),
+) -> dict[str, Any]:
+    """Train and evaluate a run described by ``cfg``; return metrics.json's content.
+
+    ``callbacks`` are extra Lightning callbacks (e.g. a sweep's pruning callback); ``protect``: more input
+    paths (the config file) that ``overwrite`` must never delete, besides the data folders. Under DDP
+    every process runs this function; only global rank 0 writes the run folder and evaluates,
+    the other ranks return ``{}``.
+
+    The run folder is locked for the whole command. A run that fails or is interrupted before its first
+    epoch removes what it wrote (nothing half-made is left behind); a run that fails or is interrupted
+    later keeps its folder, with ``status.json`` saying what happened, so it can be inspected or resumed.
+    SIGTERM is handled like Ctrl-C (exit 143); a full disk ends in one line.
+    """
+    out = Path(out)
+    state: dict[str, Any] = {"stage": "starting", "fitting": False, "evaluating": False}
+    if launched_rank() != 0:  # a DDP worker: rank 0 owns the run folder
+        return _run(cfg, out, resume, progress, state, list(callbacks or []))
+    inputs = tuple(protect) + ((cfg.data.path, cfg.data.extra_train) if cfg is not None else ())
+    lock, created = prepare_out(out, resume, overwrite, tuple(p for p in inputs if p))
+    try:
+        with _sigterm_as_interrupt(state):
+            try:
+                return _run(cfg, out, resume, progress, state, list(callbacks or []))
+            except BaseException as exc:
+                final = _ended(exc, out, resume, created, state)
+                if final is exc:
+                    raise
+                raise final from None
+    finally:
+        lock.release()
+
+
+def _run(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    state: dict[str, bool],
+    callbacks: list[L.Callback],
+) -> dict[str, Any]:
+    quiet_lightning()
+    t0 = time.perf_counter()
+    zero = launched_rank() == 0
+    if resume:
+        cfg = RunConfig.load(out / "config.yaml")
+        if not (out / "checkpoints" / "last.ckpt").is_file():
+            raise CxrError(
+                f"--resume {out}: no checkpoints/last.ckpt yet (interrupted before the first epoch); "
+                "start the run again"
+            )
+        stale = settle_stale(out) if zero else None
+        if stale:
+            print(f"warning: {out} was interrupted ({stale}); resuming it", file=sys.stderr)
+    spec = get_spec(cfg.model.name)
+    if cfg.model.pretrained and spec.weights and spec.family == "torchvision":
+        load_torchvision_weights(spec.weights)  # fail in seconds, before decoding any image
+    if cfg.model.pretrained and spec.family == "timm":
+        from cxrlab.models.timm_models import ensure_timm_weights
+
+        ensure_timm_weights(spec.name)
+    _codes_input(cfg, spec)  # autoencoder codes as --data: input size and channels come from them
+    if cfg.data.image_size is None:
+        cfg.data.image_size = spec.input_size
+    device = resolve_device(cfg.train.device)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    if not resume and zero:
+        atomic_write(out / "config.yaml", cfg.to_yaml())
+    if zero:
+        write_status(out, "running", **({"resumed": True} if resume else {}))
+
+    state["stage"] = "decoding"
+    data = prepare_data(cfg.data, cfg.data.image_size, cfg.train.seed, progress=progress)
+    state["stage"] = "preparing"
+    if zero:
+        _write_splits(out, data)
+    trained = fit(cfg, out, data, spec, device, resume, progress, state, callbacks)
+    if trained is None:  # DDP worker: rank 0 evaluates and writes the run folder
+        return {}
+    state["evaluating"], state["stage"] = True, "evaluating"
+    metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
+    metrics["environment"] = environment()
+    metrics["audit"] = quick_audit(data, cfg.data.cache_dir)
+    write_json(out / "metrics.json", metrics)
+    write_run_report(out, cfg, metrics)
+    write_status(out, "finished", epochs_done=trained.epochs_done)
+    return metrics
+
+
+def _codes_input(cfg: RunConfig, spec: ModelSpec) -> None:
+    """Codes from `cxr autoencoder encode` set the input size and channels; code models need codes."""
+    meta = codes_meta(cfg.data.path)
+    if meta is not None:
+        channels, size, _ = meta["shape"]
+        if size < 8:
+            raise CxrError(f"codes of {size}x{size} are too small to train on (need 8x8); use less --depth")
+        cfg.data.image_size = cfg.data.image_size or size
+        cfg.model.in_channels = cfg.model.in_channels or channels
+    elif spec.family == "codes" and cfg.data.path:
+        raise CxrError(
+            f"model {spec.name} trains on autoencoder codes, not images: encode the data first with "
+            "`cxr autoencoder encode AE --data DATA --out CODES`, then pass --data CODES"
+        )
+
+
+def _write_splits(out: Path, data: PreparedData) -> None:
+    rows = [
+        {
+            "split": s.split,
+            "class": data.classes[s.label],
+            "path": s.path,
+            "group": s.group,
+            "synthetic": int(s.synthetic),
+        }
+        for s in data.index.samples
+    ]
+    write_csv(out / "splits.csv", rows, ["split", "class", "path", "group", "synthetic"])
