@@ -15,9 +15,14 @@ def _gradient(w=64, h=48):
 
 
 def test_real_radiographs_decode_to_fixed_size(covid_dir):
+    from PIL import ImageOps
+
     for f in sorted((covid_dir / "train" / "covid").iterdir())[:8]:
         arr = load_gray(f, 64)
         assert arr.shape == (64, 64) and arr.dtype == np.uint8 and arr.std() > 5
+        # the pixels are the radiograph's: PIL's own grey decode, squashed to 64 px, within a few levels
+        ref = np.asarray(ImageOps.exif_transpose(Image.open(f)).convert("L").resize((64, 64), Image.BILINEAR))
+        assert np.abs(arr.astype(float) - ref).mean() < 6, f.name
 
 
 def test_16bit_png_is_stretched(tmp_path):
@@ -39,9 +44,14 @@ def test_cmyk_palette_rgba_modes(tmp_path):
     p.save(pal, transparency=0)
     rgba = tmp_path / "rgba.png"
     base.convert("RGBA").save(rgba)
+    plain = tmp_path / "plain.png"
+    base.save(plain)
+    ref = load_gray(plain, 16).astype(int)
+    assert (np.diff(ref[0]) > 0).all() and ref[0, 0] < 20 and ref[0, -1] > 235  # a left-to-right ramp
     for path in (cmyk, pal, rgba):
         arr = load_gray(path, 16)
         assert arr.shape == (16, 16)
+        assert np.abs(arr.astype(int) - ref).max() <= 4, path.name  # same grey ramp, not inverted or black
 
 
 def test_exif_orientation_is_honoured(tmp_path):
@@ -60,7 +70,10 @@ def test_exif_orientation_is_honoured(tmp_path):
 def test_png_with_jpg_extension(tmp_path):
     path = tmp_path / "really_png.jpg"
     Image.fromarray(_gradient()).save(path, format="PNG")
-    assert load_gray(path, 16).shape == (16, 16)
+    plain = tmp_path / "plain.png"
+    Image.fromarray(_gradient()).save(plain)
+    arr = load_gray(path, 16)
+    assert arr.shape == (16, 16) and np.array_equal(arr, load_gray(plain, 16))  # decoded as the PNG it is
 
 
 @pytest.mark.parametrize("kind", ["zero", "truncated", "text"])
