@@ -146,7 +146,6 @@ def test_training_puts_the_audit_warnings_first(planted, tmp_path):
     audit = json.loads((out / "metrics.json").read_text())["audit"]
     text = " ".join(audit["warnings"])
     assert "acquisition properties alone" in text and "exact copies" in text
-    assert audit["seconds"] < 60
     html = (out / "report.html").read_text()
     assert html.index("Data warnings") < html.index("Test metrics")
     assert "warning: Labels can be predicted" in proc.stderr
