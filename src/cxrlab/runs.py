@@ -25,6 +25,7 @@ import json
 import math
 import os
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +36,32 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write a file via a temporary sibling and rename, so readers never see half a file."""
+    """Write a file via a temporary sibling and rename, so readers never see half a file.
+
+    The temporary name carries this process's id, so that an interruption landing anywhere — even between
+    creating the temporary file and the ``try`` — leaves no ``.NAME.*.tmp`` behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}.{os.getpid()}."
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; run files are ordinary files
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        _remove_temporaries(path.parent, prefix)
         if exc.errno is not None and exc.filename != str(path):  # name the file, not the temporary one
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove_temporaries(path.parent, prefix)
         raise
+
+
+def _remove_temporaries(folder: Path, prefix: str) -> None:
+    for leftover in folder.glob(f"{glob_escape(prefix)}*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def _clean(obj: Any) -> Any:
@@ -122,28 +132,40 @@ def require_run(run: str | Path) -> Path:
     return path
 
 
-def save_model(run: Path, model, meta: dict[str, Any]) -> None:
-    """Save weights as safetensors plus a JSON description."""
+def save_weights(path: Path, module) -> None:
+    """A module's weights as safetensors (no pickle: loading never executes code), written atomically."""
     from safetensors.torch import save
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run / "model.safetensors", save(state))
-    write_json(run / "model.json", meta)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    atomic_write(path, save(state))
 
 
-def load_state(run: Path) -> dict[str, Any]:
-    """Read model.safetensors; a damaged or tampered file is refused, never executed."""
+def read_weights(path: Path, missing: str) -> dict[str, Any]:
+    """Tensors from a safetensors file; absent (``missing`` says what to do), damaged or tampered files
+    are a one-line :class:`ModelError`, never executed."""
     from safetensors.torch import load
 
-    path = run / "model.safetensors"
     if not path.is_file():
-        raise ModelError(f"{path} not found: the run did not finish; `cxr train --resume {run}` completes it")
+        raise ModelError(f"{path} not found: {missing}")
     try:
         return load(path.read_bytes())
     except Exception as exc:  # noqa: BLE001 - any decoding failure means a damaged file
         raise ModelError(
             f"{path} is corrupted or not a safetensors file ({exc.__class__.__name__}); retrain or restore it"
         ) from None
+
+
+def save_model(run: Path, model, meta: dict[str, Any]) -> None:
+    """Save weights as safetensors plus a JSON description."""
+    save_weights(run / "model.safetensors", model)
+    write_json(run / "model.json", meta)
+
+
+def load_state(run: Path) -> dict[str, Any]:
+    """Read model.safetensors; a damaged or tampered file is refused, never executed."""
+    return read_weights(
+        run / "model.safetensors", f"the run did not finish; `cxr train --resume {run}` completes it"
+    )
 
 
 # --------------------------------------------------------------------------- marker, guard, lock, status
@@ -184,6 +206,20 @@ def protect(*paths: str | Path | None) -> None:
     for p in paths:
         if p:
             _INPUTS.add(_real(p))
+
+
+def check_outside_inputs(
+    out: str | Path, inputs: tuple[str | Path | None, ...], option: str = "--out"
+) -> None:
+    """Refuse an output folder inside an input folder (a run written into the data folder would be read as
+    a class of images by the next run, and would change the data)."""
+    real = _real(out)
+    for given in inputs:
+        if given and _real(given).is_dir() and _within(real, _real(given)):
+            raise CxrError(
+                f"{option} {out} is inside the input folder {given}; writing there would change the data "
+                "(and the next run would read the outputs as images): choose an --out outside it"
+            )
 
 
 def _within(child: Path, parent: Path) -> bool:

@@ -355,3 +355,38 @@ def test_a_full_cache_is_skipped_with_one_warning(tmp_path, d_base, small_fs):
     warnings = [w for w in proc.stderr.splitlines() if "cache" in w]
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: cannot write to the cache {fs / 'cache'}")
     assert "No space left on device" in warnings[0]
+
+
+@pytest.mark.parametrize("command", ["train", "audit"])
+def test_out_inside_the_data_folder_is_refused_and_the_data_is_untouched(tmp_path, d_base, command):
+    data = tmp_path / "data"
+    shutil.copytree(d_base, data)
+    before = snapshot(data)
+    args = [*B, "--data", str(data)] if command == "train" else ["audit", str(data)]
+    line = one_line_error(run_cli(*args, "--out", str(data / "results")))
+    assert "inside the input folder" in line and str(data) in line
+    assert snapshot(data) == before
+
+
+def test_an_interrupted_atomic_write_leaves_no_temporary_file(tmp_path):
+    from cxrlab.runs import atomic_write
+
+    class Interrupting(str):
+        def encode(self, *args, **kwargs):  # the write is cut off by Ctrl-C after the temporary file exists
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "metrics.json", Interrupting("{}"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_reports_a_run_whose_process_died_as_interrupted_not_running(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / "status.json").write_text(json.dumps({"status": "running", "pid": dead.pid, "host": HOST}))
+    line = one_line_error(run_cli("compare", str(run), str(run), "--out", str(tmp_path / "cmp")))
+    assert f"interrupted (process {dead.pid} ended without updating status)" in line
+    assert f"cxr train --resume {run}" in line

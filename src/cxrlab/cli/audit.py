@@ -36,7 +36,7 @@ def audit(
 
     from cxrlab.audit import audit_dataset, write_audit
     from cxrlab.errors import ConfigError
-    from cxrlab.runs import check_writable
+    from cxrlab.runs import check_outside_inputs, check_writable
 
     o = resolved(AUDIT, flags)
     seed = o["seed"]
@@ -49,6 +49,7 @@ def audit(
     target = out or Path("audits") / (Path(data).stem or "data")
     if target.exists() and not target.is_dir():
         raise ConfigError(f"--out {target} is an existing file; give a folder for audit.json and audit.html")
+    check_outside_inputs(target, (data,))
     existed = target.exists()
     check_writable(target)  # fail before the work, not after it
     try:

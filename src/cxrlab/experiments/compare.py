@@ -25,6 +25,7 @@ from cxrlab.runs import (
     check_writable,
     read_csv,
     read_json,
+    read_status,
     require_run,
     write_csv,
 )
@@ -139,12 +140,7 @@ COMPARE_OUTPUTS = ("compare.csv", "compare.md", "compare.html", "pairwise.csv", 
 
 def _unfinished(path: Path) -> str:
     """Why a run folder without metrics.json cannot be compared, from its status.json."""
-    status: dict[str, Any] = {}
-    if (path / "status.json").is_file():
-        try:
-            status = read_json(path / "status.json")
-        except CxrError:
-            status = {}
+    status = read_status(path)  # a "running" run whose process is gone reads as interrupted
     state = status.get("status")
     if state == "failed":
         error = str(status.get("error") or "no error recorded").splitlines()[0]
@@ -152,7 +148,10 @@ def _unfinished(path: Path) -> str:
     if state == "pruned":
         return f"{path}: the trial was pruned by its sweep (stopped early); it has no test metrics to compare"
     if state == "interrupted":
-        return f"{path}: the run was interrupted; finish it with `cxr train --resume {path}`, then compare"
+        why = f" ({status['reason']})" if status.get("reason") else ""
+        return (
+            f"{path}: the run was interrupted{why}; finish it with `cxr train --resume {path}`, then compare"
+        )
     if state == "running":
         return (
             f"{path}: the run has not finished (status 'running'); wait for it, or if its process is gone "

@@ -46,10 +46,9 @@ from cxrlab.generative.common import (
     now,
     prepare_folder,
     read_meta,
-    save_weights,
     to_uint8,
 )
-from cxrlab.runs import write_csv, write_json
+from cxrlab.runs import save_weights, write_csv, write_json
 from cxrlab.runtime import batched, resolve_device, resolve_precision
 
 META = "autoencoder.json"

@@ -24,6 +24,7 @@ from cxrlab.runs import (
     clear_folder,
     protect,
     read_json,
+    read_weights,
     run_lock,
     write_marker,
 )
@@ -95,23 +96,12 @@ def prepare_folder(out: str | Path, marker: str, overwrite: bool, what: str) -> 
 _HELD: dict[str, RunLock] = {}  # locks of the folders this process writes, released when it ends
 
 
-def save_weights(path: Path, module: torch.nn.Module) -> None:
-    """A module's state as safetensors, written atomically."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    atomic_write(path, save(state))
-
-
 def load_weights(path: Path, module: torch.nn.Module) -> torch.nn.Module:
     """Load safetensors weights into ``module`` (never pickle); damage is a one-line :class:`ModelError`."""
-    from safetensors.torch import load
-
-    if not path.is_file():
-        raise ModelError(f"{path} not found; did training finish? (train again or give the right folder)")
+    state = read_weights(path, "did training finish? (train again or give the right folder)")
     try:
-        module.load_state_dict(load(path.read_bytes()))
-    except Exception as exc:  # noqa: BLE001 - damaged, tampered or mismatched file
+        module.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - a file that does not match its JSON description
         raise ModelError(
             f"{path} is corrupted or does not match its JSON description ({exc.__class__.__name__}); "
             "train again"

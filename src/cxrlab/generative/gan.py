@@ -43,11 +43,10 @@ from cxrlab.generative.common import (
     prepare_folder,
     read_meta,
     save_png,
-    save_weights,
     tile,
     to_uint8,
 )
-from cxrlab.runs import write_csv, write_json
+from cxrlab.runs import save_weights, write_csv, write_json
 from cxrlab.runtime import resolve_device
 
 META = "gan.json"

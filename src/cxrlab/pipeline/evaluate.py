@@ -21,6 +21,7 @@ from cxrlab.pipeline.external import write_external
 from cxrlab.reports.html import write_eval_report
 from cxrlab.runs import (
     check_out_folder,
+    check_outside_inputs,
     check_writable,
     read_json,
     require_run,
@@ -47,6 +48,7 @@ def evaluate_run(
     loaded = load_run(run)
     prepared = prepare_eval_data(loaded, data, classes, label_map)
     target = Path(out) if out else loaded.path / ("evaluation" if data is None else "external")
+    check_outside_inputs(target, (data,))
     check_out_folder(target, EVAL_OUTPUTS)  # never into a run folder or a folder of other files
     check_writable(target)
     dev = resolve_device(device)

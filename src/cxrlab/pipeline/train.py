@@ -34,6 +34,7 @@ from cxrlab.runs import (
     RunLock,
     atomic_write,
     check_out_path,
+    check_outside_inputs,
     check_replaceable,
     check_writable,
     clear_folder,
@@ -210,6 +211,8 @@ def train(
     if launched_rank() != 0:  # a DDP worker: rank 0 owns the run folder
         return _run(cfg, out, resume, progress, state, list(callbacks or []))
     inputs = tuple(protect) + ((cfg.data.path, cfg.data.extra_train) if cfg is not None else ())
+    if cfg is not None and not resume:
+        check_outside_inputs(out, (cfg.data.path, cfg.data.extra_train))
     lock, created = prepare_out(out, resume, overwrite, tuple(p for p in inputs if p))
     try:
         with _sigterm_as_interrupt(state):
