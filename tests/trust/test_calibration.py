@@ -4,7 +4,13 @@ the threshold saved with the model and used by `cxr predict`, ECE and a reliabil
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from cxrlab.evaluation.evaluate import fit_temperature, logits_to_probs
 from cxrlab.runs import read_csv
 from tests.conftest import run_cli
 
@@ -37,6 +43,63 @@ def test_predict_uses_the_saved_threshold(binary_run, covid_small):
     for r in results:
         assert (r["class"] == "covid") == (r["probabilities"]["covid"] >= op["threshold"])
     by_path = {r["path"]: r for r in read_csv(binary_run / "predictions.csv")}
-    for r in results:  # predict agrees with the evaluation's thresholded predictions on the same files
-        if r["image"] in by_path:
-            assert by_path[r["image"]]["pred"] == r["class"]
+    matched = [r for r in results if r["image"] in by_path]
+    assert len(matched) == len(images)  # every image is a test image of the run: the comparison happened
+    for r in matched:  # predict agrees with the evaluation's thresholded predictions on the same files
+        assert by_path[r["image"]]["pred"] == r["class"]
+
+
+def _val_predictions(run: Path) -> tuple[list[dict], list[str]]:
+    """`cxr predict --json` on the run's validation images (from splits.csv) and their true classes."""
+    rows = [r for r in read_csv(run / "splits.csv") if r["split"] == "val"]
+    proc = run_cli("predict", str(run), *(r["path"] for r in rows), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), [r["class"] for r in rows]
+
+
+def test_target_sensitivity_is_reached_on_validation_and_saved(binary_run):
+    op = json.loads((binary_run / "model.json").read_text())["operating_point"]
+    saved = json.loads((binary_run / "metrics.json").read_text())["test"]["operating_point"]
+    assert {k: saved[k] for k in ("positive_class", "threshold", "method")} == op  # in metrics.json too
+    results, truth = _val_predictions(binary_run)
+    p_pos = [r["probabilities"]["covid"] for r, t in zip(results, truth, strict=True) if t == "covid"]
+    assert len(p_pos) >= 2
+    # the threshold is one of the positives' probabilities: allow re-computation noise around it
+    reached = np.mean([p >= op["threshold"] - 1e-4 for p in p_pos])
+    assert reached >= 0.95, (reached, p_pos, op)
+
+
+def _nll(results: list[dict], truth: list[str]) -> float:
+    return float(
+        -np.mean([np.log(max(r["probabilities"][t], 1e-12)) for r, t in zip(results, truth, strict=True)])
+    )
+
+
+def test_temperature_scaling_lowers_validation_nll(binary_run, tmp_path):
+    fitted, truth = _val_predictions(binary_run)
+    plain = tmp_path / "plain"
+    shutil.copytree(binary_run, plain)
+    meta = json.loads((plain / "model.json").read_text())
+    assert meta["temperature"] != 1.0
+    meta["temperature"] = 1.0
+    (plain / "model.json").write_text(json.dumps(meta))
+    unscaled, _ = _val_predictions(plain)
+    assert _nll(fitted, truth) < _nll(unscaled, truth)
+
+
+def test_fit_temperature_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, (4000, 3))
+    truth = 2.5  # labels drawn from softmax(logits / 2.5): the logits are over-confident by 2.5x
+    p = logits_to_probs(logits, truth)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    t = fit_temperature(logits, y)
+    assert t == pytest.approx(truth, rel=0.1)
+
+    def nll(temp: float) -> float:
+        return float(-np.mean(np.log(logits_to_probs(logits, temp)[np.arange(len(y)), y])))
+
+    assert nll(t) < nll(1.0) and nll(t) <= nll(truth) + 1e-6
+    # well-calibrated logits keep a temperature near 1
+    y1 = np.array([rng.choice(3, p=row) for row in logits_to_probs(logits, 1.0)])
+    assert fit_temperature(logits, y1) == pytest.approx(1.0, rel=0.1)
