@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -115,6 +116,10 @@ def test_evaluate_and_predict(fast_run, covid_dir):
     res = json.loads(proc.stdout)
     assert len(res) == 2 and set(res[0]["probabilities"]) == {"covid", "normal"}
     assert sum(res[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    # the class: the one the evaluation predicted for the same test file (binary: at the saved threshold)
+    preds = {r["path"]: r["pred"] for r in csv.DictReader((out / "predictions.csv").open())}
+    assert [r["class"] for r in res] == [preds[str(i)] for i in images]
+    assert all(r["class"] in ("covid", "normal") for r in res)
 
 
 def test_full_training_small_cnn_with_augmentation(small_covid, tmp_path):
