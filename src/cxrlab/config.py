@@ -327,7 +327,7 @@ def _suggest(key: str, node: dict[str, Any]) -> str:
 def _describe(exc: ValidationError, source: str) -> str:
     """Turn pydantic's report into one line naming the key."""
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    key = ".".join(_printable(str(p)) for p in err["loc"])
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     if err["type"] == "extra_forbidden":
         parent = RunConfig
@@ -344,4 +344,9 @@ def _describe(exc: ValidationError, source: str) -> str:
         return f"{source}: unknown key '{key}'{hint}{more}"
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
-    return f"{source}: '{key}': {err['msg']}{shown}{more}"
+    return f"{source}: '{key}': {_printable(err['msg'])}{shown}{more}"
+
+
+def _printable(text: str) -> str:
+    """Text as it can stand in a one-line message: control characters (a key holding a newline) escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")

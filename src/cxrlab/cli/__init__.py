@@ -48,7 +48,8 @@ def main() -> None:
             _fast_exit()
         raise
     except CxrError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).splitlines())  # one line, whatever a message quotes
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
