@@ -1,8 +1,9 @@
 """Open an HTML file in a real headless Chromium and report what a reader would see.
 
-Speaks the Chrome DevTools protocol over a websocket: console errors, uncaught exceptions and
-failed loads are collected while the page loads; then every <img> is checked for a decoded
-bitmap (naturalWidth > 0).
+Speaks the Chrome DevTools protocol over a websocket: console errors, uncaught exceptions,
+failed loads and every network request are collected while the page loads; then every <img> is
+checked for a decoded bitmap (naturalWidth > 0). ``check_page`` asserts what every page cxrlab
+writes must satisfy and records the page kinds checked in this session.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -28,6 +31,10 @@ FLAGS = [
     "--disable-sync",
     "--remote-debugging-port=0",
 ]
+
+
+LOCAL_SCHEMES = ("file:", "data:", "about:")
+CHECKED_KINDS: set[str] = set()  # page kinds check_page has passed in this test session
 
 
 def chromium() -> str | None:
@@ -93,7 +100,7 @@ def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
         targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
         page = next(t for t in targets if t.get("type") == "page")
         cdp = _CDP(page["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log"):
+        for domain in ("Page", "Runtime", "Log", "Network"):
             cdp.call(f"{domain}.enable")
         cdp.events.clear()
         cdp.call("Page.navigate", url=html_file.resolve().as_uri())
@@ -102,6 +109,7 @@ def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
             "Runtime.evaluate",
             expression="""JSON.stringify({
                 title: document.title,
+                kind: (document.querySelector('meta[name="cxrlab-page"]') || {}).content || null,
                 headings: Array.from(document.querySelectorAll('h1,h2')).map(h => h.textContent),
                 tables: document.querySelectorAll('table').length,
                 text: document.body.innerText.length,
@@ -123,6 +131,12 @@ def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
             elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
                 errors.append(params["entry"].get("text", "log error"))
         info["errors"] = errors
+        info["external_requests"] = [
+            e["params"]["request"]["url"]
+            for e in cdp.events
+            if e.get("method") == "Network.requestWillBeSent"
+            and not e["params"]["request"]["url"].startswith(LOCAL_SCHEMES)
+        ]
         info["broken_images"] = [i["alt"] for i in info["images"] if not i["complete"] or i["width"] == 0]
         with contextlib.suppress(Exception):  # the browser may close the socket first
             cdp.call("Browser.close")
@@ -135,3 +149,25 @@ def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def check_page(path: Path, kind: str) -> dict[str, Any]:
+    """Open ``path`` in headless Chromium and assert it is a sound cxrlab page of ``kind``.
+
+    Opened, ``<meta name="cxrlab-page">`` is ``kind``, no console error or exception, every image
+    decoded, no request leaves the file (no http/https/ws, nothing but file:, data: and about:).
+    Skips when Chromium is missing (a failure under CXRLAB_REQUIRE_ALL=1). Returns what was seen.
+    """
+    if chromium() is None:
+        pytest.skip(
+            "chromium is not installed (CI installs it in .ci/run; locally: apt-get install chromium)"
+        )
+    assert Path(path).is_file(), f"{path} was not written"
+    page = inspect_page(Path(path))
+    assert page["kind"] == kind, f"{path}: page kind {page['kind']!r}, expected {kind!r}"
+    assert page["errors"] == [], f"{path}: {page['errors']}"
+    assert page["broken_images"] == [], f"{path}: broken images {page['broken_images']}"
+    assert page["external_requests"] == [], f"{path}: external requests {page['external_requests']}"
+    assert page["text"] > 0 and page["headings"], f"{path}: empty page"
+    CHECKED_KINDS.add(kind)
+    return page

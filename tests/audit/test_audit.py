@@ -14,6 +14,7 @@ from PIL import Image
 
 from cxrlab.audit.duplicates import NEAR_DISTANCE, close_pairs, perceptual_hashes, thumbnails
 from cxrlab.data.images import load_gray
+from tests.browser import check_page
 from tests.conftest import run_cli
 
 
@@ -103,6 +104,7 @@ def test_cli_audit_finds_planted_leakage_and_shortcut(planted, tmp_path):
     assert "warning: Labels can be predicted" in proc.stderr
     html = (out / "audit.html").read_text()
     assert html.count("data:image/png;base64,") == 1 and "copy_exact.jpeg" in html
+    check_page(out / "audit.html", "audit")
 
 
 def test_clean_control_raises_no_shortcut_or_leakage_warning(kermany_dir, tmp_path):

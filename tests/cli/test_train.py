@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+from tests.browser import check_page
 from tests.conftest import run_cli
 
 REQUIRED = [
@@ -90,6 +91,8 @@ def test_fast_path_run_folder_is_complete(fast_run):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "95% CI" in html
     assert "report:" in proc.stdout
+    page = check_page(out / "report.html", "run_report")
+    assert len(page["images"]) >= 5 and all(i["width"] > 100 for i in page["images"])
 
 
 def test_config_yaml_reruns_to_same_metrics(fast_run, tmp_path):

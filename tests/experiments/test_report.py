@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.browser import check_page, chromium, inspect_page
 from tests.conftest import run_cli
-from tests.experiments.browser import chromium, inspect_page
 
 
 def test_report_renders_in_headless_chromium(runs, tmp_path):
@@ -16,9 +16,8 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     out = tmp_path / "report"
     proc = run_cli("report", str(runs["mnv2"]), str(runs["cnn"]), str(runs["other"]), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    page = inspect_page(out / "report.html")
-    assert page["errors"] == []
-    assert page["broken_images"] == []
+    page = check_page(out / "report.html", "comparison")  # no error, broken image or external request
+    check_page(out / "compare.html", "compare")
     # curves, confusion, ROC per run (3 each), t-SNE for 3 runs, val overlay, accuracy-vs-time
     assert len(page["images"]) >= 3 * 4 + 2
     assert all(i["width"] > 100 and i["height"] > 100 for i in page["images"])
@@ -47,8 +46,13 @@ def test_browser_check_catches_broken_pages(tmp_path):
         )
     bad = tmp_path / "bad.html"
     bad.write_text(
-        '<html><body><img alt="gone" src="missing.png"><script>console.error("boom")</script></body></html>'
+        '<html><head><link rel="stylesheet" href="http://127.0.0.1:9/style.css"></head><body>'
+        '<img alt="gone" src="missing.png"><script>console.error("boom")</script></body></html>'
     )
     page = inspect_page(bad)
     assert page["broken_images"] == ["gone"]
     assert any("boom" in e for e in page["errors"])
+    assert page["external_requests"] == ["http://127.0.0.1:9/style.css"]
+    assert page["kind"] is None
+    with pytest.raises(AssertionError, match="page kind None"):
+        check_page(bad, "compare")

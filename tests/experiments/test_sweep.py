@@ -14,6 +14,7 @@ import pytest
 from cxrlab.config import RunConfig
 from cxrlab.errors import ConfigError
 from cxrlab.experiments.sweep import parse_param, run_sweep
+from tests.browser import check_page
 from tests.conftest import run_cli
 
 
@@ -74,6 +75,12 @@ def test_two_workers_share_one_sqlite_study(base_yaml, tmp_path):
     assert (out / "plots" / "history.png").stat().st_size > 5000
     if len(complete) >= 2:
         assert (out / "plots" / "importance.png").is_file()
+    page = check_page(out / "sweep.html", "sweep")
+    assert len(page["images"]) == len(summary["plots"]) >= 1
+    assert {"Best trial", "Trials"} <= set(page["headings"])
+    html = (out / "sweep.html").read_text()
+    assert f"Trial <b>{summary['best']['trial']}</b>" in html
+    assert html.count("<td>complete</td>") == len(complete)
 
 
 def test_pruned_trials_stop_early_and_keep_their_folder(base_yaml, tmp_path):
@@ -87,6 +94,9 @@ def test_pruned_trials_stop_early_and_keep_their_folder(base_yaml, tmp_path):
         assert json.loads((run / "status.json").read_text()) == {"status": "pruned", "epochs_done": 1}
         assert len((run / "history.csv").read_text().splitlines()) == 2  # header + the one epoch trained
         assert not (run / "metrics.json").exists()
+    check_page(out / "sweep.html", "sweep")
+    html = (out / "sweep.html").read_text()
+    assert html.count("<td>pruned</td>") == 2 and "No trial has completed yet" in html
 
 
 def test_sweep_bad_param_one_line(base_yaml, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from cxrlab.data.images import load_gray
 from cxrlab.errors import DataError
 from cxrlab.generative.quality import memorization, quality_report, two_sample_cnn, two_sample_logreg
+from tests.browser import check_page
 from tests.conftest import run_cli
 
 
@@ -68,6 +69,7 @@ def test_quality_report(synth_dir, tiny_kermany, tmp_path):
         assert (out / entry["plots"][key]).is_file()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64") == 3 and "two-sample" in html
+    check_page(out / "report.html", "quality")
     wrong = tmp_path / "wrong"
     (wrong / "lungs").mkdir(parents=True)
     with pytest.raises(DataError, match="lungs: not classes"):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import check_page
 from tests.conftest import run_cli
 from tests.trust.conftest import one_line_error
 
@@ -65,6 +66,8 @@ def test_external_validation_side_by_side(binary_run, external_set, tmp_path):
     assert any(s.startswith("ROC AUC") for s in ext["summary"])
     html = (out / "external.html").read_text()
     assert "internal test" in html and "renamed" in html and "95% bootstrap" in html
+    check_page(out / "external.html", "external")
+    check_page(out / "report.html", "eval_report")
 
 
 def test_external_class_names_must_be_mapped(binary_run, external_set, tmp_path):
