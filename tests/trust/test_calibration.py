@@ -67,6 +67,10 @@ def test_target_sensitivity_is_reached_on_validation_and_saved(binary_run):
     # the threshold is one of the positives' probabilities: allow re-computation noise around it
     reached = np.mean([p >= op["threshold"] - 1e-4 for p in p_pos])
     assert reached >= 0.95, (reached, p_pos, op)
+    # metrics.json records the sensitivity reached on validation at that threshold
+    on_val = json.loads((binary_run / "metrics.json").read_text())["val"]["operating_point"]
+    assert on_val["threshold"] == op["threshold"] and on_val["sensitivity"] >= 0.95
+    assert on_val["sensitivity"] == pytest.approx(reached, abs=1 / len(p_pos))
 
 
 def _nll(results: list[dict], truth: list[str]) -> float:

@@ -235,7 +235,11 @@ def evaluate_trained(
         "classes": data.classes,
         "data": data_summary(data),
         "test": test_metrics,
-        "val": {k: val_metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "auc", "loss", "ece")},
+        "val": {
+            k: val_metrics[k]
+            for k in ("n", "accuracy", "balanced_accuracy", "auc", "loss", "ece", "operating_point")
+            if k in val_metrics
+        },
         "calibration": {"temperature": temperature, "ece": test_metrics["ece"]},
         "params": {"total": params_total, "trainable": params_trainable},
         "timing": timing,
