@@ -274,11 +274,22 @@ class EpochSeed(L.Callback):
         torch.manual_seed(s)
 
 
+def drops_last_batch(n: int, batch_size: int) -> bool:
+    """True when a training epoch of ``n`` samples would end on a batch of one sample.
+
+    Batch norm cannot take a batch of one (no variance to normalise by: InceptionV3's auxiliary
+    classifier, dense batch norm), so the training loader drops that single sample — a different
+    one each epoch, as the order is reshuffled — and keeps every other last batch.
+    """
+    return n > batch_size and n % batch_size == 1
+
+
 def _loader(ds, cfg: RunConfig, shuffle: bool) -> DataLoader:
     generator = torch.Generator().manual_seed(cfg.train.seed)
     return DataLoader(
         ds,
         batch_size=cfg.train.batch_size,
+        drop_last=shuffle and drops_last_batch(len(ds), cfg.train.batch_size),
         sampler=EpochShuffle(ds, cfg.train.seed) if shuffle else None,
         num_workers=cfg.train.num_workers,
         generator=generator,
