@@ -117,6 +117,9 @@ class ModelConfig(_Section):
     width: float = Field(1.0, gt=0, description="width multiplier for the small CNNs")
     conv_dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each conv block (small CNNs)")
     conv_batch_norm: bool = Field(True, description="batch norm in each conv block (small CNNs)")
+    conv_batch_norm_axis: Literal["channels", "rows"] = Field(
+        "channels", description="cnn5: batch norm per channel, or per image row (report 003, Keras axis=1)"
+    )
     head: HeadConfig = Field(default_factory=HeadConfig)
 
     @field_validator("freeze", mode="before")

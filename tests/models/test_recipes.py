@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -15,7 +16,7 @@ RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 
 def test_the_recipes_of_the_issue_exist():
     names = {p.stem for p in RECIPES}
-    assert len(names) >= 23
+    assert len(names) >= 25
     for stem in (
         "covid_vgg16_binary",
         "covid4_inception_v3_freeze300",
@@ -23,6 +24,9 @@ def test_the_recipes_of_the_issue_exist():
         "covid4_resnet50_adam1e-4",
         "covid_inception_v3_binary_gap",
         "covid4_mobilenet_v1_freeze20",
+        "covid_vgg16_binary_r001",
+        "x32_mlp_more_epochs",
+        "x32_mlp_half_batch",
         "x32_cnn_half",
         "kermany_alexnet_improved",
     ):
@@ -40,6 +44,11 @@ def test_recipe_loads_and_summarises(path):
         assert all(r.trainable in ("no", "") for r in s.rows if r.part == "backbone")
     text = s.to_text()
     assert "Total params" in text and f"{s.keras_total:,}" in text
+    comments = path.read_text()
+    assert "assumed" not in comments, "a setting is the report's (named) or cxrlab's choice, never 'assumed'"
+    assert re.search(r"[Rr]eport 00[0-4]", comments), "every recipe names the report it reproduces"
+    if cfg.model.name == "inception_v3":
+        assert s.keras_absent == 17_216 and "17,216" in comments and "17,216" in text
 
 
 def test_x32_cnn_recipe_trains_end_to_end_and_the_run_matches_its_summary(tmp_path, covid_dir):
@@ -64,11 +73,12 @@ def test_x32_cnn_recipe_trains_end_to_end_and_the_run_matches_its_summary(tmp_pa
 
 @pytest.mark.slow
 def test_inception_recipe_trains_with_aux_logits_and_reloads(tmp_path, small_covid):
-    """Slow path at 299 px with 100 layers frozen: aux logits in training, reload for prediction."""
+    """Slow path at 299 px (the recipe's 224 px has no aux classifier) with 100 layers frozen: aux
+    logits in training, reload for prediction."""
     recipe = ROOT / "configs" / "covid_inception_v3_binary_gap.yaml"
     out = tmp_path / "inc"
     proc = run_cli(
-        "train", "--config", str(recipe), "--data", str(small_covid), "--random-init",
+        "train", "--config", str(recipe), "--data", str(small_covid), "--random-init", "--image-size", "299",
         "--max-per-class", "8", "--epochs", "1", "--out", str(out), "-q", "--no-tensorboard",
         "--set", "eval.tsne=false",
     )  # fmt: skip

@@ -2,10 +2,10 @@
 
 * ``mlp`` — flattened 32×32 pixels → 300 → 150 → classes (the head's dense stack; activation,
   batch norm after each dense layer and dropout come from ``model.head``).
-* ``cnn5`` — the 5-convolution CNN of the 32×32 experiments: filters 64-128-128-256-256 ×
-  ``model.width``, each block conv 3×3 → [batch norm] → ReLU → max-pool (not after the last) →
-  [dropout]; dense 512-128-classes in the head; L2 on the convolutions with
-  ``head.l2_layers: [conv]``.
+* ``cnn5`` — report 003's 5-convolution CNN of the 32×32 experiments: filters
+  64-128-128-256-256 × ``model.width``, each conv 3×3 → ReLU → [dropout] → [batch norm, per
+  channel or per row] and max-pool after convs 1, 3 and 5; dense 512-128-classes in the head;
+  L2 on the convolutions with ``head.l2_layers: [conv]``.
 * ``pneumonia_cnn`` / ``pneumonia_cnn_improved`` — the "CNN" and "improved CNN" for 224 px
   grayscale pneumonia (Kermany).
 * ``alexnet_base`` / ``alexnet_improved`` — AlexNet-style networks for 1-channel 224 px input.
@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from cxrlab.config import ModelConfig
@@ -45,20 +46,42 @@ def _flatten(pretrained: bool, cfg: ModelConfig) -> nn.Module:
     return nn.Flatten()
 
 
+class RowBatchNorm(nn.Module):
+    """Batch norm over image rows instead of channels: one (γ, β, mean, variance) per row.
+
+    What Keras' ``BatchNormalization(axis=1)`` does to a channels-last (N, H, W, C) map — the
+    layout of report 003's CNN, whose printed counts (128 for a 32 × 32 × 64 map, 64 at 16 × 16,
+    32 at 8 × 8) are 4 × the number of rows. The row count is taken from the first input.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.LazyBatchNorm2d()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.transpose(1, 2)).transpose(1, 2)
+
+
+_CNN5_POOL_AFTER = (0, 2, 4)  # report 003: max-pooling after convs 1, 3 and 5 → 256 × 4 × 4 at 32 px
+
+
 def _cnn5(pretrained: bool, cfg: ModelConfig) -> nn.Module:
-    """Five 3×3 conv blocks, 64-128-128-256-256 filters × ``cfg.width`` (0.5: "half the filters")."""
+    """Report 003's CNN: five 3×3 same-padded convs, 64-128-128-256-256 filters × ``cfg.width``.
+
+    Each conv → ReLU → [dropout] → [batch norm] and max-pool 2 after convs 1, 3 and 5, in the
+    order of report 003's printed layer table (flatten 4,096 at 32 px).
+    """
     widths = [max(1, int(round(w * cfg.width))) for w in (64, 128, 128, 256, 256)]
     layers: list[nn.Module] = []
     cin = _channels(cfg)
     for i, w in enumerate(widths):
-        layers.append(nn.Conv2d(cin, w, 3, padding=1, bias=not cfg.conv_batch_norm))
-        if cfg.conv_batch_norm:
-            layers.append(nn.BatchNorm2d(w))
-        layers.append(nn.ReLU(inplace=True))
-        if i < len(widths) - 1:
-            layers.append(nn.MaxPool2d(2))
+        layers += [nn.Conv2d(cin, w, 3, padding=1), nn.ReLU(inplace=True)]
         if cfg.conv_dropout > 0:
             layers.append(nn.Dropout(cfg.conv_dropout))
+        if cfg.conv_batch_norm:
+            layers.append(RowBatchNorm() if cfg.conv_batch_norm_axis == "rows" else nn.BatchNorm2d(w))
+        if i in _CNN5_POOL_AFTER:
+            layers.append(nn.MaxPool2d(2))
         cin = w
     return nn.Sequential(*layers)
 
@@ -105,17 +128,14 @@ def _alexnet_base(pretrained: bool, cfg: ModelConfig) -> nn.Module:
 
 
 def _alexnet_improved(pretrained: bool, cfg: ModelConfig) -> nn.Module:
-    """A slimmer AlexNet with batch norm: conv 32 (11×11/4), 64 (5×5), 128 (3×3), each BN-ReLU-pool."""
+    """Report 004's printed ``ImprovedAlexNet.features``: conv 32 (11×11/4), 64 (5×5), 128 (3×3),
+    each → ReLU → max-pool 3/2 (no batch norm), then adaptive average pooling to 6 × 6."""
     c = _channels(cfg)
     layers: list[nn.Module] = []
     for cin, cout, k, s, p in ((c, 32, 11, 4, 2), (32, 64, 5, 1, 2), (64, 128, 3, 1, 1)):
-        layers += [
-            nn.Conv2d(cin, cout, k, stride=s, padding=p, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2),
-        ]
-    return nn.Sequential(*layers)  # 128 × 6 × 6 at 224 px
+        layers += [nn.Conv2d(cin, cout, k, stride=s, padding=p), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2)]
+    layers.append(nn.AdaptiveAvgPool2d(6))
+    return nn.Sequential(*layers)  # 128 × 6 × 6
 
 
 def _small(name: str, builder, size: int, feature_dim: int, description: str, hidden: list[int]) -> None:
@@ -174,6 +194,6 @@ _small(
     _alexnet_improved,
     224,
     128,
-    "AlexNet-style improved, 224 px grey: conv 32/64/128 + BN, dense 1024-512",
+    "report 004's improved AlexNet, 224 px grey: conv 32/64/128, dense 1024-512",
     [1024, 512],
 )

@@ -4,6 +4,9 @@
   variance are buffers, not parameters.
 * **Keras convention**: batch norm's ``moving_mean`` and ``moving_variance`` are (non-trainable)
   weights, so every ``BatchNorm`` adds ``2 × channels`` to the total and the non-trainable count.
+  A backbone whose Keras twin builds its batch norms without a scale (``keras_bn_scale = False``:
+  Keras' InceptionV3 uses ``BatchNormalization(scale=False)``) has γ weights that Keras does not
+  have: they are left out of the Keras column (17,216 for InceptionV3) and the summary says so.
 
 Summaries are computed on the ``meta`` device: no memory for weights, no arithmetic, so even
 VGG-19 summarises instantly. Layers are those of :mod:`cxrlab.models.layers` (what
@@ -66,6 +69,8 @@ class ModelSummary:
     backbone_layers: int
     freeze: str = "none"
     macs: int | None = None
+    keras_absent: int = 0  # parameters with no Keras counterpart (InceptionV3's batch-norm γ)
+    keras_absent_trainable: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -74,11 +79,15 @@ class ModelSummary:
 
     @property
     def keras_total(self) -> int:
-        return self.total + self.bn_stats
+        return self.total + self.bn_stats - self.keras_absent
+
+    @property
+    def keras_trainable(self) -> int:
+        return self.trainable - self.keras_absent_trainable
 
     @property
     def keras_non_trainable(self) -> int:
-        return self.non_trainable + self.bn_stats
+        return self.keras_total - self.keras_trainable
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -86,7 +95,7 @@ class ModelSummary:
         d["pytorch"] = {"total": self.total, "trainable": self.trainable, "non_trainable": self.non_trainable}
         d["keras"] = {
             "total": self.keras_total,
-            "trainable": self.trainable,
+            "trainable": self.keras_trainable,
             "non_trainable": self.keras_non_trainable,
         }
         return d
@@ -117,11 +126,19 @@ class ModelSummary:
         lines += [
             f"{'':28}{'PyTorch':>{w + 2}}  {'Keras':>{w + 2}}",
             f"{'Total params':28}{_n(self.total):>{w + 2}}  {_n(self.keras_total):>{w + 2}}",
-            f"{'Trainable params':28}{_n(self.trainable):>{w + 2}}  {_n(self.trainable):>{w + 2}}",
+            f"{'Trainable params':28}{_n(self.trainable):>{w + 2}}  {_n(self.keras_trainable):>{w + 2}}",
             f"{'Non-trainable params':28}{_n(self.non_trainable):>{w + 2}}  "
             f"{_n(self.keras_non_trainable):>{w + 2}}",
             f"PyTorch counts parameters only; Keras also counts batch norm's moving mean/variance "
             f"({_n(self.bn_stats)} values, buffers in PyTorch) as non-trainable weights.",
+        ]
+        if self.keras_absent:
+            lines.append(
+                f"Keras' InceptionV3 builds its batch norms without a scale (scale=False): torchvision's "
+                f"have one γ per channel, {_n(self.keras_absent)} parameters "
+                f"({_n(self.keras_absent_trainable)} trainable) that the Keras column leaves out."
+            )
+        lines += [
             f"Layers: {len([r for r in self.rows if r.index])} (backbone: layers 1–{self.backbone_layers}, "
             f"layer 1 = input; `--freeze N` freezes layers 1…N)",
         ]
@@ -152,6 +169,7 @@ def summarize_model(
     example = torch.zeros(1, channels, image_size, image_size, device=device)
     layers = trace_layers(model, example)
     backbone_ids = {id(m) for m in model.backbone.modules()}
+    no_scale = _keras_unscaled(model)
     rows: list[SummaryRow] = []
     counted: set[int] = set()
     for layer in layers:
@@ -162,13 +180,21 @@ def summarize_model(
             stats = bn_statistics(layer.module)
             counted.update(id(p) for p in params)
         n = sum(p.numel() for p in params)
+        absent = no_scale.get(id(layer.module), (0, 0))[0] if layer.first_call else 0
         name = layer.name if layer.first_call else f"{layer.name} (again)"
         part = "input" if layer.kind == "input" else "functional"
         if layer.module is not None:
             part = "backbone" if id(layer.module) in backbone_ids else "head"
         rows.append(
             SummaryRow(
-                layer.index, name, layer.kind, layer.output_shape, n, n + stats, _trainable_flag(params), part
+                layer.index,
+                name,
+                layer.kind,
+                layer.output_shape,
+                n,
+                n + stats - absent,
+                _trainable_flag(params),
+                part,
             )
         )
     # functional layers (F.relu, torch.cat …) before the head's first module belong to the backbone
@@ -221,10 +247,23 @@ def summarize_model(
         aux_params=aux_params,
         backbone_layers=n_backbone,
         freeze=freeze,
+        keras_absent=sum(a for a, _ in no_scale.values()),
+        keras_absent_trainable=sum(t for _, t in no_scale.values()),
     )
     if macs:
         summary.macs = count_macs(model, example)
     return summary
+
+
+def _keras_unscaled(model: Classifier) -> dict[int, tuple[int, int]]:
+    """Batch norms whose γ Keras' twin lacks: id → (γ size, trainable γ size)."""
+    if getattr(model.backbone, "keras_bn_scale", True):
+        return {}
+    return {
+        id(m): (m.weight.numel(), m.weight.numel() if m.weight.requires_grad else 0)
+        for m in model.backbone.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None
+    }
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:

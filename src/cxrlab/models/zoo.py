@@ -109,7 +109,13 @@ class InceptionBackbone(nn.Module):
     classifier reads; :class:`~cxrlab.models.heads.Classifier` builds that classifier with
     :meth:`make_aux_head` (torchvision's ``InceptionAux``, its convolutions pretrained when the
     backbone is, a new output layer).
+
+    Keras' InceptionV3 builds every batch norm with ``scale=False``; torchvision's have a γ per
+    channel (17,216 in all). ``keras_bn_scale = False`` tells :mod:`cxrlab.models.summary` to
+    leave them out of the Keras-convention counts.
     """
+
+    keras_bn_scale = False
 
     def __init__(self, net: nn.Module):
         super().__init__()
