@@ -340,3 +340,23 @@ def test_generative_seed_and_lr_have_the_run_configs_bounds(d_base, tmp_path, co
     line = one_line_error(run_cli(*command, "--data", str(d_base), "--out", str(out), "--epochs", "1", "-q"))
     assert message in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["train", "--batch-size", "x"], "Invalid value for '--batch-size'"),
+        (["train", "--nope"], "No such option: --nope"),
+        (["gan", "sample"], "Missing argument"),
+    ],
+)
+def test_usage_errors_are_one_line_pointing_at_help(args, words):
+    """Flags typer itself rejects (a wrong type, an unknown flag, a missing argument) were click's 4-line
+    usage block; they are one line naming the command's --help, like every other error."""
+    line = one_line_error(run_cli(*args))
+    assert words in line and "--help`" in line
+
+
+def test_a_bare_command_group_prints_its_help():
+    proc = run_cli("gan")
+    assert proc.returncode == 0 and "cxr gan train" in proc.stdout and proc.stderr == ""

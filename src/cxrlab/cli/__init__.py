@@ -41,8 +41,29 @@ def main() -> None:
     """Entry point of the `cxr` script."""
     from cxrlab.errors import CxrError
 
+    try:  # typer >= 0.2x carries its own copy of click
+        from typer._click import exceptions as click_errors
+        from typer.exceptions import Abort
+    except ImportError:  # pragma: no cover - older typer on the user's click
+        from click import exceptions as click_errors
+        from click.exceptions import Abort
+
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # `cxr` or `cxr gan` alone: the help, as asked
+        print(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(0)
+    except click_errors.UsageError as exc:  # a wrong flag or value: one line, and where to look
+        where = f"`{exc.ctx.command_path} --help`" if exc.ctx else "`cxr --help`"
+        message = " ".join(exc.format_message().splitlines())
+        print(f"error: {message} (see {where})", file=sys.stderr)
+        sys.exit(2)
+    except click_errors.ClickException as exc:  # e.g. a file option that cannot be opened
+        print(f"error: {' '.join(exc.format_message().splitlines())}", file=sys.stderr)
+        sys.exit(exc.exit_code or 1)
+    except Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except SystemExit as exc:
         if exc.code in (0, None):
             _fast_exit()
@@ -63,6 +84,9 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+    if isinstance(code, int) and code != 0:  # a command (or --help) asked for this exit status
+        sys.exit(code)
+    _fast_exit()
 
 
 def _fast_exit() -> None:
