@@ -73,8 +73,17 @@ def test_overwrite_never_deletes_the_data_folder(tmp_path, d_base):
     proc = run_cli(*B, "--config", str(dcopy / "config.yaml"), "--data", str(dcopy), "--out", str(dcopy),
                    "--overwrite")  # fmt: skip
     line = one_line_error(proc)
-    assert f"refusing to delete {dcopy} with --overwrite" in line and "which this command reads" in line
+    assert f"--out {dcopy} is inside the input folder {dcopy}" in line
     assert snapshot(dcopy) == before
+    # --out a parent of the data folder: --overwrite refuses to delete what this command reads
+    parent = tmp_path / "project"
+    shutil.copytree(d_base, parent / "data")
+    (parent / "notes.txt").write_text("keep me")
+    before = snapshot(parent)
+    proc = run_cli(*B, "--data", str(parent / "data"), "--out", str(parent), "--overwrite")
+    line = one_line_error(proc)
+    assert f"refusing to delete {parent} with --overwrite" in line and "which this command reads" in line
+    assert snapshot(parent) == before
 
 
 def test_overwrite_never_deletes_the_current_folder(tmp_path, d_base):

@@ -96,21 +96,32 @@ def prepare_out(
 
 @contextmanager
 def _sigterm_as_interrupt(state: dict[str, Any]) -> Iterator[None]:
-    """SIGTERM raises like Ctrl-C for the duration (main thread only; the old handler is restored);
-    ``state["signal"]`` records it."""
+    """For the duration (main thread only; the old handlers are restored): SIGTERM raises like Ctrl-C, and
+    both record themselves in ``state["signal"]``, so that an error raised while unwinding from the signal
+    (e.g. ``ImportError: initialization failed`` from an extension module interrupted while loading) is
+    still reported as the interruption it is. An ignored SIGINT (``nohup``, ``&``) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum, frame) -> None:
+    def on_term(signum, frame) -> None:
         state["signal"] = signum
         raise _Terminated()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def on_int(signum, frame) -> None:
+        state["signal"] = signum
+        raise KeyboardInterrupt
+
+    previous_term = signal.signal(signal.SIGTERM, on_term)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_int)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _discard(out: Path, created: bool) -> None:
@@ -136,6 +147,8 @@ def _ended(
     """Record truthfully how the run ended (status.json, or the half-made folder removed) and return the
     exception to raise: a one-line :class:`CxrError` where there is one."""
     term = isinstance(exc, _Terminated) or state.get("signal") == signal.SIGTERM
+    if state.get("signal") is not None and not isinstance(exc, KeyboardInterrupt | TrainingInterrupted):
+        exc = KeyboardInterrupt()  # whatever the signal's unwinding raised, the run was interrupted
     word, code = ("terminated (SIGTERM)", 143) if term else ("interrupted", 130)
     if isinstance(exc, TrainingInterrupted):  # Lightning stopped fit; status.json is written
         if term:
