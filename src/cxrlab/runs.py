@@ -315,6 +315,38 @@ def clear_folder(out: str | Path, entries: tuple[str, ...]) -> None:
             p.unlink(missing_ok=True)
 
 
+def claim_folder(
+    out: Path,
+    kind: str,
+    entries: tuple[str, ...],
+    what: str,
+    overwrite: bool,
+    busy: str,
+    protect: tuple[str | Path, ...] = (),
+) -> RunLock:
+    """Take ``out`` for writing as cxrlab's ``kind`` folder and return its lock.
+
+    A folder that is not empty is replaced only with ``overwrite``, and then only as
+    :func:`check_replaceable` allows (just ``entries`` are deleted); ``busy`` is the message without
+    ``overwrite``. A second writer stops at once (:class:`RunInUse`). Nothing is changed when this fails."""
+    lock = run_lock(out) if (out / LOCK).is_file() else None
+    try:
+        if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
+            if not overwrite:
+                raise CxrError(busy)
+            check_replaceable(out, kind, entries, what, protect)
+            lock = lock or run_lock(out)
+            clear_folder(out, entries)
+        check_writable(out)
+        lock = lock or run_lock(out)
+        write_marker(out, kind)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
 def check_out_path(out: str | Path, option: str = "--out") -> Path:
     """``out`` must be a folder or not exist yet (a file or a device is refused in one line)."""
     out = Path(out)

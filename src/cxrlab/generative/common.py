@@ -20,13 +20,10 @@ from cxrlab.runs import (
     atomic_write,
     check_out_path,
     check_replaceable,
-    check_writable,
-    clear_folder,
+    claim_folder,
     protect,
     read_json,
     read_weights,
-    run_lock,
-    write_marker,
 )
 
 # What each generative command writes into its folder (top-level names or glob patterns), keyed by the
@@ -60,6 +57,10 @@ def _kind(marker: str) -> str:
     return marker.rsplit(".", 1)[0]
 
 
+def _busy(out: Path) -> str:
+    return f"{out} already exists and is not empty; choose another --out or add --overwrite"
+
+
 def check_out(out: str | Path, marker: str, overwrite: bool, what: str) -> Path:
     """Fail early (before any decoding) when ``out`` cannot be (re)created; changes nothing.
 
@@ -69,7 +70,7 @@ def check_out(out: str | Path, marker: str, overwrite: bool, what: str) -> Path:
     out = check_out_path(out)
     if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         if not overwrite:
-            raise CxrError(f"{out} already exists and is not empty; choose another --out or add --overwrite")
+            raise CxrError(_busy(out))
         check_replaceable(out, _kind(marker), FOLDER_ENTRIES.get(marker, (marker,)), what)
     return out
 
@@ -82,14 +83,8 @@ def prepare_folder(out: str | Path, marker: str, overwrite: bool, what: str) -> 
     key = os.path.realpath(out)
     if key in _HELD:  # written before by this process (in-process API use): ours to write again
         _HELD.pop(key).release()
-    lock = run_lock(out) if (out / LOCK).is_file() else None
-    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
-        check_out(out, marker, overwrite, what)  # again, under the lock
-        clear_folder(out, FOLDER_ENTRIES.get(marker, (marker,)))
-    check_writable(out)
-    lock = lock or run_lock(out)
-    _HELD[key] = lock
-    write_marker(out, _kind(marker))
+    entries = FOLDER_ENTRIES.get(marker, (marker,))
+    _HELD[key] = claim_folder(out, _kind(marker), entries, what, overwrite, _busy(out))
     return out
 
 

@@ -35,15 +35,13 @@ from cxrlab.runs import (
     atomic_write,
     check_out_path,
     check_outside_inputs,
-    check_replaceable,
-    check_writable,
+    claim_folder,
     clear_folder,
     disk_full,
     run_lock,
     settle_stale,
     write_csv,
     write_json,
-    write_marker,
     write_status,
 )
 from cxrlab.runtime import environment, quiet_lightning, resolve_device
@@ -73,24 +71,11 @@ def prepare_out(
             raise CxrError(f"--resume {out}: not a run folder (no config.yaml)")
         return run_lock(out), False
     created = not out.exists()
-    lock = run_lock(out) if (out / LOCK).is_file() else None
-    try:
-        if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
-            if not overwrite:
-                raise CxrError(
-                    f"{out} already exists and is not empty; choose another --out, add --overwrite, "
-                    f"or continue it with --resume {out}"
-                )
-            check_replaceable(out, "train", RUN_ENTRIES, "a training run folder", protect)
-            lock = lock or run_lock(out)
-            clear_folder(out, RUN_ENTRIES)
-        check_writable(out)
-        lock = lock or run_lock(out)
-        write_marker(out, "train")
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
+    busy = (
+        f"{out} already exists and is not empty; choose another --out, add --overwrite, "
+        f"or continue it with --resume {out}"
+    )
+    lock = claim_folder(out, "train", RUN_ENTRIES, "a training run folder", overwrite, busy, protect)
     return lock, created
 
 
