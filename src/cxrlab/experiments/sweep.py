@@ -2,6 +2,11 @@
 
 ``--param lr=1e-3,5e-4,1e-4`` lists values (a grid when every parameter is a list);
 ``--param lr=1e-5:1e-2:log`` or ``--param dropout=0.1:0.8`` is a range (Optuna's TPE sampler).
+A value that is itself a list is written in YAML flow syntax, brackets included:
+``--param 'model.head.hidden=[512,512],[256,256]'`` (once a ``[`` appears, the whole text is read
+as one YAML flow sequence of values). The ``dropout`` short name on a base whose
+``model.head.dropout`` is a per-layer list sets the rate of the dropout layers present (the
+non-zero entries) and leaves the zeros at zero, so the architecture is unchanged.
 Trials are selected on the **validation** metric the base config monitors (``train.monitor``),
 never on the test split; the test metrics of every trial are reported beside it.
 
@@ -60,6 +65,21 @@ SWEEP_OUTPUTS = (
 )
 
 
+#: Floats as YAML 1.2 and Python write them: PyYAML's YAML 1.1 resolver reads ``1e-3`` as a string.
+_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)|\.[0-9_]+(?:[eE][-+]?[0-9]+))$")
+
+
+def _yaml_loader():
+    """A SafeLoader that also reads ``1e-3`` and ``.5e-2`` as floats (quoted text stays text)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+    return Loader
+
+
 class _TrialFailed(Exception):
     """A trial's training raised: recorded as an Optuna FAIL with its reason, the sweep goes on."""
 
@@ -75,14 +95,42 @@ class Param:
     high: float | None = None
     log: bool = False
     integer: bool = False
+    #: the base config's per-layer dropout list the ``dropout`` short name scales (None: set as given)
+    layers: list[float] | None = None
+
+    @property
+    def encoded(self) -> bool:
+        """True when a value is a list: Optuna's choices must be scalars, so such values are stored as
+        their JSON text (the same on every worker) and decoded back."""
+        return self.values is not None and any(isinstance(v, list | dict) for v in self.values)
+
+    def choices(self) -> list[Any]:
+        """The categorical choices as Optuna stores them."""
+        return [json.dumps(v) for v in self.values or []] if self.encoded else list(self.values or [])
+
+    def decode(self, stored: Any) -> Any:
+        """The value an Optuna trial recorded, as the parameter's own value (a list stays a list)."""
+        if self.encoded and isinstance(stored, str):
+            try:
+                return json.loads(stored)
+            except ValueError:
+                return stored
+        return stored
 
     def suggest(self, trial) -> Any:
         """Ask an Optuna trial for this parameter's value."""
         if self.values is not None:
-            return trial.suggest_categorical(self.name, self.values)
+            return self.decode(trial.suggest_categorical(self.name, self.choices()))
         if self.integer:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def applied(self, value: Any) -> Any:
+        """The config value one trial uses: a scalar dropout rate on a per-layer list base becomes the
+        list with every non-zero entry set to that rate (zeros, i.e. absent layers, stay zero)."""
+        if self.layers is None or isinstance(value, list) or value is None:
+            return value
+        return [value if rate > 0 else 0.0 for rate in self.layers]
 
 
 def _scalar(text: str) -> Any:
@@ -99,16 +147,49 @@ def _scalar(text: str) -> Any:
         return text
 
 
+def _flow_values(name: str, spec: str) -> list[Any]:
+    """``[512,512],[256,256]`` → ``[[512, 512], [256, 256]]``: the text read as one YAML flow sequence."""
+    import yaml
+
+    example = "e.g. model.head.hidden=[512,512],[256,256]"
+    try:
+        values = yaml.load(f"[{spec}]", Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"--param {name}={spec}: not a list of values; write a list value in YAML flow syntax with "
+            f"balanced brackets, values separated by commas, {example}"
+        ) from None
+
+    def plain(v: Any) -> bool:
+        if isinstance(v, list):
+            return all(plain(x) for x in v)
+        return v is None or isinstance(v, bool | int | float | str)
+
+    if not isinstance(values, list) or not values or not all(plain(v) for v in values):
+        raise ConfigError(
+            f"--param {name}={spec}: values must be numbers, text, true/false, null or [lists] of them, "
+            f"{example}"
+        )
+    return values
+
+
 def parse_param(text: str) -> Param:
-    """``lr=1e-3,1e-4`` (values) or ``lr=1e-5:1e-2:log`` (range) → :class:`Param`."""
+    """``lr=1e-3,1e-4`` (values), ``lr=1e-5:1e-2:log`` (range) or ``hidden=[512],[256,128]`` (list
+    values, YAML flow syntax) → :class:`Param`."""
     if "=" not in text:
         raise ConfigError(
-            f"--param {text!r}: expected NAME=V1,V2,… or NAME=LOW:HIGH[:log], e.g. lr=1e-3,1e-4"
+            f"--param {text!r}: expected NAME=V1,V2,… or NAME=LOW:HIGH[:log], e.g. lr=1e-3,1e-4 "
+            "(list values in brackets: model.head.hidden=[512,512],[256,256])"
         )
     name, spec = (part.strip() for part in text.split("=", 1))
     key = ALIASES.get(name, name)
     if not spec:
         raise ConfigError(f"--param {name}: no values given")
+    if "[" in spec or "]" in spec:
+        values = _flow_values(name, spec)
+        if len(set(map(json.dumps, values))) != len(values):
+            raise ConfigError(f"--param {name}: repeated values in {spec!r}")
+        return Param(name, key, values=values)
     if ":" in spec and "," not in spec:
         parts = spec.split(":")
         log = parts[-1] == "log"
@@ -134,7 +215,22 @@ def parse_param(text: str) -> Param:
 
 def trial_config(base: RunConfig, params: list[Param], values: dict[str, Any]) -> RunConfig:
     """The base config with one trial's values applied (unknown keys fail with one line)."""
-    return base.override([f"{p.key}={json.dumps(values[p.name])}" for p in params])
+    return base.override([f"{p.key}={json.dumps(p.applied(values[p.name]))}" for p in params])
+
+
+def bind_params(base: RunConfig, params: list[Param]) -> None:
+    """Tie the ``dropout`` short name to the base's per-layer dropout list, when it has one."""
+    dropout = base.model.head.dropout
+    for p in params:
+        if p.name != "dropout" or p.key != ALIASES["dropout"] or not isinstance(dropout, list):
+            continue
+        if not any(rate > 0 for rate in dropout):
+            raise ConfigError(
+                f"--param dropout: the base config's model.head.dropout {dropout} has no dropout layer "
+                "(every rate is 0) whose rate could be swept; sweep lists instead, e.g. "
+                "--param 'model.head.dropout=[0.0,0.3],[0.0,0.5]'"
+            )
+        p.layers = [float(rate) for rate in dropout]
 
 
 def check_params(base: RunConfig, params: list[Param]) -> None:
@@ -148,7 +244,7 @@ def check_params(base: RunConfig, params: list[Param]) -> None:
         probes = p.values if p.values is not None else [p.low, p.high]
         for v in probes:
             try:
-                base.override([f"{p.key}={json.dumps(v)}"])
+                base.override([f"{p.key}={json.dumps(p.applied(v))}"])
             except ConfigError as exc:
                 raise ConfigError(f"--param {p.name}={v}: {exc}") from None
     if base.data.path is None:
@@ -222,7 +318,7 @@ def open_study(
         ranged = [p.name for p in params if p.values is None]
         if ranged:
             raise ConfigError(f"--sampler grid needs lists of values; {', '.join(ranged)} is a range")
-        smp = optuna.samplers.GridSampler({p.name: p.values for p in params}, seed=seed)
+        smp = optuna.samplers.GridSampler({p.name: p.choices() for p in params}, seed=seed)
     elif sampler == "tpe":
         smp = optuna.samplers.TPESampler(seed=seed)
     else:
@@ -292,6 +388,7 @@ def run_sweep(
     if storage is not None:
         check_storage(storage)
     plist = [p if isinstance(p, Param) else parse_param(p) for p in params]
+    bind_params(base, plist)
     check_params(base, plist)
     check_out_folder(out, SWEEP_OUTPUTS + COMPARE_OUTPUTS)
     check_writable(out)
@@ -374,14 +471,17 @@ def summarize_sweep(
     from cxrlab.experiments.compare import compare_runs
 
     all_trials = study.get_trials(deepcopy=False)
+    bound = [p for p in params if p.layers is not None]  # their column: the full list each trial used
     rows = []
     for t in all_trials:
+        values = {p.name: p.decode(t.params.get(p.name)) for p in params}
         rows.append(
             {
                 "trial": t.number,
                 "state": t.state.name.lower(),
                 "value": t.value,
-                **{p.name: t.params.get(p.name) for p in params},
+                **values,
+                **{p.key: p.applied(values[p.name]) if p.name in t.params else None for p in bound},
                 "epochs": len(t.intermediate_values) or None,
                 "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
                 "test_accuracy": t.user_attrs.get("test_accuracy"),
@@ -390,13 +490,22 @@ def summarize_sweep(
                 "run": t.user_attrs.get("run"),
             }
         )
-    fields = ["trial", "state", "value", *[p.name for p in params], "epochs", "duration_s", "test_accuracy"]
-    write_csv(out / "sweep.csv", rows, [*fields, "error", "worker", "run"])
+    names = [*[p.name for p in params], *[p.key for p in bound]]
+    fields = ["trial", "state", "value", *names, "epochs", "duration_s", "test_accuracy"]
+    cells = [{k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in r.items()} for r in rows]
+    write_csv(out / "sweep.csv", cells, [*fields, "error", "worker", "run"])
     complete = [t for t in all_trials if t.state == TrialState.COMPLETE]
     best = None
     if complete:
         b = study.best_trial
-        best = {"trial": b.number, "value": b.value, "params": b.params, **b.user_attrs}
+        chosen = {p.name: p.decode(b.params.get(p.name)) for p in params if p.name in b.params}
+        best = {
+            "trial": b.number,
+            "value": b.value,
+            "params": chosen,
+            "config": {p.key: p.applied(v) for p in params if (v := chosen.get(p.name)) is not None},
+            **b.user_attrs,
+        }
     starts = [t.datetime_start for t in all_trials if t.datetime_start]
     ends = [t.datetime_complete for t in all_trials if t.datetime_complete]
     plots = sweep_plots(study, out / "plots")
@@ -415,6 +524,7 @@ def summarize_sweep(
             {
                 "trial": r["trial"],
                 "params": {p.name: r[p.name] for p in params},
+                **({"config": {p.key: r[p.key] for p in bound}} if bound else {}),
                 "error": r["error"] or "unknown",
             }
             for r in rows
@@ -442,6 +552,7 @@ def write_sweep_page(
     """``out/sweep.html``: the trials (state, value, parameters, error), the best trial, Optuna's plots."""
     from cxrlab import pages
 
+    names = [p.name for p in params] + [p.key for p in params if p.layers is not None]
     captions = {
         "history": "optimisation history (objective per trial, best so far)",
         "intermediate": "intermediate values per epoch (what the pruner saw)",
@@ -452,11 +563,8 @@ def write_sweep_page(
         "sweep.html",
         s=summary,
         storage=_hide_password(summary["storage"]),
-        param_names=[p.name for p in params],
-        trials=[
-            {**r, "params": {p.name: t.params.get(p.name) for p in params}}
-            for r, t in zip(rows, trials, strict=True)
-        ],
+        param_names=names,
+        trials=[{**r, "params": {n: r.get(n) for n in names}} for r in rows],
         figures=[{"path": path, "caption": captions.get(k, k)} for k, path in plots.items()],
     )
 
