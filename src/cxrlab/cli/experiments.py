@@ -47,7 +47,9 @@ def sweep(
             "-p",
             help="NAME=V1,V2,… (values) or NAME=LOW:HIGH[:log] (range), repeatable; NAME is a config key "
             "(train.lr) or a short name: lr, dropout, batch_size, weight_decay, epochs, optimizer, model, "
-            "freeze, image_size, l2, momentum",
+            "freeze, image_size, l2, momentum. List values in YAML flow syntax, quoted for the shell: "
+            "'model.head.hidden=[512,512],[256,256]'. dropout=R on a base with a per-layer dropout list "
+            "sets R on its dropout layers (non-zero entries) and keeps the zeros",
         ),
     ],
     out: Annotated[
@@ -87,6 +89,8 @@ def sweep(
     and a compare table of the finished trials.
 
     Example: cxr sweep --config base.yaml --param lr=1e-3,5e-4,1e-4 --param dropout=0.2,0.5,0.8
+
+    List values: cxr sweep --config base.yaml --param 'model.head.hidden=[512],[256,128]'
     """
     from cxrlab.config import RunConfig
     from cxrlab.experiments.sweep import run_sweep
