@@ -140,6 +140,21 @@ def to_number(value: Any) -> float | int | None:
     return int(number) if number.is_integer() and text.lstrip("+-").isdigit() else number
 
 
+def averaged_prf(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, dict[str, float]]:
+    """Macro and weighted (by support) precision, recall and F1 over all ``n_classes`` classes
+    (sklearn's ``precision_recall_fscore_support``; a class never predicted has precision 0)."""
+    out = {}
+    for average in ("macro", "weighted"):
+        if not len(y):
+            out[average] = {"precision": float("nan"), "recall": float("nan"), "f1": float("nan")}
+            continue
+        p, r, f, _ = precision_recall_fscore_support(
+            y, pred, labels=list(range(n_classes)), average=average, zero_division=0
+        )
+        out[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    return out
+
+
 def classification_metrics(
     y: np.ndarray,
     probs: np.ndarray,
@@ -160,6 +175,7 @@ def classification_metrics(
         y, pred, labels=list(range(k)), zero_division=0
     )
     ci = bootstrap_ci(y, probs, pred, n_boot, seed)
+    averages = averaged_prf(y, pred, k)
     per_class = {}
     for c, name in enumerate(classes):
         tn = cm.sum() - cm[c, :].sum() - cm[:, c].sum() + cm[c, c]
@@ -188,6 +204,7 @@ def classification_metrics(
         "loss": loss,
         "ece": expected_calibration_error(y, probs),
         "per_class": per_class,
+        **averages,
         "confusion_matrix": cm.tolist(),
         "bootstrap_resamples": int(n_boot),
     }

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+import pytest
+from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score
 
 from cxrlab.stats import (
     _auc_rows,
@@ -63,3 +64,40 @@ def test_youden_and_target_sensitivity():
     assert 0.6 <= thr <= 0.7
     strict = youden_threshold(y, p, target_sensitivity=1.0)
     assert strict <= 0.4
+
+
+def test_macro_and_weighted_averages_agree_with_sklearn_with_a_class_never_predicted():
+    y, probs = _fake(150, 4, seed=3)
+    probs[:, 3] = 0.0  # class "d" is never predicted: its precision is 0 (sklearn's zero_division=0)
+    probs /= probs.sum(1, keepdims=True)
+    m = classification_metrics(y, probs, ["a", "b", "c", "d"], n_boot=0)
+    pred = probs.argmax(1)
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(
+            y, pred, labels=[0, 1, 2, 3], average=average, zero_division=0
+        )
+        assert [m[average][k] for k in ("precision", "recall", "f1")] == pytest.approx([p, r, f])
+    # macro is the plain mean of the per-class values, weighted the support-weighted mean
+    per = m["per_class"].values()
+    assert m["macro"]["f1"] == pytest.approx(np.mean([c["f1"] for c in per]))
+    assert m["weighted"]["recall"] == pytest.approx(m["accuracy"])  # weighted recall = accuracy
+
+
+def test_inception_v3_aux_classifier_is_not_in_the_parameter_totals():
+    """A real 299-px InceptionV3 build has the auxiliary classifier (training only); metrics.json's
+    counts leave it out: PyTorch total = all parameters - aux; Keras total = Keras' InceptionV3
+    without top (21,802,784) + the dense output layer (2048 × 4 + 4)."""
+    from cxrlab.config import ModelConfig
+    from cxrlab.evaluation.evaluate import param_counts
+    from cxrlab.models import build_model
+
+    model = build_model(ModelConfig(name="inception_v3", pretrained=False), 4, 299)
+    assert model.aux_head is not None
+    aux = sum(p.numel() for p in model.aux_head.parameters())
+    everything = sum(p.numel() for p in model.parameters())
+    counts = param_counts(model)
+    assert counts["aux_excluded"] == aux > 2_000_000
+    assert counts["total"] == everything - aux == counts["trainable"]
+    assert counts["keras"]["total"] == 21_802_784 + 2048 * 4 + 4
+    # Keras' InceptionV3 has no batch-norm γ (17,216 of them in torchvision's, all trainable here)
+    assert counts["keras"]["trainable"] == counts["trainable"] - 17_216

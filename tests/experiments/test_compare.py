@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ from cxrlab.experiments.compare import COMPARE_FIELDS, image_key
 from cxrlab.stats import holm, mcnemar_exact
 from tests.browser import check_page
 from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ISSUE_COLUMNS = [
     "run",
@@ -113,3 +118,113 @@ def test_compare_bad_input_is_one_line(runs, tmp_path):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = run_cli("compare", str(runs["mnv2"]), str(runs["mnv2"]), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "given twice" in proc.stderr
+
+
+def _sklearn_averages(run):
+    """Macro and weighted P/R/F1 recomputed by sklearn from the run's predictions.csv (argmax)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rows = _rows(run / "predictions.csv")
+    classes = [k[2:] for k in rows[0] if k.startswith("p_")]
+    y = [classes.index(r["true"]) for r in rows]
+    pred = [int(np.argmax([float(r[f"p_{c}"]) for c in classes])) for r in rows]
+    return {
+        average: precision_recall_fscore_support(
+            y, pred, labels=list(range(len(classes))), average=average, zero_division=0
+        )[:3]
+        for average in ("macro", "weighted")
+    }
+
+
+def _summary(run):
+    from cxrlab.config import RunConfig
+    from cxrlab.models.summary import summarize
+
+    cfg = RunConfig.load(run / "config.yaml")
+    return summarize(cfg.model, len(cfg.data.classes), cfg.data.image_size, macs=False)
+
+
+def test_compare_marks_fast_path_counts_both_conventions_and_averages(runs, tmp_path):
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", str(runs["mnv2"]), str(runs["cnn"]), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    by = {r["run"]: r for r in _rows(out / "compare.csv")}
+    mnv2, cnn = by["mnv2"], by["cnn"]
+
+    # (a) fast-path timing: head only, flagged in csv, md and html, with the feature time
+    metrics = json.loads((runs["mnv2"] / "metrics.json").read_text())
+    assert metrics["fast_path"] is True
+    assert (mnv2["epoch_timing"], cnn["epoch_timing"]) == ("head_only", "full_network")
+    assert float(mnv2["features_s"]) == metrics["timing"]["features_s"] and cnn["features_s"] == ""
+    md = (out / "compare.md").read_text()
+    table = md.split("## Paired")[0].splitlines()
+    md_rows = {line.split(" | ")[1]: line for line in table if line.startswith("| A | ")}
+    assert f"{float(mnv2['s_per_epoch']):.3f} †" in md_rows["mnv2"] and "†" not in md_rows["cnn"]
+    footnote = f"† head only: features computed once in mnv2: {metrics['timing']['features_s']:.1f} s"
+    assert footnote in md and "not comparable with full-network epochs" in md
+    html = (out / "compare.html").read_text()
+    assert f"{float(mnv2['s_per_epoch']):.3f} †" in html and footnote in html
+    assert "†" in proc.stdout
+
+    # (b) both parameter conventions, from metrics.json, equal to `cxr summary`'s for the same config
+    for name in ("mnv2", "cnn"):
+        row, summary = by[name], _summary(runs[name])
+        assert row["params_source"] == "metrics.json"
+        assert (int(row["params_total"]), int(row["params_trainable"])) == (summary.total, summary.trainable)
+        assert (int(row["params_keras_total"]), int(row["params_keras_trainable"])) == (
+            summary.keras_total,
+            summary.keras_trainable,
+        )
+    # MobileNetV2's batch norms: Keras counts their moving statistics (non-trainable, frozen backbone)
+    assert int(mnv2["params_keras_total"]) > int(mnv2["params_total"])
+    assert int(mnv2["params_keras_trainable"]) == int(mnv2["params_trainable"])
+    assert "| params PyTorch (trainable) | params Keras (trainable) |" in md
+    keras_cell = f"{int(mnv2['params_keras_total']):,} ({int(mnv2['params_keras_trainable']):,})"
+    assert keras_cell in md_rows["mnv2"] and keras_cell in html
+
+    # (d) macro / weighted precision, recall, F1: metrics.json and compare.csv equal sklearn's
+    for name in ("mnv2", "cnn"):
+        test = json.loads((runs[name] / "metrics.json").read_text())["test"]
+        for average, (p, r, f) in _sklearn_averages(runs[name]).items():
+            assert [test[average][k] for k in ("precision", "recall", "f1")] == pytest.approx([p, r, f])
+            assert [float(by[name][f"test_{k}_{average}"]) for k in ("precision", "recall", "f1")] == (
+                pytest.approx([p, r, f], abs=1e-4)
+            )
+    assert "| macro P | macro R | macro F1 | weighted P | weighted R | weighted F1 |" in md
+    assert "weighted F1" in html
+    report = (runs["cnn"] / "report.html").read_text()  # the per-run report's metrics table
+    assert "macro average" in report and "weighted average" in report
+
+
+def test_compare_rebuilds_keras_counts_for_older_runs(runs, tmp_path):
+    """A run whose metrics.json predates Keras counts: rebuilt from its config.yaml (here report 000's
+    VGG16 recipe, whose printed Keras total is 21,139,777), or "—" when the config cannot be built."""
+    import yaml
+
+    old, broken = tmp_path / "old-vgg16", tmp_path / "broken"
+    for copy in (old, broken):
+        shutil.copytree(runs["cnn"], copy)
+        metrics = json.loads((copy / "metrics.json").read_text())
+        metrics["params"] = {"total": 1, "trainable": 1}  # as written before Keras counts existed
+        (copy / "metrics.json").write_text(json.dumps(metrics))
+    recipe = yaml.safe_load((ROOT / "configs" / "covid_vgg16_binary.yaml").read_text())
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    cfg["model"], cfg["data"]["image_size"] = recipe["model"], recipe["data"]["image_size"]
+    (old / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["model"]["name"] = "no_such_model"
+    (broken / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", str(old), str(broken), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    by = {r["run"]: r for r in _rows(out / "compare.csv")}
+    assert by["old-vgg16"]["params_source"] == "rebuilt from config.yaml"
+    assert int(by["old-vgg16"]["params_keras_total"]) == 21_139_777
+    assert int(by["old-vgg16"]["params_keras_trainable"]) == 6_424_065
+    assert int(by["old-vgg16"]["params_total"]) == 21_138_753  # PyTorch: no batch-norm statistics
+    assert by["broken"]["params_keras_total"] == "" and by["broken"]["params_total"] == "1"
+    md = (out / "compare.md").read_text()
+    assert "21,139,777 (6,424,065)" in md
+    assert "rebuilt from the run's config.yaml" in md and "No Keras-convention count for broken" in md
+    broken_row = next(line for line in md.splitlines() if "| broken |" in line)
+    assert "| 1 (1) | — |" in broken_row

@@ -203,8 +203,6 @@ def evaluate_trained(
     save_model(out, model, meta)
     write_predictions(out / "predictions.csv", data.paths["test"], data.labels["test"], probs,
                       thresholded(probs, op, data.classes), data.classes)
-    params_total = sum(p.numel() for p in model.parameters())
-    params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     history = [{k: to_number(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
     plot_notes: dict[str, str] = {}
     plot_paths = make_plots(
@@ -241,7 +239,7 @@ def evaluate_trained(
             if k in val_metrics
         },
         "calibration": {"temperature": temperature, "ece": test_metrics["ece"]},
-        "params": {"total": params_total, "trainable": params_trainable},
+        "params": param_counts(model),
         "timing": timing,
         "fast_path": trained.features is not None,
         "device": trained.device,
@@ -249,6 +247,38 @@ def evaluate_trained(
         "plot_notes": plot_notes,
     }
     return metrics
+
+
+def param_counts(model: Classifier) -> dict[str, Any]:
+    """Parameter totals of the model used at inference, in PyTorch's and Keras' conventions.
+
+    An auxiliary classifier (InceptionV3's, training only) is left out of every total and reported
+    on its own (``aux_excluded``). Keras also counts batch norm's moving mean/variance as
+    non-trainable weights and has no γ where its twin builds batch norms with ``scale=False``
+    (InceptionV3): the same rules as :mod:`cxrlab.models.summary`."""
+    from cxrlab.models.summary import _keras_unscaled, bn_statistics
+
+    aux = getattr(model, "aux_head", None)
+    aux_ids = {id(m) for m in aux.modules()} if aux is not None else set()
+    aux_params = {id(p) for p in aux.parameters()} if aux is not None else set()
+    params = [p for p in model.parameters() if id(p) not in aux_params]
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    stats = sum(bn_statistics(m) for m in model.modules() if id(m) not in aux_ids)
+    absent = _keras_unscaled(model).values()
+    keras_total = total + stats - sum(a for a, _ in absent)
+    keras_trainable = trainable - sum(t for _, t in absent)
+    return {
+        "total": total,
+        "trainable": trainable,
+        "non_trainable": total - trainable,
+        "aux_excluded": sum(p.numel() for p in aux.parameters()) if aux is not None else 0,
+        "keras": {
+            "total": keras_total,
+            "trainable": keras_trainable,
+            "non_trainable": keras_total - keras_trainable,
+        },
+    }
 
 
 def write_predictions(

@@ -51,6 +51,18 @@ COMPARE_FIELDS = [
     "test_n",
     "epochs",
     "fast_path",
+    "epoch_timing",
+    "features_s",
+    "params_keras_total",
+    "params_keras_trainable",
+    "params_aux_excluded",
+    "params_source",
+    "test_precision_macro",
+    "test_recall_macro",
+    "test_f1_macro",
+    "test_precision_weighted",
+    "test_recall_weighted",
+    "test_f1_weighted",
     "path",
 ]
 PAIR_FIELDS = [
@@ -83,6 +95,8 @@ class RunSummary:
     predictions: list[dict[str, str]]
     test_set: str = ""
     key: str = field(default="", repr=False)
+    params: dict[str, Any] = field(default_factory=dict)
+    params_source: str = ""
 
     @property
     def classes(self) -> list[str]:
@@ -99,8 +113,11 @@ class RunSummary:
     def row(self) -> dict[str, Any]:
         """The run's line in compare.csv."""
         m = self.metrics
-        test, timing, params = m.get("test", {}), m.get("timing", {}), m.get("params", {})
+        test, timing, params = m.get("test", {}), m.get("timing", {}), self.params
         ci95 = test.get("accuracy_ci95") or [None, None]
+        keras = params.get("keras") or {}
+        macro, weighted = test.get("macro") or {}, test.get("weighted") or {}
+        fast = bool(m.get("fast_path"))
         return {
             "run": self.name,
             "model": m.get("model"),
@@ -121,12 +138,46 @@ class RunSummary:
             "test_n": test.get("n"),
             "epochs": timing.get("epochs"),
             "fast_path": m.get("fast_path"),
+            "epoch_timing": "head_only" if fast else "full_network",
+            "features_s": timing.get("features_s") if fast else None,
+            "params_keras_total": keras.get("total"),
+            "params_keras_trainable": keras.get("trainable"),
+            "params_aux_excluded": params.get("aux_excluded"),
+            "params_source": self.params_source,
+            "test_precision_macro": _round(macro.get("precision")),
+            "test_recall_macro": _round(macro.get("recall")),
+            "test_f1_macro": _round(macro.get("f1")),
+            "test_precision_weighted": _round(weighted.get("precision")),
+            "test_recall_weighted": _round(weighted.get("recall")),
+            "test_f1_weighted": _round(weighted.get("f1")),
             "path": str(self.path),
         }
 
 
 def _round(value: Any, digits: int = 4) -> Any:
     return round(float(value), digits) if isinstance(value, int | float) else value
+
+
+def run_params(path: Path, metrics: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The run's parameter counts (PyTorch and Keras conventions, auxiliary classifier excluded) and
+    where they came from: ``metrics.json``, or, for a run trained before metrics.json stored Keras
+    counts, the model rebuilt from the run's ``config.yaml`` (random weights, meta device: nothing is
+    loaded). Without a usable config the Keras counts are missing (shown as "—")."""
+    params = dict(metrics.get("params") or {})
+    if "keras" in params:
+        return params, "metrics.json"
+    try:
+        from cxrlab.config import RunConfig
+        from cxrlab.evaluation.evaluate import param_counts
+        from cxrlab.models.summary import build_on_meta
+
+        cfg = RunConfig.load(path / "config.yaml")
+        classes = len(metrics.get("classes") or cfg.data.classes or [])
+        model, _, _ = build_on_meta(cfg.model, classes, cfg.data.image_size)
+        counts = param_counts(model)
+    except Exception:  # noqa: BLE001 - an old or edited config: the PyTorch counts still show
+        return params, "metrics.json (no Keras counts)"
+    return counts, "rebuilt from config.yaml"
 
 
 def image_key(path: str) -> str:
@@ -173,6 +224,7 @@ def load_summary(run: str | Path) -> RunSummary:
     history = [{k: to_number(v) for k, v in r.items()} for r in read_csv(path / "history.csv")]
     predictions = read_csv(path / "predictions.csv")
     summary = RunSummary(path.name, path, metrics, history, predictions)
+    summary.params, summary.params_source = run_params(path, metrics)
     if predictions:
         lines = sorted(f"{image_key(r['path'])}\t{r['true']}" for r in predictions)
         summary.key = hashlib.sha1("\n".join(lines).encode()).hexdigest()
@@ -269,19 +321,44 @@ def _fmt_ci(row: dict[str, Any]) -> str:
     return f"[{lo:.3f}, {hi:.3f}]" if isinstance(lo, float) and isinstance(hi, float) else "—"
 
 
+FAST_MARK = "†"
+
+
+def _count(total: Any, trainable: Any) -> str:
+    """``total (trainable)`` with thousands separators, or "—" when unknown."""
+    if not isinstance(total, int):
+        return "—"
+    return f"{total:,} ({trainable:,})" if isinstance(trainable, int) else f"{total:,}"
+
+
+def _timed(row: dict[str, Any], key: str) -> Any:
+    """A seconds-per-epoch/step cell, marked † when only the head trained (fast path)."""
+    value = row[key]
+    if row["epoch_timing"] != "head_only" or not isinstance(value, int | float):
+        return value
+    return f"{value:.3f} {FAST_MARK}"
+
+
 def main_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """Header and cells of the human-readable comparison table."""
     header = [
         "test set",
         "run",
         "model",
-        "params (trainable)",
+        "params PyTorch (trainable)",
+        "params Keras (trainable)",
         "s/epoch",
         "s/step",
         "total s",
         "test loss",
         "test accuracy [95% CI]",
         "AUC",
+        "macro P",
+        "macro R",
+        "macro F1",
+        "weighted P",
+        "weighted R",
+        "weighted F1",
         "device",
     ]
     cells = [
@@ -289,18 +366,67 @@ def main_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
             r["test_set"],
             r["run"],
             r["model"],
-            f"{r['params_total'] or 0:,} ({r['params_trainable'] or 0:,})",
-            r["s_per_epoch"],
-            r["s_per_step"],
+            _count(r["params_total"], r["params_trainable"]),
+            _count(r["params_keras_total"], r["params_keras_trainable"]),
+            _timed(r, "s_per_epoch"),
+            _timed(r, "s_per_step"),
             r["total_s"],
             r["test_loss"],
             (f"{r['test_accuracy']:.3f} " if isinstance(r["test_accuracy"], float) else "") + _fmt_ci(r),
             r["test_auc"],
+            r["test_precision_macro"],
+            r["test_recall_macro"],
+            r["test_f1_macro"],
+            r["test_precision_weighted"],
+            r["test_recall_weighted"],
+            r["test_f1_weighted"],
             r["device"],
         ]
         for r in rows
     ]
     return header, cells
+
+
+def footnotes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the table's marks and columns mean: fast-path timings, the two parameter conventions."""
+    out = []
+    fast = [r for r in rows if r["epoch_timing"] == "head_only"]
+    if fast:
+        times = ", ".join(
+            f"{r['run']}: {r['features_s']:.1f} s" if isinstance(r["features_s"], int | float) else r["run"]
+            for r in fast
+        )
+        out.append(
+            f"{FAST_MARK} head only: features computed once in {times} (fast path: frozen backbone, "
+            "features cached, only the head trains); not comparable with full-network epochs."
+        )
+    out.append(
+        "Parameters: PyTorch counts parameters only; Keras also counts batch norm's moving mean/variance "
+        "as non-trainable weights, and Keras' InceptionV3 has no batch-norm γ. An auxiliary classifier "
+        "(InceptionV3, training only) is in neither total."
+    )
+    rebuilt = [r["run"] for r in rows if r["params_source"] == "rebuilt from config.yaml"]
+    if rebuilt:
+        out.append(
+            f"Parameter counts of {', '.join(rebuilt)} were rebuilt from the run's config.yaml (its "
+            "metrics.json predates Keras-convention counts)."
+        )
+    missing = [r["run"] for r in rows if r["params_keras_total"] is None]
+    if missing:
+        out.append(
+            f"No Keras-convention count for {', '.join(missing)}: its config.yaml could not be rebuilt."
+        )
+    if any(r["test_f1_macro"] is None for r in rows):
+        out.append(
+            "Macro/weighted precision, recall and F1 are missing (—) for runs evaluated by an older "
+            "cxrlab; re-run `cxr evaluate` on them."
+        )
+    else:
+        out.append(
+            "Macro P/R/F1: unweighted mean over classes; weighted: mean weighted by test support "
+            "(test split, argmax predictions)."
+        )
+    return out
 
 
 def pair_table(pairs: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -432,8 +558,10 @@ def compare_summaries(
     plots["accuracy_vs_time"] = plot_accuracy_vs_time(rows, out / "plots" / "accuracy_vs_time.png")
 
     header, cells = main_table(rows)
+    marks = footnotes(rows)
     pheader, pcells = pair_table(pairs)
     md = "# Comparison\n\n" + "".join(f"> {c}\n\n" for c in caveats) + md_table(header, cells)
+    md += "\n" + "".join(f"{n}\n\n" for n in marks)
     md += "\n## Paired tests (same test images)\n\n"
     md += (
         md_table(pheader, pcells)
@@ -451,6 +579,7 @@ def compare_summaries(
         notes=caveats,
         header=header,
         cells=cells,
+        footnotes=marks,
         pair_header=pheader,
         pair_cells=pcells,
         alpha=ALPHA,
@@ -460,6 +589,7 @@ def compare_summaries(
         "rows": rows,
         "pairs": pairs,
         "notes": caveats,
+        "footnotes": marks,
         "plots": plots,
         "files": [out / "compare.csv", out / "compare.md", out / "compare.html", out / "pairwise.csv"],
         "markdown": md,
