@@ -113,14 +113,31 @@ def sweep(
 @app.command()
 def bench(
     models: Annotated[
-        str, Opt(help="comma-separated models from `cxr models`")
-    ] = "mobilenet_v2,resnet18,small_cnn",
+        str,
+        Opt(
+            help="comma-separated models from `cxr models` "
+            "[default: mobilenet_v2,resnet18,small_cnn, or none with --config]"
+        ),
+    ] = None,
+    config: Annotated[
+        list[Path],
+        Opt(
+            "--config",
+            "-c",
+            help="time a recipe's model as `cxr train` builds it (model, head, freeze, image size, "
+            "in_channels, batch size, precision, classes); repeatable",
+        ),
+    ] = None,
     devices: Annotated[
         str, Opt(help="cpu,cuda,mps — the ones absent here are skipped and listed")
     ] = "cpu,cuda",
-    precision: Annotated[str, Opt(help="fp32,bf16,fp16 (autocast for bf16/fp16)")] = "fp32,bf16",
-    batch_size: Annotated[int, Opt(help="images per step")] = 32,
-    image_size: Annotated[int, Opt(help="input size [default: each model's own]")] = None,
+    precision: Annotated[
+        str, Opt(help="fp32,bf16,fp16 (autocast for bf16/fp16) [default: fp32,bf16, or the config's]")
+    ] = None,
+    batch_size: Annotated[int, Opt(help="images per step [default: 32, or the config's]")] = None,
+    image_size: Annotated[
+        int, Opt(help="input size [default: each model's own, or the config's]")
+    ] = None,
     steps: Annotated[int, Opt(help="timed steps per measurement (after the warm-up)")] = 10,
     warmup: Annotated[int, Opt(help="untimed warm-up steps")] = 2,
     dataset_size: Annotated[
@@ -134,13 +151,15 @@ def bench(
     process; devices or precisions that do not work here are skipped and listed.
 
     Example: cxr bench --models mobilenet_v2,resnet18 --precision fp32,bf16 --image-size 128
+
+    Example: cxr bench --config configs/x32_mlp.yaml --config configs/x32_cnn.yaml --devices cpu
     """
     from cxrlab.experiments.bench import run_bench
 
     report = run_bench(
-        split_list(models, "--models"),
+        split_list(models, "--models") if models is not None else None,
         split_list(devices, "--devices"),
-        split_list(precision, "--precision"),
+        split_list(precision, "--precision") if precision is not None else None,
         batch_size,
         image_size,
         steps,
@@ -148,6 +167,7 @@ def bench(
         dataset_size,
         num_classes,
         out,
+        configs=list(config or []),
     )
     typer.echo(report["markdown"].rstrip())
     typer.echo(f"\nwritten: {out / 'bench.csv'}, {out / 'bench.md'}")

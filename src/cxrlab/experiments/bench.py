@@ -9,6 +9,13 @@ backward pass, so compare it between models rather than read it as tensor bytes)
 are ``torch.cuda`` allocator figures (tensors only): ``memory_allocated`` after building, then
 ``max_memory_allocated`` per phase.
 
+``--config FILE`` times a recipe's model exactly as ``cxr train`` builds it from that config: the
+model, its head, ``model.freeze`` (only the parameters that train get gradients and optimiser
+state), ``data.image_size``, ``model.in_channels``, ``train.batch_size``, ``train.precision``
+(``auto`` resolved per device as training does) and the number of ``data.classes``. The bench
+row names the config. The frozen-backbone fast path (features cached once, only the head trains)
+is not simulated: a frozen backbone still runs forward at every timed step.
+
 Inputs are real radiographs: the bundled PneumoniaMNIST test images (MedMNIST v2, CC BY 4.0),
 resized to the model's input size. Models start from random weights (speed does not depend on
 the weights). Training steps mirror ``cxr train`` (Adam, cross-entropy, autocast for bf16/fp16,
@@ -30,8 +37,10 @@ from cxrlab.errors import CxrError
 from cxrlab.runs import atomic_write, check_writable, write_csv
 
 PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+LIGHTNING_PRECISIONS = {"32": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 DEFAULT_MODELS = ["mobilenet_v2", "resnet18", "small_cnn"]
 BENCH_FIELDS = [
+    "config",
     "model",
     "device",
     "device_name",
@@ -39,6 +48,8 @@ BENCH_FIELDS = [
     "batch_size",
     "image_size",
     "params",
+    "trainable_params",
+    "freeze",
     "train_img_s",
     "train_s_per_step",
     "train_s_per_epoch",
@@ -95,15 +106,25 @@ def bench_case(case: dict[str, Any]) -> dict[str, Any]:
     """Measure one case in this process (call through :func:`run_bench` for isolated memory)."""
     import torch
 
-    from cxrlab.config import ModelConfig
+    from cxrlab.config import ModelConfig, RunConfig
     from cxrlab.models import build_model, get_spec, resolve_channels
-    from cxrlab.runtime import prepare_for_inference
+    from cxrlab.runtime import prepare_for_inference, resolve_precision
 
-    model_name, device, precision = case["model"], case["device"], case["precision"]
-    bs, steps, warmup = case["batch_size"], case["steps"], case["warmup"]
+    device, precision = case["device"], case["precision"]
+    steps, warmup = case["steps"], case["warmup"]
+    if case.get("config") is not None:  # a recipe: its model, head, freeze, size, channels, batch
+        run_cfg = RunConfig.from_dict(case["config"])
+        cfg = run_cfg.model.model_copy(update={"pretrained": False})
+        bs = case["batch_size"] or run_cfg.train.batch_size
+        size = case.get("image_size") or run_cfg.data.image_size
+        if precision is None:
+            precision = LIGHTNING_PRECISIONS.get(resolve_precision(run_cfg.train.precision, device), "fp32")
+    else:
+        cfg = ModelConfig(name=case["model"], pretrained=False)
+        bs, size = case["batch_size"], case.get("image_size")
+    model_name = cfg.name
     spec = get_spec(model_name)
-    size = case.get("image_size") or spec.input_size
-    cfg = ModelConfig(name=model_name, pretrained=False)
+    size = size or spec.input_size
     torch.manual_seed(0)
     model = build_model(cfg, case["num_classes"], size).to(device)
     channels = resolve_channels(spec, cfg)
@@ -151,7 +172,10 @@ def bench_case(case: dict[str, Any]) -> dict[str, Any]:
         with autocast():
             out = model(x)
             out = out[0] if isinstance(out, tuple) else out
-            loss = torch.nn.functional.cross_entropy(out.float(), y)
+            if out.shape[1] == 1:  # sigmoid head: one logit for two classes
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0].float(), y.float())
+            else:
+                loss = torch.nn.functional.cross_entropy(out.float(), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -167,6 +191,7 @@ def bench_case(case: dict[str, Any]) -> dict[str, Any]:
     train_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _maxrss_mb()
     n = case["dataset_size"]
     return {
+        "config": case.get("config_name") or "",
         "model": model_name,
         "device": device,
         "device_name": available_devices().get(device, device),
@@ -174,6 +199,8 @@ def bench_case(case: dict[str, Any]) -> dict[str, Any]:
         "batch_size": bs,
         "image_size": size,
         "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "freeze": cfg.freeze,
         "train_img_s": round(bs / train_s, 2),
         "train_s_per_step": round(train_s, 4),
         "train_s_per_epoch": round(math.ceil(n / bs) * train_s, 2),
@@ -223,7 +250,7 @@ def run_bench(
     models: list[str] | None = None,
     devices: list[str] | None = None,
     precisions: list[str] | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     image_size: int | None = None,
     steps: int = 10,
     warmup: int = 2,
@@ -232,53 +259,67 @@ def run_bench(
     out: str | Path | None = None,
     timeout: float = 900,
     progress: bool = True,
+    configs: list[str | Path] | None = None,
 ) -> dict[str, Any]:
-    """Benchmark every model × device × precision; skipped cases are listed with the reason.
+    """Benchmark every model × device × precision, and every ``configs`` recipe × device (at the
+    config's precision unless ``precisions`` is given); skipped cases are listed with the reason.
 
+    ``models`` defaults to :data:`DEFAULT_MODELS` when no config is given. ``batch_size`` and
+    ``image_size`` default to 32 and the model's own size, or to the config's values.
     Writes ``out/bench.csv`` and ``out/bench.md`` when ``out`` is given.
     """
+    from cxrlab.config import RunConfig
     from cxrlab.models import get_spec
     from cxrlab.runs import check_out_folder
 
     if out is not None:  # before minutes of measuring, not after
         check_out_folder(Path(out), BENCH_OUTPUTS)
-    models = models or DEFAULT_MODELS
+    recipes = [(Path(c), RunConfig.load(c)) for c in configs or []]  # bad files fail at once
+    models = list(models) if models else ([] if recipes else DEFAULT_MODELS)
     devices = devices or ["cpu", "cuda"]
-    precisions = precisions or ["fp32", "bf16"]
-    for m in models:
+    for m in models + [cfg.model.name for _, cfg in recipes]:
         get_spec(m)  # unknown names fail at once, with the list of choices
-    bad = [p for p in precisions if p not in PRECISIONS]
+    bad = [p for p in precisions or [] if p not in PRECISIONS]
     if bad:
         raise CxrError(f"--precision {','.join(bad)}: choose from {', '.join(PRECISIONS)}")
     known = {"cpu", "cuda", "mps"}
     if any(d not in known for d in devices):
         raise CxrError(f"--devices {','.join(devices)}: choose from {', '.join(sorted(known))}")
-    if batch_size < 1 or steps < 1 or warmup < 0 or dataset_size < 1:
+    if (batch_size is not None and batch_size < 1) or steps < 1 or warmup < 0 or dataset_size < 1:
         raise CxrError("--batch-size, --steps and --dataset-size must be at least 1 (--warmup at least 0)")
+    common = {"steps": steps, "warmup": warmup, "dataset_size": dataset_size, "image_size": image_size}
+    planned: list[dict[str, Any]] = [
+        {**common, "model": m, "precision": p, "batch_size": batch_size or 32, "num_classes": num_classes}
+        for m in models
+        for p in precisions or ["fp32", "bf16"]
+    ]
+    for path, cfg in recipes:
+        for p in precisions or [None]:  # None: the config's train.precision, resolved per device
+            planned.append(
+                {
+                    **common,
+                    "model": cfg.model.name,
+                    "config": cfg.model_dump(mode="json"),
+                    "config_name": str(path),
+                    "precision": p,
+                    "batch_size": batch_size,
+                    "num_classes": len(cfg.data.classes) if cfg.data.classes else num_classes,
+                }
+            )
     present = available_devices()
     rows: list[dict[str, Any]] = []
     skipped: list[str] = [f"{d}: not available on this machine" for d in devices if d not in present]
     for device in [d for d in devices if d in present]:
-        for model in models:
-            for precision in precisions:
-                case = {
-                    "model": model,
-                    "device": device,
-                    "precision": precision,
-                    "batch_size": batch_size,
-                    "image_size": image_size,
-                    "steps": steps,
-                    "warmup": warmup,
-                    "dataset_size": dataset_size,
-                    "num_classes": num_classes,
-                }
-                if progress:
-                    print(f"bench {model} on {device} ({precision}) …", file=sys.stderr, flush=True)
-                result = _run_isolated(case, timeout)
-                if "error" in result:
-                    skipped.append(f"{model} on {device} ({precision}): {result['error']}")
-                else:
-                    rows.append(result)
+        for planned_case in planned:
+            case = {**planned_case, "device": device}
+            what = f"{case.get('config_name') or case['model']} on {device} ({case['precision'] or 'config'})"
+            if progress:
+                print(f"bench {what} …", file=sys.stderr, flush=True)
+            result = _run_isolated(case, timeout)
+            if "error" in result:
+                skipped.append(f"{what}: {result['error']}")
+            else:
+                rows.append(result)
     report = {"rows": rows, "skipped": skipped, "markdown": bench_markdown(rows, skipped)}
     if out is not None:
         out = Path(out)
@@ -292,12 +333,15 @@ def bench_markdown(rows: list[dict[str, Any]], skipped: list[str]) -> str:
     """The bench table as Markdown, followed by the skipped cases."""
     from cxrlab.experiments.compare import md_table
 
+    with_config = any(r.get("config") for r in rows)
     header = [
+        *(["config"] if with_config else []),
         "model",
         "device",
         "precision",
         "batch",
         "size",
+        "params (trainable)",
         "train img/s",
         "train s/step",
         "train s/epoch (n)",
@@ -308,11 +352,13 @@ def bench_markdown(rows: list[dict[str, Any]], skipped: list[str]) -> str:
     ]
     cells = [
         [
+            *([r.get("config") or "—"] if with_config else []),
             r["model"],
             r["device"],
             r["precision"],
             r["batch_size"],
             r["image_size"],
+            f"{r['params']:,} ({r['trainable_params']:,})",
             r["train_img_s"],
             r["train_s_per_step"],
             f"{r['train_s_per_epoch']} ({r['dataset_size']})",
