@@ -54,6 +54,12 @@ class DataConfig(_Section):
     classes: list[str] | None = Field(None, description="subset and order of classes; default: all")
     label_map: dict[str, str] = Field(default_factory=dict, description="rename classes: source → name")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="validation share carved from train")
+    val_split: Literal["given", "carve", "auto"] = Field(
+        "given",
+        description="given: use a given val/ (else carve val_fraction); carve: merge a given val/ into "
+        "train and carve val_fraction, stratified and patient-grouped; auto: carve when the given val/ "
+        "has fewer than 30 images of some class",
+    )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="test share when the data has no test/")
     group_pattern: str | None = Field(
         r"(person\d+)[_-]", description="regex on file names whose first group is a patient id"

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 
 import numpy as np
 import pytest
 
-from cxrlab.data.index import discover
+from cxrlab.data.index import discover, small_val_warning
 from cxrlab.errors import DataError
+from tests.conftest import run_cli
 
 
 def test_split_layout_covid(covid_dir):
@@ -121,3 +124,63 @@ def test_unicode_spaces_non_images_and_symlink_loop(tmp_path, covid_dir):
     assert idx.classes == ["covid ü", "normal"]
     assert len(idx.samples) == 16
     assert idx.ignored_files == 2
+
+
+def _person(path: str) -> str | None:
+    found = re.search(r"(person\d+)[_-]", os.path.basename(path))
+    return found.group(1) if found else None
+
+
+def test_kermany_val_split_carve_merges_the_tiny_given_val(kermany_dir):
+    given = discover(kermany_dir)
+    given_val = {s.path for s in given.split("val")}
+    assert len(given_val) == 16
+    assert small_val_warning(given.counts(), given.split_origin).startswith(
+        "The given validation split is tiny (16 images: NORMAL 8, PNEUMONIA 8; fewer than 30 of some class)"
+    )
+    assert "--val-split carve" in small_val_warning(given.counts(), given.split_origin)
+    idx = discover(kermany_dir, val_split="carve")
+    counts = idx.counts()
+    assert counts["test"] == given.counts()["test"]  # the official test split is untouched
+    for c, n in {"NORMAL": 1341 + 8, "PNEUMONIA": 3875 + 8}.items():
+        assert counts["train"][c] + counts["val"][c] == n
+        assert 0.17 < counts["val"][c] / n < 0.23  # 20% (data.val_fraction), stratified
+    by_path = {s.path: s.split for s in idx.samples}
+    assert {by_path[p] for p in given_val} <= {"train", "val"}  # the 16 are back in the pool
+    persons = {split: {_person(s.path) for s in idx.split(split)} - {None} for split in ("train", "val")}
+    assert persons["val"] and not persons["train"] & persons["val"]  # patient-grouped
+    assert idx.split_origin["val"] == (
+        "the given validation split (16 images: NORMAL 8, PNEUMONIA 8) merged into train (val_split carve); "
+        f"carved from train: {sum(counts['val'].values())} images (20%), stratified by class, grouped by "
+        "patient, seed 0"
+    )
+    assert small_val_warning(counts, idx.split_origin) is None
+    assert discover(kermany_dir, val_split="carve").counts() == counts  # seeded: the same split again
+    auto = discover(kermany_dir, val_split="auto")  # 8 per class < 30: auto carves too
+    assert auto.counts() == counts and "val_split auto: fewer than 30" in auto.split_origin["val"]
+
+
+def test_val_split_auto_keeps_a_large_given_val_and_rejects_unknown(pneumoniamnist_npz, kermany_dir):
+    idx = discover(pneumoniamnist_npz, val_split="auto")  # 524 given validation images: kept as they are
+    assert len(idx.split("val")) == 524 and "val" not in idx.split_origin
+    assert small_val_warning(idx.counts(), idx.split_origin) is None
+    with pytest.raises(DataError, match="val_split 'sometimes': choose given, carve or auto"):
+        discover(kermany_dir, val_split="sometimes")
+
+
+def test_cli_val_split(kermany_dir, tmp_path):
+    common = ["--data", str(kermany_dir), "--model", "small_cnn", "--image-size", "32", "--epochs", "1",
+              "--max-per-class", "20", "-q", "--no-tensorboard", "--set", "eval.tsne=false",
+              "--set", "eval.bootstrap=50"]  # fmt: skip
+    proc = run_cli("train", *common, "--val-split", "carve", "--out", str(tmp_path / "carve"), check=True)
+    assert "validation split is tiny" not in proc.stderr
+    data = json.loads((tmp_path / "carve" / "metrics.json").read_text())["data"]
+    assert data["counts"]["val"] == {"NORMAL": 4, "PNEUMONIA": 4}
+    assert data["split_origin"]["val"].startswith("the given validation split (16 images")
+    assert "merged into train (val_split carve)" in (tmp_path / "carve" / "report.html").read_text()
+    proc = run_cli("train", *common, "--out", str(tmp_path / "given"), check=True)
+    assert "warning: The given validation split is tiny (16 images" in proc.stderr
+    assert "--val-split carve" in proc.stderr
+    proc = run_cli("train", *common, "--val-split", "often", "--out", str(tmp_path / "bad"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "'data.val_split': Input should be 'given', 'carve' or 'auto'" in proc.stderr

@@ -22,7 +22,7 @@ from cxrlab.audit.duplicates import NEAR_DISTANCE, THUMBNAIL, find_duplicates, p
 from cxrlab.audit.patients import patient_ids, patient_overlap
 from cxrlab.audit.properties import array_hash, content_hash, per_class_summary, read_properties
 from cxrlab.data.images import is_image_file
-from cxrlab.data.index import SPLITS, DatasetIndex
+from cxrlab.data.index import SPLITS, DatasetIndex, small_val_warning
 from cxrlab.runs import atomic_write
 
 #: Metadata-only balanced accuracy this far above chance (1/k), with p < 0.01, triggers a warning.
@@ -104,7 +104,7 @@ def audit_dataset(
     return result
 
 
-QUICK_AUDIT_VERSION = "1"  # bump when _quick's output changes, so cached results are not reused
+QUICK_AUDIT_VERSION = "2"  # bump when _quick's output changes, so cached results are not reused
 
 
 def quick_audit(data: Any, cache_dir: str | None = None) -> dict[str, Any]:
@@ -348,6 +348,9 @@ def make_warnings(result: dict[str, Any]) -> list[str]:
             f"patient id from {p['source']}, so their patient overlap between splits cannot be checked; "
             "give a file-name pattern or a patient CSV (docs/trust.md)."
         )
+    small_val = small_val_warning(result["counts"], result.get("split_origin", {}))
+    if small_val:
+        out.append(small_val)
     if result["unreadable"]:
         out.append(
             f"{len(result['unreadable'])} unreadable file(s) skipped (listed with reasons under "

@@ -184,6 +184,10 @@ TRAIN: tuple[ConfigFlag, ...] = (
        "folder of extra (synthetic) training images, class subfolders", unset="none"),
     _F("max_per_class", "data.max_per_class", int, "use at most N images per class and split (quick trials)",
        unset="all"),
+    _F("val_split", "data.val_split", str,
+       "given: use the data's val/ (else carve --set data.val_fraction=0.2 from train); carve: merge a given "
+       "val/ into train and carve a stratified, patient-grouped val from it; auto: carve when the given "
+       "val/ has fewer than 30 images of some class"),
     _F("tensorboard", "train.tensorboard", bool,
        "write TensorBoard logs to RUN/tensorboard; view with `tensorboard --logdir RUN/tensorboard`",
        decls=("--tensorboard/--no-tensorboard",)),

@@ -8,6 +8,9 @@ Three layouts are understood:
 
 Missing validation (and test) splits are carved out with a stratified, *group-aware* split:
 images of one patient (from ``group_pattern`` on the file name) never straddle two splits.
+``val_split`` chooses what happens to a *given* validation split: ``given`` uses it (the default),
+``carve`` merges it into train and carves ``val_fraction`` from train instead, ``auto`` does so only
+when the given split has fewer than :data:`MIN_VAL_PER_CLASS` images of some class.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ from cxrlab.errors import DataError
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 SPLITS = ("train", "val", "test")
+
+#: ``data.val_split`` choices, see :func:`discover`.
+VAL_SPLITS = ("given", "carve", "auto")
+#: A given validation split with fewer images than this in some class is called too small to
+#: early-stop or pick a threshold on: ``auto`` carves instead, ``given`` warns
+#: (kermany-224's official val/ has 8 per class).
+MIN_VAL_PER_CLASS = 30
 
 #: Written by `cxr autoencoder encode` (cxrlab.generative): per split ``{split}_codes`` (float16
 #: ``(N, C, H, W)``), ``{split}_labels``, ``{split}_paths`` and ``{split}_groups`` of the source
@@ -97,12 +107,16 @@ def discover(
     patient_csv: str | Path | None = None,
     patient_column: str = "patientid",
     file_column: str = "filename",
+    val_split: str = "given",
 ) -> DatasetIndex:
     """Index a dataset folder or ``.npz`` file; raise :class:`DataError` with advice if unusable.
 
     Patient groups come from ``group_pattern`` on file names or, when ``patient_csv`` is given,
     from its ``patient_column`` (rows matched on ``file_column``: a path relative to the data
-    folder, or a file name)."""
+    folder, or a file name). ``val_split`` (given | carve | auto) decides whether a given
+    validation split is used or merged into train and carved anew (module docstring)."""
+    if val_split not in VAL_SPLITS:
+        raise DataError(f"val_split {val_split!r}: choose given, carve or auto")
     root = Path(path).expanduser()
     if not is_utf8(str(root)):
         raise DataError(
@@ -133,10 +147,13 @@ def discover(
         _apply_label_map(index, label_map)
     _select_classes(index, classes)
     _check_classes(index)
+    merged = _merge_given_val(index, val_split)
     if max_per_class:
         _cap(index, max_per_class, seed)
     if not index.split("val"):
         _carve(index, "train", "val", val_fraction, seed)
+        if merged:
+            index.split_origin["val"] = f"{merged}; {index.split_origin['val']}"
     if require_test and not index.split("test"):
         _carve(index, "train", "test", test_fraction / (1 - val_fraction), seed + 1)
     return index
@@ -497,6 +514,43 @@ def _cap(index: DatasetIndex, limit: int, seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- splits
+
+
+def _merge_given_val(index: DatasetIndex, mode: str) -> str | None:
+    """``carve`` (or ``auto`` on a split below :data:`MIN_VAL_PER_CLASS` per class): move the given
+    validation images into train, to be carved again with the rest; returns what was done, or None."""
+    given = index.split("val")
+    if not given or mode == "given":
+        return None
+    tally = Counter(s.label for s in given)
+    sizes = ", ".join(f"{c} {tally.get(i, 0)}" for i, c in enumerate(index.classes))
+    if mode == "auto" and min(tally.get(i, 0) for i in range(len(index.classes))) >= MIN_VAL_PER_CLASS:
+        return None
+    for s in given:
+        s.split = "train"
+    why = (
+        "val_split carve"
+        if mode == "carve"
+        else f"val_split auto: fewer than {MIN_VAL_PER_CLASS} images of some class"
+    )
+    return f"the given validation split ({len(given)} images: {sizes}) merged into train ({why})"
+
+
+def small_val_warning(counts: dict[str, dict[str, int]], split_origin: dict[str, str]) -> str | None:
+    """A data warning when the validation split was given (not carved) and has fewer than
+    :data:`MIN_VAL_PER_CLASS` images of some class; None otherwise."""
+    val = counts.get("val", {})
+    if "val" in split_origin or not val or not any(val.values()):
+        return None
+    if min(val.values()) >= MIN_VAL_PER_CLASS:
+        return None
+    sizes = ", ".join(f"{c} {n}" for c, n in val.items())
+    return (
+        f"The given validation split is tiny ({sum(val.values())} images: {sizes}; fewer than "
+        f"{MIN_VAL_PER_CLASS} of some class): early stopping, the kept checkpoint and the operating "
+        "threshold are chosen on it and are mostly noise. Carve a stratified, patient-grouped "
+        "validation set from train instead: --val-split carve (config: data.val_split: carve)."
+    )
 
 
 def _carve(index: DatasetIndex, source: str, target: str, fraction: float, seed: int) -> None:

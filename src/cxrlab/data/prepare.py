@@ -60,6 +60,7 @@ def prepare_data(
         cfg.patient_csv,
         cfg.patient_column,
         cfg.file_column,
+        val_split=cfg.val_split,
     )
     if cfg.extra_train:
         if index.layout == "codes":
