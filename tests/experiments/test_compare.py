@@ -160,7 +160,7 @@ def test_compare_marks_fast_path_counts_both_conventions_and_averages(runs, tmp_
     table = md.split("## Paired")[0].splitlines()
     md_rows = {line.split(" | ")[1]: line for line in table if line.startswith("| A | ")}
     assert f"{float(mnv2['s_per_epoch']):.3f} †" in md_rows["mnv2"] and "†" not in md_rows["cnn"]
-    footnote = f"† head only: features computed once in mnv2: {metrics['timing']['features_s']:.1f} s"
+    footnote = f"† head only: features computed once in {metrics['timing']['features_s']:.1f} s (fast path"
     assert footnote in md and "not comparable with full-network epochs" in md
     html = (out / "compare.html").read_text()
     assert f"{float(mnv2['s_per_epoch']):.3f} †" in html and footnote in html
@@ -206,6 +206,7 @@ def test_compare_rebuilds_keras_counts_for_older_runs(runs, tmp_path):
         shutil.copytree(runs["cnn"], copy)
         metrics = json.loads((copy / "metrics.json").read_text())
         metrics["params"] = {"total": 1, "trainable": 1}  # as written before Keras counts existed
+        del metrics["test"]["macro"], metrics["test"]["weighted"]  # and before macro/weighted P/R/F1
         (copy / "metrics.json").write_text(json.dumps(metrics))
     recipe = yaml.safe_load((ROOT / "configs" / "covid_vgg16_binary.yaml").read_text())
     cfg = yaml.safe_load((old / "config.yaml").read_text())
@@ -226,5 +227,9 @@ def test_compare_rebuilds_keras_counts_for_older_runs(runs, tmp_path):
     md = (out / "compare.md").read_text()
     assert "21,139,777 (6,424,065)" in md
     assert "rebuilt from the run's config.yaml" in md and "No Keras-convention count for broken" in md
+    for average, (p, r, f) in _sklearn_averages(old).items():  # from predictions.csv
+        assert [float(by["old-vgg16"][f"test_{k}_{average}"]) for k in ("precision", "recall", "f1")] == (
+            pytest.approx([p, r, f], abs=1e-4)
+        )
     broken_row = next(line for line in md.splitlines() if "| broken |" in line)
     assert "| 1 (1) | — |" in broken_row

@@ -21,10 +21,12 @@ def compare(
         "comparison"
     ),
 ) -> None:
-    """Compare runs: one table (parameters, time per epoch/step, test accuracy with 95% CI, AUC),
-    overlaid validation curves, accuracy against time, and an exact McNemar test for every pair
-    evaluated on the same test images (Holm-corrected). Runs with different test sets are put in
-    separate groups (column test_set) and never tested against each other.
+    """Compare runs: one table (parameters in PyTorch's and Keras' conventions, time per
+    epoch/step with fast-path head-only timings marked †, test accuracy with 95% CI, AUC, macro and
+    weighted precision/recall/F1), overlaid validation curves, accuracy against time, and an exact
+    McNemar test for every pair evaluated on the same test images (Holm-corrected). Runs with
+    different test sets are put in separate groups (column test_set) and never tested against
+    each other.
 
     Example: cxr compare runs/mobilenet runs/resnet18 runs/small_cnn --out runs/compare
     """

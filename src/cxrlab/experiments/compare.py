@@ -180,6 +180,19 @@ def run_params(path: Path, metrics: dict[str, Any]) -> tuple[dict[str, Any], str
     return counts, "rebuilt from config.yaml"
 
 
+def averages_from_predictions(predictions: list[dict[str, str]], classes: list[str]) -> dict[str, Any]:
+    """Macro/weighted precision, recall and F1 from predictions.csv (argmax of the saved
+    probabilities, as ``test.accuracy``), for runs whose metrics.json predates them."""
+    from cxrlab.stats import averaged_prf
+
+    try:
+        y = np.array([classes.index(r["true"]) for r in predictions])
+        pred = np.array([int(np.argmax([float(r[f"p_{c}"]) for c in classes])) for r in predictions])
+    except (KeyError, ValueError):  # a hand-edited file: leave the columns empty
+        return {}
+    return averaged_prf(y, pred, len(classes))
+
+
 def image_key(path: str) -> str:
     """A test image's identity: its last three path parts (split/class/file), so the same data
     reached through a relative or an absolute path (or a moved copy) still matches."""
@@ -225,6 +238,8 @@ def load_summary(run: str | Path) -> RunSummary:
     predictions = read_csv(path / "predictions.csv")
     summary = RunSummary(path.name, path, metrics, history, predictions)
     summary.params, summary.params_source = run_params(path, metrics)
+    if predictions and "macro" not in metrics["test"]:  # evaluated before metrics.json had them
+        metrics["test"].update(averages_from_predictions(predictions, summary.classes))
     if predictions:
         lines = sorted(f"{image_key(r['path'])}\t{r['true']}" for r in predictions)
         summary.key = hashlib.sha1("\n".join(lines).encode()).hexdigest()
@@ -392,13 +407,18 @@ def footnotes(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     fast = [r for r in rows if r["epoch_timing"] == "head_only"]
     if fast:
-        times = ", ".join(
-            f"{r['run']}: {r['features_s']:.1f} s" if isinstance(r["features_s"], int | float) else r["run"]
-            for r in fast
-        )
+        seconds = [r["features_s"] if isinstance(r["features_s"], int | float) else None for r in fast]
+        when, each = "", ""
+        if len(fast) == 1 and seconds[0] is not None:
+            when = f" in {seconds[0]:.1f} s"
+        elif len(fast) > 1:
+            each = "; " + ", ".join(
+                f"{r['run']} in {t:.1f} s" if t is not None else f"{r['run']}: time not recorded"
+                for r, t in zip(fast, seconds, strict=True)
+            )
         out.append(
-            f"{FAST_MARK} head only: features computed once in {times} (fast path: frozen backbone, "
-            "features cached, only the head trains); not comparable with full-network epochs."
+            f"{FAST_MARK} head only: features computed once{when} (fast path: frozen backbone, features "
+            f"cached, only the head trains{each}); not comparable with full-network epochs."
         )
     out.append(
         "Parameters: PyTorch counts parameters only; Keras also counts batch norm's moving mean/variance "
@@ -416,15 +436,15 @@ def footnotes(rows: list[dict[str, Any]]) -> list[str]:
         out.append(
             f"No Keras-convention count for {', '.join(missing)}: its config.yaml could not be rebuilt."
         )
-    if any(r["test_f1_macro"] is None for r in rows):
+    out.append(
+        "Macro P/R/F1: unweighted mean over the classes; weighted: mean weighted by each class's test "
+        "images (test split, argmax predictions)."
+    )
+    missing = [r["run"] for r in rows if r["test_f1_macro"] is None]
+    if missing:
         out.append(
-            "Macro/weighted precision, recall and F1 are missing (—) for runs evaluated by an older "
-            "cxrlab; re-run `cxr evaluate` on them."
-        )
-    else:
-        out.append(
-            "Macro P/R/F1: unweighted mean over classes; weighted: mean weighted by test support "
-            "(test split, argmax predictions)."
+            f"No macro/weighted precision, recall or F1 for {', '.join(missing)}: an older run without "
+            "predictions.csv; re-run `cxr evaluate` on it."
         )
     return out
 

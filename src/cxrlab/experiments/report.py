@@ -197,6 +197,7 @@ def write_comparison_report(runs: list[str | Path], out: str | Path, title: str 
         **hyperparameters(summaries, cfgs),
         header=header,
         cells=cells,
+        footnotes=compared["footnotes"],
         pair_header=pheader,
         pair_cells=pcells,
         accuracy_vs_time=plots["accuracy_vs_time"],
