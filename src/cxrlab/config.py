@@ -47,6 +47,47 @@ class AugmentConfig(_Section):
     horizontal_flip: bool = Field(True, description="flip left-right with probability 0.5")
 
 
+class LabelsConfig(_Section):
+    """A label file: one row per image under ``data.path`` (see docs/datasets.md, cxrlab.data.labels).
+
+    Empty fields take the ``format`` preset's value. One ``label_column`` makes a single-label task
+    (its values are the classes); a ``findings_column`` split on ``separator``, or several
+    ``finding_columns`` coded 1 / 0 / -1 (uncertain) / blank, make a multi-label task."""
+
+    file: str | None = Field(None, description="CSV/TSV label file (optionally .gz); null: folders as usual")
+    format: str = Field("generic", description="preset: generic | nih | chexpert | mimic | covid-ieee")
+    image_column: str | None = Field(None, description="column with the image path relative to data.path")
+    label_column: str | None = Field(None, description="single-label: the column holding the class")
+    findings_column: str | None = Field(None, description="multi-label: findings joined by separator")
+    separator: str | None = Field(None, description="separator of findings_column, e.g. '|'")
+    finding_columns: list[str] | None = Field(None, description="multi-label: one 1/0/-1/blank column each")
+    findings: list[str] | None = Field(None, description="subset and order of findings; default: all")
+    no_finding: str = Field("No Finding", description="the value/column meaning no finding (not a class)")
+    uncertainty: Literal["ignore", "zeros", "ones"] = Field(
+        "ignore", description="uncertain (-1) labels: ignore (NaN, masked), zeros or ones"
+    )
+    blank: Literal["zeros", "ignore"] = Field("zeros", description="blank finding cells: negative, or NaN")
+    patient_column: str | None = Field(None, description="column with the patient id (splits group by it)")
+    patient_pattern: str | None = Field(None, description="regex on the image path: group 1 = patient")
+    split_column: str | None = Field(None, description="column with train/val(id)/test per row")
+    view_column: str | None = Field(None, description="column with the view position (PA, AP, lateral…)")
+    where: list[str] = Field(default_factory=list, description="row filters COL=VALUE / COL!=VALUE (AND)")
+    official_split: bool = Field(True, description="use the release's split lists found beside the file")
+
+    @field_validator("findings", "finding_columns", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        return split_list(value, "findings") if isinstance(value, str) else value
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        known = ("generic", "nih", "chexpert", "mimic", "covid-ieee")
+        if value not in known:
+            raise ValueError(f"unknown label-file format {value!r}; known: {', '.join(known)}")
+        return value
+
+
 class DataConfig(_Section):
     """Where the images come from and how they become tensors."""
 
@@ -76,6 +117,7 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(None, description="decoded-image cache; default $CXRLAB_CACHE_DIR")
     extra_train: str | None = Field(None, description="folder of extra (e.g. synthetic) training images")
     max_per_class: int | None = Field(None, ge=1, description="cap images per class and split (quick runs)")
+    labels: LabelsConfig = Field(default_factory=LabelsConfig, description="label file (CSV/TSV) settings")
 
     @field_validator("classes", mode="before")
     @classmethod

@@ -52,8 +52,10 @@ def audit_dataset(
     seed: int = 0,
     max_distance: int = NEAR_DISTANCE,
     cache_dir: str | None = None,
+    labels: Any = None,
 ) -> dict[str, Any]:
-    """Audit a dataset folder or ``.npz`` with the splits training would use (same seed and fractions)."""
+    """Audit a dataset folder or ``.npz`` with the splits training would use (same seed and fractions);
+    ``labels``: a :class:`~cxrlab.config.LabelsConfig` when DATA is the image folder of a label file."""
     from cxrlab.config import DataConfig
     from cxrlab.data.cache import ImageCache
     from cxrlab.data.index import discover
@@ -71,7 +73,12 @@ def audit_dataset(
         patient_csv=patient_csv,
         patient_column=patient_column,
         file_column=file_column,
+        labels=labels,
     )
+    if index.task == "multilabel":
+        from cxrlab.data.labels import require_single_label
+
+        require_single_label(index, "audit")
     unreadable: dict[str, str] = {}
     if index.npz is not None:
         samples = index.samples

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cxrlab.cli import app
-from cxrlab.cli.options import AUDIT, resolved, with_config_flags
+from cxrlab.cli.options import AUDIT, labels_config, resolved, with_config_flags
 
 Opt = typer.Option
 
@@ -64,6 +64,7 @@ def audit(
             seed,
             max_distance,
             o["cache_dir"],
+            labels_config(o),
         )
     except BaseException:
         if not existed:

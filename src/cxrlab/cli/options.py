@@ -24,17 +24,29 @@ from cxrlab.errors import ConfigError
 __all__ = [
     "AUDIT",
     "EVALUATE",
+    "LABEL_FILE",
     "SUMMARY",
     "TRAIN",
     "ConfigFlag",
     "config_default",
     "default_text",
+    "labels_config",
     "overrides",
     "parse_label_map",
     "resolved",
     "split_list",
     "with_config_flags",
 ]
+
+
+def labels_config(values: dict[str, Any]) -> Any:
+    """The ``data.labels`` section from :data:`LABEL_FILE` flag values (as :func:`resolved` gives them),
+    or None without ``--labels``: for commands that call the data layer without a run config."""
+    from cxrlab.config import LabelsConfig
+
+    if not values.get("labels"):
+        return None
+    return LabelsConfig(**{f.key.rsplit(".", 1)[1]: values[f.name] for f in LABEL_FILE})
 
 
 def parse_label_map(text: str, option: str = "--label-map") -> dict[str, str]:
@@ -151,10 +163,27 @@ _IMAGE_SIZE = _F("image_size", "data.image_size", int, "input size in pixels", u
 _FREEZE = _F("freeze", "model.freeze", str, "none | backbone | N (first N layers)")
 _SEED = _F("seed", "train.seed", int, "random seed: same seed + data + machine = same metrics")
 _CACHE_DIR = _F("cache_dir", "data.cache_dir", str, "decoded-image cache", unset=_CACHE)
+LABEL_FILE: tuple[ConfigFlag, ...] = (
+    _F("labels", "data.labels.file", str,
+       "label file (CSV/TSV, optionally .gz): one row per image, paths relative to --data (docs/datasets.md)",
+       unset="none: class folders"),
+    _F("labels_format", "data.labels.format", str, "label-file preset: generic | nih | chexpert | mimic | "
+       "covid-ieee (columns, separator, uncertainty codes, official splits)"),
+    _F("label_column", "data.labels.label_column", str,
+       "single-label: the label-file column whose values are the classes, e.g. finding",
+       unset="the preset's"),
+    _F("findings", "data.labels.findings", str, "multi-label: comma-separated findings to keep, e.g. "
+       "Effusion,Cardiomegaly", unset="all", parse=split_list),
+    _F("where", "data.labels.where", list[str],
+       "keep label-file rows where COLUMN=VALUE (also !=, A|B), e.g. "
+       "\"View Position=PA\"; repeatable, all must hold", unset="all rows"),
+)  # fmt: skip
+"""The label-file flags `cxr train` and `cxr audit` share (config section ``data.labels``)."""
 
 TRAIN: tuple[ConfigFlag, ...] = (
-    _F("data", "data.path", str, "folder (train/val/test or class subfolders) or MedMNIST .npz",
-       unset="the --config file's"),
+    _F("data", "data.path", str, "folder (train/val/test or class subfolders), MedMNIST .npz, or the image "
+       "folder of --labels", unset="the --config file's"),
+    *LABEL_FILE,
     _F("model", "model.name", str, "model name from `cxr models`"),
     _CLASSES,
     _LABEL_MAP,
@@ -213,6 +242,7 @@ AUDIT: tuple[ConfigFlag, ...] = (
     _F("patient_column", "data.patient_column", str, "CSV column with the patient id"),
     _F("seed", "train.seed", int, "seed of the splits carved when DATA lacks val/ or test/ (as `cxr train`)"),
     _CACHE_DIR,
+    *LABEL_FILE,
 )  # fmt: skip
 """`cxr audit`: the data settings it shares with `cxr train`."""
 

@@ -21,11 +21,15 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cxrlab.data.images import is_image_file
 from cxrlab.errors import DataError
+
+if TYPE_CHECKING:
+    from cxrlab.config import LabelsConfig
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 SPLITS = ("train", "val", "test")
@@ -59,6 +63,8 @@ class Sample:
     split: str
     group: str
     synthetic: bool = False
+    row: int = -1  # label files: the row of DatasetIndex.table (cxrlab.data.labels)
+    targets: np.ndarray | None = None  # multi-label: 1 / 0 / NaN (ignored) per DatasetIndex.findings
 
 
 @dataclass
@@ -75,6 +81,14 @@ class DatasetIndex:
     ignored_paths: list[str] = field(default_factory=list)  # the non-image files (for `cxr audit`)
     hidden_dirs: list[str] = field(default_factory=list)  # dot-named folders, broken links (named in errors)
     npz: dict[str, np.ndarray] | None = None
+    # label files (layout "labels", cxrlab.data.labels): the task, the findings of Sample.targets
+    # (multi-label; Sample.label is -1 then), the metadata table, missing images and one-line notes
+    task: str = "single"  # "single" | "multilabel"
+    findings: list[str] = field(default_factory=list)
+    table: Any = None  # cxrlab.data.labels.LabelTable
+    missing: int = 0
+    missing_paths: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def split(self, name: str) -> list[Sample]:
         """The samples of one split, in a stable order."""
@@ -107,9 +121,13 @@ def discover(
     patient_csv: str | Path | None = None,
     patient_column: str = "patientid",
     file_column: str = "filename",
+    labels: LabelsConfig | None = None,
     val_split: str = "given",
 ) -> DatasetIndex:
     """Index a dataset folder or ``.npz`` file; raise :class:`DataError` with advice if unusable.
+
+    With ``labels.file`` set, ``path`` is the image folder of that label file (cxrlab.data.labels);
+    a multi-label index gets its val/test carved there and is returned as is.
 
     Patient groups come from ``group_pattern`` on file names or, when ``patient_csv`` is given,
     from its ``patient_column`` (rows matched on ``file_column``: a path relative to the data
@@ -123,7 +141,8 @@ def discover(
             f"the data path {printable(str(root))} is not valid UTF-8; rename or move it (paths are written "
             "to UTF-8 reports)"
         )
-    if not root.exists():
+    labelled = labels is not None and bool(labels.file)
+    if not root.exists() and not labelled:
         raise DataError(f"data not found: {root} (give a folder of class subfolders, or a MedMNIST .npz)")
     label_map = label_map or {}
     try:
@@ -131,8 +150,16 @@ def discover(
     except re.error as exc:
         raise DataError(f"group_pattern {group_pattern!r} is not a valid regular expression: {exc}") from None
 
-    codes = codes_file(root)
-    if codes is not None:
+    codes = None if labelled else codes_file(root)
+    if labelled:
+        index = _index_labels(root, labels)  # type: ignore[arg-type]
+        if index.task == "multilabel":  # carved here, by patient and rarest finding
+            if not index.split("val"):
+                _carve_multilabel(index, "train", "val", val_fraction, seed)
+            if require_test and not index.split("test"):
+                _carve_multilabel(index, "train", "test", test_fraction / (1 - val_fraction), seed + 1)
+            return index
+    elif codes is not None:
         index = _index_codes(codes)
     elif root.is_file():
         if root.suffix.lower() != ".npz":
@@ -306,6 +333,21 @@ def _index_folder(root: Path, pattern: re.Pattern[str] | None) -> DatasetIndex:
             for file in files:
                 group = _group(file.name, pattern) or f"file:{file}"
                 index.samples.append(Sample(str(file), names.index(name), split, group))
+    return index
+
+
+def _index_labels(root: Path, labels: LabelsConfig) -> DatasetIndex:
+    """A label file's usable rows as samples (:mod:`cxrlab.data.labels` reads it and finds the images)."""
+    from cxrlab.data.labels import load_labels
+
+    read = load_labels(root, labels)
+    index = DatasetIndex(read.source, "labels", read.classes, [], dict(read.split_origin), task=read.task,
+                         findings=read.findings, table=read.table, missing=read.missing,
+                         missing_paths=read.missing_paths, notes=read.notes)  # fmt: skip
+    for i in read.usable():
+        targets = read.targets[i] if read.targets is not None else None
+        index.samples.append(Sample(read.paths[i], read.labels[i], read.splits[i], read.groups[i], row=i,
+                                    targets=targets))  # type: ignore[arg-type]  # fmt: skip
     return index
 
 
@@ -592,3 +634,22 @@ def group_stratified_holdout(
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask
+
+
+def _carve_multilabel(index: DatasetIndex, source: str, target: str, fraction: float, seed: int) -> None:
+    """:func:`_carve` for a multi-label index: stratified by each image's rarest positive finding."""
+    from cxrlab.data.labels import strata
+
+    pool = [s for s in index.samples if s.split == source]
+    if not pool:
+        raise DataError(f"no {source} images to split a {target} split from; add images or a split column")
+    labels = strata(np.stack([s.targets for s in pool]))  # type: ignore[misc]
+    held = group_stratified_holdout(labels, np.array([s.group for s in pool]), fraction, seed)
+    for i in np.flatnonzero(held):
+        pool[i].split = target
+    if len(pool) == held.sum():
+        raise DataError(f"too few {source} images to split into {source}/{target}; add images")
+    index.split_origin[target] = (
+        f"carved from {source}: {held.sum()} images ({fraction:.0%}), stratified by rarest finding, "
+        f"grouped by patient, seed {seed}"
+    )

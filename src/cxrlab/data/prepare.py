@@ -46,7 +46,10 @@ def prepare_data(
 ) -> PreparedData:
     """Index the dataset, then decode (or read from cache) every image at ``image_size``."""
     if not cfg.path:
-        raise DataError("no data given: pass --data FOLDER (or a .npz file), or set data.path in the config")
+        raise DataError(
+            "no data given: pass --data FOLDER (or a .npz file; with --labels FILE.csv, the folder of its "
+            "images), or set data.path in the config"
+        )
     index = discover(
         cfg.path,
         cfg.classes,
@@ -60,8 +63,13 @@ def prepare_data(
         cfg.patient_csv,
         cfg.patient_column,
         cfg.file_column,
+        cfg.labels,
         val_split=cfg.val_split,
     )
+    if index.task == "multilabel":
+        from cxrlab.data.labels import require_single_label
+
+        require_single_label(index, "training")
     if cfg.extra_train:
         if index.layout == "codes":
             raise DataError("--extra-train adds images; it cannot be combined with autoencoder codes")

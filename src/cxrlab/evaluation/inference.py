@@ -78,6 +78,7 @@ def prepare_eval_data(
             patient_column=cfg.data.patient_column,
             file_column=cfg.data.file_column,
             val_split=cfg.data.val_split,
+            labels=cfg.data.labels,
         )
         index.samples = [s for s in index.samples if s.split == "test"]
     else:
