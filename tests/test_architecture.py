@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"reports"},
     {"pipeline"},  # the one orchestration layer: data → fit → evaluate → audit → report
     {"experiments", "generative"},
+    {"reproduce"},  # the five reports, run end to end (experiments + generative)
     {"demo"},
     {"cli"},
     {"__main__"},
