@@ -69,3 +69,9 @@ def test_freeze_accepts_numbers_and_words():
     assert RunConfig.from_dict({"model": {"freeze": "backbone"}}).model.freeze == "backbone"
     with pytest.raises(ConfigError, match="model.freeze"):
         RunConfig.from_dict({"model": {"freeze": "everything"}})
+
+
+def test_hidden_layer_width_must_be_positive():
+    """A zero-width dense layer is refused in one line naming the key (a sweep once trained one)."""
+    with pytest.raises(ConfigError, match=r"model\.head\.hidden.*at least 1, got 0"):
+        RunConfig().override(["model.head.hidden=[16, 0]"])

@@ -145,7 +145,7 @@ class ModelSummary:
         if self.aux_params:
             lines.append(
                 f"Auxiliary classifier (training only, ignored in evaluation; Keras' InceptionV3 has none): "
-                f"{_n(self.aux_params)} params, included in the totals."
+                f"{_n(self.aux_params)} params, left out of the totals (as in metrics.json and `cxr compare`)."
             )
         if self.macs is not None:
             lines.append(f"Multiply-accumulates per image: {self.macs / 1e9:.3f} G")
@@ -235,7 +235,9 @@ def summarize_model(
                 "unused",
             )
         )
-    all_params = list(model.parameters())
+    aux_ids = {id(p) for p in aux.parameters()} if aux is not None else set()
+    aux_modules = {id(m) for m in aux.modules()} if aux is not None else set()
+    all_params = [p for p in model.parameters() if id(p) not in aux_ids]  # the inference model's
     summary = ModelSummary(
         model=getattr(model, "name", type(model).__name__),
         input_shape=(channels, image_size, image_size),
@@ -243,7 +245,7 @@ def summarize_model(
         rows=rows,
         total=sum(p.numel() for p in all_params),
         trainable=sum(p.numel() for p in all_params if p.requires_grad),
-        bn_stats=sum(bn_statistics(m) for m in model.modules()),
+        bn_stats=sum(bn_statistics(m) for m in model.modules() if id(m) not in aux_modules),
         aux_params=aux_params,
         backbone_layers=n_backbone,
         freeze=freeze,
