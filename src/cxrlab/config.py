@@ -146,6 +146,14 @@ class HeadConfig(_Section):
         "softmax", description="softmax over classes, or one sigmoid logit (binary tasks only)"
     )
 
+    @field_validator("hidden")
+    @classmethod
+    def _hidden_widths(cls, value: list[int] | None) -> list[int] | None:
+        for width in value or []:
+            if width < 1:
+                raise ValueError(f"hidden layer widths must be at least 1, got {width}")
+        return value
+
     @field_validator("dropout")
     @classmethod
     def _dropout_range(cls, value: float | list[float]) -> float | list[float]:
