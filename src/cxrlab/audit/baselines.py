@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrlab.audit.properties import CATEGORICAL, NUMERIC, PROPERTIES
+from cxrlab.audit.properties import CATEGORICAL, DICOM_CATEGORICAL, NUMERIC, PROPERTIES, property_keys
 from cxrlab.stats import balanced_accuracy, bootstrap_ci
 
 FOLDS = 5
@@ -110,7 +110,7 @@ def metadata_matrix(
         if key in NUMERIC or key == "bit_depth":
             columns.append(np.array([float(p[key]) for p in props]))
             names.append(key)
-        elif key in CATEGORICAL:
+        elif key in CATEGORICAL or key in DICOM_CATEGORICAL:
             values = [str(p[key]) for p in props]
             for level in sorted(set(values)):
                 columns.append(np.array([v == level for v in values], dtype=np.float64))
@@ -137,16 +137,17 @@ def metadata_baseline(
 ) -> dict[str, Any]:
     """A classifier that sees only acquisition properties, never pixels; and which properties
     carry the signal."""
-    X, names = metadata_matrix(props)
+    keys = property_keys(props)  # type: ignore[arg-type]
+    X, names = metadata_matrix(props, keys)
     out = {
         "model": "random forest (50 trees) on acquisition properties only",
-        "features": list(PROPERTIES),
+        "features": list(keys),
         **_evaluate(_forest(seed), X, y, folds, splits, k, seed),
     }
     if "skipped" in out:
         return out
     signal = []
-    for key in PROPERTIES:
+    for key in keys:
         Xk, _ = metadata_matrix(props, (key,))
         if len(np.unique(Xk, axis=0)) < 2:
             signal.append({"property": key, "balanced_accuracy": None, "note": "the same for every image"})

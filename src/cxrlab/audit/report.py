@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrlab import pages
-from cxrlab.audit.properties import CATEGORICAL, NUMERIC
+from cxrlab.audit.properties import CATEGORICAL, DICOM_CATEGORICAL, NUMERIC
 from cxrlab.runs import check_writable, write_json
 
 MAX_ROWS = 200
@@ -30,7 +30,8 @@ def audit_context(r: dict[str, Any], plot: Path | None) -> dict[str, Any]:
         "plot": plot,
         "max_rows": MAX_ROWS,
         "numeric": list(NUMERIC),
-        "categorical": list(CATEGORICAL),
+        "categorical": list(CATEGORICAL)
+        + [k for k in DICOM_CATEGORICAL if any(k in v for v in (r.get("properties") or {}).values())],
         "rows_per_class": [[c] + [counts[s][c] for s in ("train", "val", "test")] for c in r["classes"]],
         "baselines": [
             ("metadata only (never sees pixels)", r["metadata_baseline"]),

@@ -1,9 +1,11 @@
-"""Decode any PIL-readable radiograph into a fixed-size 8-bit grayscale array.
+"""Decode any PIL-readable or DICOM radiograph into a fixed-size 8-bit grayscale array.
 
 Every image, whatever its format (JPEG/PNG/TIFF/BMP…), bit depth (1, 8, 16, 32-bit, float),
 mode (L, RGB, RGBA, P with transparency, CMYK, LA) or EXIF orientation, becomes an
 ``(size, size)`` ``uint8`` array. Radiographs are grayscale: colour inputs (figure crops,
 screenshots) are converted with ITU-R 601 luma, so colour cannot become a shortcut.
+DICOM files (``.dcm``/``.dicom``, or no ending and the ``DICM`` marker) go through
+:mod:`cxrlab.data.dicom` (Modality LUT, VOI LUT/window, Bits Stored → 8 bits, MONOCHROME1 inverted).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from cxrlab.data.dicom import DICOM_SUFFIXES, DicomError, is_dicom, read_dicom, read_header
+
 #: Largest image accepted, in pixels (width × height). Bigger files are refused as likely
 #: decompression bombs. 100 MP is ~25× a large digital radiograph (~4k × 4k). Override with
 #: the ``CXRLAB_MAX_PIXELS`` environment variable.
@@ -24,7 +28,7 @@ MAX_PIXELS = int(os.environ.get("CXRLAB_MAX_PIXELS", 100_000_000))
 #: File endings considered images; everything else in a class folder is ignored.
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm", ".jfif"}
-)
+) | DICOM_SUFFIXES
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # We enforce our own limit (below) before decoding; PIL's own check would only warn.
@@ -65,12 +69,22 @@ _BITS = {
 
 
 def is_image_file(path: str | Path) -> bool:
-    """True when the file name ends like an image."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    """True when the file name ends like an image, or it is a DICOM file without a known ending
+    (no ending, or an all-digit one as in UID-named exports, and the ``DICM`` marker)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
 
 
 def read_info(path: str | Path) -> ImageInfo:
-    """Read width, height, format, mode and bit depth from the header only."""
+    """Read width, height, format, mode and bit depth from the header only (DICOM: format ``DICOM``,
+    mode = Photometric Interpretation, bit depth = Bits Stored)."""
+    if is_dicom(path):
+        try:
+            head = read_header(path)
+        except DicomError as exc:
+            raise ImageReadError(exc.reason) from None
+        return ImageInfo(
+            head.columns, head.rows, "DICOM", head.photometric or "?", head.bits_stored, os.path.getsize(path)
+        )
     try:
         with Image.open(path) as img:
             return ImageInfo(
@@ -88,8 +102,15 @@ def read_info(path: str | Path) -> ImageInfo:
 def load_gray(path: str | Path, size: int, resize: str = "squash") -> np.ndarray:
     """Decode ``path`` into a ``(size, size)`` uint8 grayscale array.
 
-    Raises :class:`ImageReadError` for empty, truncated, non-image and oversized files.
+    Raises :class:`ImageReadError` for empty, truncated, non-image and oversized files, and for DICOM
+    files :mod:`cxrlab.data.dicom` refuses (multi-frame, no pixel data, no decoder, damaged).
     """
+    if is_dicom(path):
+        try:
+            gray = Image.fromarray(read_dicom(path, MAX_PIXELS))
+        except DicomError as exc:
+            raise ImageReadError(exc.reason) from None
+        return resize_square(gray, size, resize)
     try:
         with Image.open(path) as img:
             if img.width * img.height > MAX_PIXELS:

@@ -89,6 +89,8 @@ class DatasetIndex:
     missing: int = 0
     missing_paths: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # DICOM files: non-identifying header attributes per path (cxrlab.data.dicom.ATTRIBUTES + transfer_syntax)
+    dicom: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def split(self, name: str) -> list[Sample]:
         """The samples of one split, in a stable order."""
@@ -123,6 +125,7 @@ def discover(
     file_column: str = "filename",
     labels: LabelsConfig | None = None,
     val_split: str = "given",
+    dicom_patient_ids: str = "hashed",
 ) -> DatasetIndex:
     """Index a dataset folder or ``.npz`` file; raise :class:`DataError` with advice if unusable.
 
@@ -132,7 +135,9 @@ def discover(
     Patient groups come from ``group_pattern`` on file names or, when ``patient_csv`` is given,
     from its ``patient_column`` (rows matched on ``file_column``: a path relative to the data
     folder, or a file name). ``val_split`` (given | carve | auto) decides whether a given
-    validation split is used or merged into train and carved anew (module docstring)."""
+    validation split is used or merged into train and carved anew (module docstring). DICOM images with no
+    patient id from those sources are grouped by their header's Patient ID, as a salted hash unless
+    ``dicom_patient_ids`` is ``raw`` (:func:`cxrlab.data.dicom.patient_group`)."""
     if val_split not in VAL_SPLITS:
         raise DataError(f"val_split {val_split!r}: choose given, carve or auto")
     root = Path(path).expanduser()
@@ -153,6 +158,7 @@ def discover(
     codes = None if labelled else codes_file(root)
     if labelled:
         index = _index_labels(root, labels)  # type: ignore[arg-type]
+        _dicom_headers(index, dicom_patient_ids)
         if index.task == "multilabel":  # carved here, by patient and rarest finding
             if not index.split("val"):
                 _carve_multilabel(index, "train", "val", val_fraction, seed)
@@ -169,6 +175,8 @@ def discover(
         index = _index_folder(root, pattern)
     if patient_csv and index.layout in ("splits", "classes"):
         _groups_from_csv(index, root, patient_csv, patient_column, file_column)
+    if index.layout in ("splits", "classes"):
+        _dicom_headers(index, dicom_patient_ids)
 
     if label_map:
         _apply_label_map(index, label_map)
@@ -467,6 +475,26 @@ def _groups_from_csv(index: DatasetIndex, root: Path, csv_path: str | Path, pati
     for s in index.samples:
         rel = os.path.relpath(s.path, root).replace(os.sep, "/")
         s.group = mapping.get(rel) or mapping.get(os.path.basename(s.path)) or f"file:{s.path}"
+
+
+def _dicom_headers(index: DatasetIndex, mode: str) -> None:
+    """DICOM files: their header attributes into ``index.dicom`` (header only, no pixel decoded), and their
+    Patient ID as the group of images that have no patient id from a CSV, label file or file-name pattern.
+    An unreadable header is left to decoding, which skips the file with its reason."""
+    from cxrlab.data.dicom import PATIENT_ID_MODES, DicomError, is_dicom, patient_group, read_header
+
+    if mode not in PATIENT_ID_MODES:
+        raise DataError(f"data.dicom_patient_ids {mode!r}: choose hashed or raw")
+    for s in index.samples:
+        if not is_dicom(s.path):
+            continue
+        try:
+            head = read_header(s.path)
+        except DicomError:
+            continue
+        index.dicom[s.path] = head.attributes
+        if head.patient_id and s.group.startswith("file:"):
+            s.group = patient_group(head.patient_id, mode)
 
 
 def _group(name: str, pattern: re.Pattern[str] | None) -> str | None:

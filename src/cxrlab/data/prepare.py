@@ -65,6 +65,7 @@ def prepare_data(
         cfg.file_column,
         cfg.labels,
         val_split=cfg.val_split,
+        dicom_patient_ids=cfg.dicom_patient_ids,
     )
     if index.task == "multilabel":
         from cxrlab.data.labels import require_single_label

@@ -79,6 +79,7 @@ def prepare_eval_data(
             file_column=cfg.data.file_column,
             val_split=cfg.data.val_split,
             labels=cfg.data.labels,
+            dicom_patient_ids=cfg.data.dicom_patient_ids,
         )
         index.samples = [s for s in index.samples if s.split == "test"]
     else:

@@ -1,0 +1,493 @@
+"""Read DICOM radiographs into 8-bit grayscale arrays, and their non-identifying header attributes.
+
+Pixels, in this order (DICOM PS3.4 N.2, the grayscale pipeline):
+
+1. decode the Pixel Data with pydicom (transfer syntaxes and decoder packages: :data:`DECODERS`);
+2. **Modality LUT**: the Modality LUT Sequence, else Rescale Slope / Intercept (``apply_modality_lut``);
+3. **VOI LUT**: the first VOI LUT Sequence item, else the first Window Center / Width
+   (``apply_voi_lut``); none when the file has neither;
+4. **to 8 bits**: the output range of the step before (for stored pixels: ``0 … 2**BitsStored - 1``, or the
+   signed range, through the rescale; for a window: the same range; for a VOI LUT: its entry bits) maps
+   linearly onto 0–255;
+5. **MONOCHROME1** (white = low values) is inverted, so bone is bright in every image.
+
+Refused, as :class:`DicomError` (one line naming the file and the reason): objects without Pixel Data
+(structured reports, presentation states…), multi-frame images, colour spaces other than grayscale/RGB/YBR,
+transfer syntaxes with no installed decoder, damaged or truncated files.
+
+Privacy: :func:`read_header` returns only acquisition attributes (:data:`ATTRIBUTES`) and the Patient ID;
+the Patient ID leaves this module only through :func:`patient_group`, as a salted hash unless the user
+asks for raw ids (``data.dicom_patient_ids: raw``). Patient name, birth date, sex, age, accession number,
+institution… are never read into anything cxrlab keeps, and messages never quote header values.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrlab.errors import DataError
+
+#: File endings read as DICOM; files with no ending (or an all-digit one, as in UID-named PACS exports)
+#: are DICOM when they carry the ``DICM`` marker after the 128-byte preamble.
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+
+#: Header attributes kept in the index and used by the audit: keyword → property name.
+ATTRIBUTES = {
+    "ViewPosition": "view_position",
+    "Modality": "modality",
+    "Manufacturer": "manufacturer",
+    "BodyPartExamined": "body_part",
+    "PhotometricInterpretation": "photometric",
+    "BitsStored": "bits_stored",
+    "PixelSpacing": "pixel_spacing",
+}
+
+#: Transfer syntaxes by family, with the package that decodes them (documented in docs/datasets.md).
+DECODERS = {
+    "uncompressed (implicit/explicit VR little endian, big endian, deflated)": "pydicom",
+    "RLE Lossless": "pydicom",
+    "JPEG Baseline / Extended": "pillow or python-gdcm",
+    "JPEG Lossless (Process 14, SV1)": "python-gdcm",
+    "JPEG-LS lossless / near-lossless": "python-gdcm",
+    "JPEG 2000 (lossless and lossy)": "pylibjpeg-openjpeg, python-gdcm or pillow",
+    "HTJ2K": "pylibjpeg-openjpeg",
+}
+
+#: ``data.dicom_patient_ids`` choices.
+PATIENT_ID_MODES = ("hashed", "raw")
+
+#: Group names of hashed patient ids start with this (16 hex digits of an HMAC-SHA256 follow).
+HASH_PREFIX = "pid-"
+
+_SALT_FILE = "dicom-salt"
+_MARKER_OFFSET = 128
+
+
+class DicomError(DataError):
+    """A DICOM file that cannot be used as an image; ``reason`` is the why without the file name."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class DicomHeader:
+    """What the header says, without decoding a pixel. ``patient_id`` stays in memory only."""
+
+    rows: int
+    columns: int
+    bits_stored: int
+    photometric: str
+    transfer_syntax: str
+    frames: int
+    has_pixels: bool
+    patient_id: str | None = field(default=None, repr=False)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True for a ``.dcm``/``.dicom`` file name, or a regular file with no (or an all-digit) ending that
+    starts with the DICOM preamble and ``DICM`` marker."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix and not suffix[1:].isdigit():
+        return False
+    return has_dicom_marker(p)
+
+
+def has_dicom_marker(path: str | Path) -> bool:
+    """True when a regular file holds ``DICM`` at byte 128 (never opens FIFOs or devices)."""
+    try:
+        if not os.path.isfile(path):
+            return False
+        with open(path, "rb") as fh:
+            fh.seek(_MARKER_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- header
+
+
+def _dcmread(path: str | Path, header_only: bool) -> Any:
+    """pydicom's reader with its warnings silenced (they may quote header values) and its errors turned
+    into one-line :class:`DicomError` reasons that never quote header values."""
+    import logging
+
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    logging.getLogger(
+        "pydicom"
+    ).propagate = False  # its messages may quote header values: keep them out of logs
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
+            if "PixelData" in ds and not header_only:
+                _ = ds.PixelData  # read deferred/truncated values now, inside the guard
+            return ds
+    except FileNotFoundError:
+        raise DicomError(path, "file not found") from None
+    except IsADirectoryError:
+        raise DicomError(path, "a folder, not a DICOM file") from None
+    except PermissionError:
+        raise DicomError(path, "permission denied") from None
+    except InvalidDicomError:
+        raise DicomError(path, "not a DICOM file (no DICOM header)") from None
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError,
+            NotImplementedError, UnicodeDecodeError, LookupError):  # fmt: skip
+        raise DicomError(path, "damaged or truncated DICOM file (the header cannot be parsed)") from None
+
+
+def read_header(path: str | Path) -> DicomHeader:
+    """Geometry, pixel format and :data:`ATTRIBUTES` from the header only (``stop_before_pixels``)."""
+    ds = _dcmread(path, header_only=True)
+    return _header(path, ds, has_pixels=_has_pixel_tag(path, ds))
+
+
+def _has_pixel_tag(path: str | Path, ds: Any) -> bool:
+    """Whether a header-only read stopped at Pixel Data (pydicom leaves it out, so look for the tag)."""
+    if "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return True
+    # stop_before_pixels drops the element: an image has Rows/Columns and ends in (7FE0,0010).
+    return "Rows" in ds and "Columns" in ds
+
+
+def _header(path: str | Path, ds: Any, has_pixels: bool) -> DicomHeader:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta = getattr(ds, "file_meta", None)
+            syntax = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+            attributes: dict[str, Any] = {}
+            for keyword, name in ATTRIBUTES.items():
+                value = ds.get(keyword)
+                if keyword == "PixelSpacing" and value is None:
+                    value = ds.get("ImagerPixelSpacing")  # CR/DX detectors often give only this one
+                attributes[name] = _plain(value)
+            attributes["transfer_syntax"] = _syntax_name(syntax)
+            pid = ds.get("PatientID")
+            return DicomHeader(
+                rows=int(ds.get("Rows") or 0),
+                columns=int(ds.get("Columns") or 0),
+                bits_stored=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0),
+                photometric=str(ds.get("PhotometricInterpretation") or "").strip().upper(),
+                transfer_syntax=syntax,
+                frames=_frames(ds),
+                has_pixels=has_pixels,
+                patient_id=str(pid).strip() or None if pid is not None else None,
+                attributes=attributes,
+            )
+    except (ValueError, TypeError, OverflowError, AttributeError, KeyError, IndexError):
+        raise DicomError(path, "damaged DICOM header (an image attribute has an invalid value)") from None
+
+
+def _plain(value: Any) -> Any:
+    """A header value as a short JSON-friendly value (multi-values joined with 'x'; empty → None)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "x".join(f"{float(v):g}" for v in value) or None
+    if isinstance(value, int | float):
+        return value
+    text = str(value).strip()
+    return text[:64] or None
+
+
+def _syntax_name(uid: str) -> str:
+    if not uid:
+        return "unknown"
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return name if name != uid else uid
+
+
+def _frames(ds: Any) -> int:
+    try:
+        return max(int(ds.get("NumberOfFrames") or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def read_dicom(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Decode one single-frame DICOM radiograph into a 2-D ``uint8`` array (module docstring for the
+    steps); raise :class:`DicomError` naming the file and the reason when it cannot be used."""
+    ds = _dcmread(path, header_only=False)
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        # pydicom drops a Pixel Data element cut off by the end of the file (and, when encapsulated, every
+        # element before it): the header read alone tells a truncated image from a non-image object.
+        head = _dcmread(path, header_only=True) if len(ds) == 0 or "Rows" in ds else ds
+        if "Rows" in head and "Columns" in head:
+            raise DicomError(path, _TRUNCATED)
+        if len(head) == 0:
+            raise DicomError(path, "damaged or truncated DICOM file (no data element can be read)")
+        raise DicomError(path, f"no pixel data: a non-image DICOM object{_sop_name(head)}; give image files")
+    if "PixelData" not in ds:
+        raise DicomError(path, "float pixel data (parametric maps) is not a radiograph; give image files")
+    header = _header(path, ds, has_pixels=True)
+    if header.frames > 1:
+        raise DicomError(
+            path, f"multi-frame DICOM ({header.frames} frames); give single-frame radiographs (one per file)"
+        )
+    if header.rows <= 0 or header.columns <= 0:
+        raise DicomError(path, "damaged DICOM header (no image size)")
+    if max_pixels is not None and header.rows * header.columns > max_pixels:
+        raise DicomError(
+            path,
+            f"{header.columns}x{header.rows} exceeds the {max_pixels:,}-pixel limit "
+            "(set CXRLAB_MAX_PIXELS to allow larger images)",
+        )
+    _check_decoder(path, header)
+    _check_length(path, ds, header)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = ds.pixel_array
+    except MemoryError:
+        raise DicomError(path, "pixel data too large to decode in memory") from None
+    except Exception as exc:  # noqa: BLE001 - decoder plugins raise anything: one line, never a traceback
+        raise DicomError(path, f"pixel data cannot be decoded ({_decoder_reason(exc)})") from None
+    return to_uint8(raw, ds, path)
+
+
+def to_uint8(raw: np.ndarray, ds: Any, path: str | Path = "<dataset>") -> np.ndarray:
+    """Stored pixel values → Modality LUT → VOI LUT → 0–255 → MONOCHROME1 inverted (module docstring)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    arr = np.asarray(raw)
+    if photometric in _COLOUR:
+        return _colour_to_gray(arr, ds, path)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomError(
+            path, f"photometric interpretation {photometric or 'missing'} is neither grayscale nor colour"
+        )
+    if arr.ndim != 2:
+        raise DicomError(path, f"pixel data has shape {arr.shape}; a radiograph is one 2-D frame")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            lo, hi = _modality_range(ds)
+            values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+            voi = _voi_kind(ds)
+            if voi != "none":
+                values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
+                if voi == "lut":
+                    lo, hi = 0.0, float(2 ** _lut_bits(ds.VOILUTSequence[0]) - 1)
+        except DicomError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - malformed LUTs or windows: one line
+            raise DicomError(path, f"invalid Modality/VOI LUT or window ({exc.__class__.__name__})") from None
+    out = _scale(values, lo, hi)
+    return 255 - out if photometric == "MONOCHROME1" else out
+
+
+_COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR"})
+
+
+def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi < lo:
+        lo, hi = hi, lo
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+        if hi <= lo:
+            return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(np.nan_to_num(scaled)), 0, 255).astype(np.uint8)
+
+
+def _modality_range(ds: Any) -> tuple[float, float]:
+    """The range of values after the Modality LUT (as pydicom's windowing assumes it)."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** _lut_bits(ds.ModalityLUTSequence[0]) - 1)
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+    if int(ds.get("PixelRepresentation") or 0) == 0:
+        lo, hi = 0.0, float(2**bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return lo, hi
+
+
+def _lut_bits(item: Any) -> int:
+    descriptor = item.LUTDescriptor
+    bits = int(descriptor[2])
+    if bits not in (8, 16):  # the standard allows only 8 or 16; some writers put 12
+        data = np.asarray(item.get("LUTData") or [0])
+        bits = max(int(np.ceil(np.log2(float(np.max(data)) + 1))), 1)
+    return bits
+
+
+def _voi_kind(ds: Any) -> str:
+    """Which VOI transform pydicom's ``apply_voi_lut(prefer_lut=True)`` applies: lut, window or none."""
+    if ds.get("VOILUTSequence"):
+        return "lut"
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        return "window"
+    return "none"
+
+
+def _colour_to_gray(arr: np.ndarray, ds: Any, path: str | Path) -> np.ndarray:
+    """Secondary-capture colour images: RGB (converted from YBR or a palette by pydicom) → ITU-R 601 luma."""
+    from pydicom.pixels import apply_color_lut, convert_color_space
+
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    try:
+        if photometric == "PALETTE COLOR":
+            arr = apply_color_lut(arr, ds)
+        elif photometric.startswith("YBR") and photometric not in ("YBR_ICT", "YBR_RCT"):
+            arr = convert_color_space(arr, photometric, "RGB")
+    except Exception as exc:  # noqa: BLE001
+        raise DicomError(path, f"colour conversion failed ({exc.__class__.__name__})") from None
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise DicomError(path, f"pixel data has shape {arr.shape}; a radiograph is one 2-D frame")
+    top = float(2 ** int(ds.get("BitsStored") or 8) - 1)
+    luma = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+    return _scale(luma.astype(np.float64), 0.0, top)
+
+
+_TRUNCATED = (
+    "truncated DICOM file: the header describes an image but its pixel data is missing or cut off "
+    "(incomplete download or copy?)"
+)
+
+
+def _check_length(path: str | Path, ds: Any, header: DicomHeader) -> None:
+    """Uncompressed pixel data shorter than the header's geometry: a truncated file."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    if syntax is not None and syntax.is_compressed:
+        return
+    try:
+        samples, bits = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 8)
+        expected = (header.rows * header.columns * samples * header.frames * bits + 7) // 8
+    except (TypeError, ValueError):
+        return
+    if len(ds.PixelData) < expected:
+        raise DicomError(path, _TRUNCATED)
+
+
+def _check_decoder(path: str | Path, header: DicomHeader) -> None:
+    """Refuse a compressed transfer syntax no installed package decodes, naming what to install."""
+    from pydicom.pixels import get_decoder
+
+    uid = header.transfer_syntax
+    if not uid:
+        return  # no file meta: pydicom assumes little endian
+    name = _syntax_name(uid)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise DicomError(path, f"transfer syntax {name} is not supported (no pixel-data decoder)") from None
+    if not decoder.is_available:
+        raise DicomError(
+            path,
+            f"transfer syntax {name} needs a decoder that is not installed "
+            "(pip install python-gdcm pylibjpeg pylibjpeg-openjpeg)",
+        )
+
+
+def _decoder_reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{exc.__class__.__name__}: {text[:160]}" if text else exc.__class__.__name__
+
+
+def _sop_name(ds: Any) -> str:
+    uid = ds.get("SOPClassUID")
+    if not uid:
+        return ""
+    from pydicom.uid import UID
+
+    name = UID(str(uid)).name
+    return f" ({name})" if name and name != str(uid) else ""
+
+
+# --------------------------------------------------------------------------- patients
+
+
+def patient_group(patient_id: str, mode: str = "hashed") -> str:
+    """The group name of a Patient ID: ``pid-`` + 16 hex digits of HMAC-SHA256(salt, id), or the id as
+    is under ``mode="raw"``. The salt: :func:`installation_salt`."""
+    if mode == "raw":
+        return patient_id
+    if mode != "hashed":
+        raise DataError(f"data.dicom_patient_ids {mode!r}: choose hashed or raw")
+    digest = hmac.new(installation_salt(), patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return HASH_PREFIX + digest[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def installation_salt() -> bytes:
+    """The secret salt of patient-id hashes: ``$CXRLAB_DICOM_SALT`` when set (share it to get the same
+    hashes, hence the same carved splits, on several machines), else a random 32-hex-digit salt kept in
+    ``<cache>/dicom-salt`` (created once per installation, mode 0600). When it cannot be kept, a salt for
+    this process only is used, with one warning."""
+    env = os.environ.get("CXRLAB_DICOM_SALT")
+    if env:
+        return env.encode("utf-8")
+    file = _cache_root() / _SALT_FILE
+    try:
+        return file.read_bytes().strip() or _new_salt(file)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return _process_salt(file)
+    return _new_salt(file)
+
+
+def _cache_root() -> Path:
+    """The cache folder as :func:`cxrlab.data.cache.default_cache_dir` finds it without ``--cache-dir``
+    (not imported: that module imports this one through cxrlab.data.images)."""
+    env = os.environ.get("CXRLAB_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cxrlab"
+
+
+def _new_salt(file: Path) -> bytes:
+    salt = secrets.token_hex(16).encode()
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(salt)
+        return salt
+    except FileExistsError:  # another process made it first: use theirs
+        return file.read_bytes().strip() or _process_salt(file)
+    except OSError:
+        return _process_salt(file)
+
+
+def _process_salt(file: Path) -> bytes:
+    print(
+        f"warning: cannot keep the DICOM patient-id salt in {file}; patient ids are hashed with a salt for "
+        "this process only (set CXRLAB_DICOM_SALT to keep hashes and carved splits stable)",
+        file=sys.stderr,
+    )
+    return secrets.token_hex(16).encode()
