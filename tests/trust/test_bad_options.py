@@ -151,12 +151,14 @@ def test_predict_refuses_a_fifo_before_opening_it(run, d_base, tmp_path):
     os.mkfifo(fifo)
     line = one_line_error(run_cli("predict", str(run), str(fifo), timeout=300))
     assert "fifo.png: not a regular file (a FIFO, socket or device)" in line
-    proc = run_cli("predict", str(run), str(fifo), str(d_base), str(d_base / "b" / "b0.png"), "--json",
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("predict", str(run), str(fifo), str(empty), str(d_base / "b" / "b0.png"), "--json",
                    timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert "not a regular file" in results[0]["error"]
-    assert "a folder, not an image file" in results[1]["error"]
+    assert "a folder with no image files" in results[1]["error"]
     assert results[2]["class"] in ("a", "b")
 
 

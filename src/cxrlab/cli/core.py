@@ -18,7 +18,7 @@ from cxrlab.cli.options import (
     split_list,
     with_config_flags,
 )
-from cxrlab.errors import ConfigError
+from cxrlab.errors import ConfigError, CxrError
 
 Opt = typer.Option
 
@@ -115,22 +115,85 @@ def evaluate(
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="a run folder written by `cxr train`")],
-    images: Annotated[list[str], typer.Argument(help="image files")],
+    images: Annotated[
+        list[str],
+        typer.Argument(help="image files, folders (searched recursively) or globs ('scans/**/*.png')"),
+    ],
     as_json: Annotated[bool, Opt("--json", help="print JSON instead of a table")] = False,
+    out: Annotated[
+        Path, Opt("--out", "-o", help="write a CSV (image, class, p_<class>…, error) here")
+    ] = None,
+    overwrite: Annotated[bool, Opt(help="replace an existing --out file")] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Predict the class and class probabilities of each image (binary runs use the saved threshold)."""
-    from cxrlab.evaluation.inference import predict as run_predict
+    """Predict the class and class probabilities of each image (binary runs use the saved threshold).
 
-    results = run_predict(run, images)
+    Unreadable files are named on stderr, one line each, and counted at the end; the others are still
+    predicted. Example: cxr predict runs/covid scans/ --out predictions.csv
+    """
+    import sys
+
+    from cxrlab.evaluation.inference import expand_inputs, image_run, iter_predictions
+
+    if out is not None and out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} already exists; choose another file or pass --overwrite")
+    loaded = image_run(run)
+    paths = expand_inputs(images)
+    bar = None
+    if not quiet and len(paths) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(paths), desc="predicting", unit="img", leave=False, dynamic_ncols=True, disable=None
+        )
+
+    held: list[dict[str, Any]] = []  # unreadable before the first prediction: if none follows, one error line
+    good = 0
+
+    def note(r: dict[str, Any]) -> None:
+        line = f"unreadable: {r['image']}: {r['error']}"
+        (bar.write(line, file=sys.stderr) if bar is not None else typer.echo(line, err=True))
+
+    results: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for part in iter_predictions(loaded, paths):
+        for r in part:
+            if "error" in r:
+                (note(r) if good else held.append(r))
+                continue
+            good += 1
+            for h in held:
+                note(h)
+            held = []
+            if not as_json and out is None:
+                probs = "  ".join(f"{c}={p:.3f}" for c, p in r["probabilities"].items())
+                line = f"{r['image']}\t{r['class']}\t{probs}"
+                (bar.write(line) if bar is not None else typer.echo(line))
+        results += part
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+    done = sum("class" in r for r in results)
+    bad = len(results) - done
+    if done == 0:
+        first = results[0] if results else None
+        if first is None:
+            raise CxrError("no images given")
+        more = f" (and {len(results) - 1} more unreadable)" if len(results) > 1 else ""
+        raise CxrError(f"no readable image: {first['image']}: {first['error']}{more}")
+    if out is not None:
+        from cxrlab.runs import write_csv
+
+        fields = ["image", "class", *(f"p_{c}" for c in loaded.classes), "error"]
+        for r in results:
+            rows.append({"image": r["image"], "class": r.get("class", ""), "error": r.get("error", ""),
+                         **{f"p_{c}": v for c, v in r.get("probabilities", {}).items()}})  # fmt: skip
+        write_csv(out, rows, fields)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
-        return
-    for r in results:
-        if "error" in r:
-            typer.echo(f"{r['image']}\terror: {r['error']}")
-        else:
-            probs = "  ".join(f"{c}={p:.3f}" for c, p in r["probabilities"].items())
-            typer.echo(f"{r['image']}\t{r['class']}\t{probs}")
+    summary = f"predicted {done} image(s)" + (f", {bad} unreadable (named above)" if bad else "")
+    typer.echo(summary + (f"; wrote {out}" if out is not None else ""), err=True)
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,10 @@ def prepare_eval_data(
     data: str | None,
     classes: list[str] | None,
     label_map: dict[str, str] | None,
+    max_images: int | None = None,
 ) -> PreparedData:
-    """The run's own test split, or another dataset's test split (all of it when it has no splits)."""
+    """The run's own test split, or another dataset's test split (all of it when it has no splits);
+    ``max_images`` keeps that many, taken in turn from each class (a quick sample)."""
     cfg = loaded.cfg
     size = loaded.meta["image_size"]
     if data is None:
@@ -109,6 +112,8 @@ def prepare_eval_data(
         for s in index.samples:
             s.label = loaded.classes.index(old[s.label])
         index.classes = loaded.classes
+    if max_images is not None:
+        index.samples = _round_robin(index.samples, max_images)
     prepared = PreparedData(index, size)
     start = time.perf_counter()
     if (index.layout == "codes") != (loaded.meta.get("input") == "codes"):
@@ -128,6 +133,19 @@ def prepare_eval_data(
     if "test" not in (prepared.images if prepared.codes is None else prepared.codes):
         raise DataError("no readable evaluation images found")
     return prepared
+
+
+def _round_robin(samples: list, n: int) -> list:
+    by_class: dict[int, list] = {}
+    for s in samples:
+        by_class.setdefault(s.label, []).append(s)
+    queues = [by_class[k] for k in sorted(by_class)]
+    out: list = []
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
 
 
 def _from_files_eval(prepared: PreparedData, size: int, data_cfg) -> None:
@@ -164,49 +182,169 @@ def _not_a_file(path: str) -> str | None:
     return None
 
 
-def predict(run: str | Path, images: list[str]) -> list[dict[str, Any]]:
-    """Class and probabilities for each image file (operating threshold applied for binary runs)."""
+#: Characters that make an argument of `cxr predict` a glob pattern (when no file has that exact name).
+GLOB_CHARS = frozenset("*?[")
+
+
+def expand_inputs(items: list[str]) -> list[str | dict[str, Any]]:
+    """Files as given; folders walked recursively and globs expanded (``**`` included) to their image files.
+
+    Returns the paths in input order (each once), with an ``{"image", "error"}`` entry in place of an
+    argument that names nothing usable (a folder or a glob without image files). Hidden files and folders
+    are skipped; symlinked folders are followed once (loops are broken)."""
+    import glob
+    import os
+
+    from cxrlab.data.images import is_image_file
+
+    paths: list[str | dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def add(path: str) -> None:
+        if path not in seen:
+            seen.add(path)
+            paths.append(path)
+
+    for item in items:
+        if os.path.isdir(item):
+            found = _walk_images(item)
+            if not found:
+                paths.append({"image": item, "error": "a folder with no image files (searched recursively)"})
+            for f in found:
+                add(f)
+        elif not os.path.lexists(item) and GLOB_CHARS & set(item):
+            found = sorted(
+                f
+                for f in glob.glob(item, recursive=True)
+                if is_image_file(f) and os.path.isfile(f) and not Path(f).name.startswith(".")
+            )
+            if not found:
+                paths.append({"image": item, "error": "no image file matches this pattern"})
+            for f in found:
+                add(f)
+        else:
+            add(item)
+    return paths
+
+
+def _walk_images(folder: str) -> list[str]:
+    import os
+
+    from cxrlab.data.images import is_image_file
+
+    found: list[str] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            file = os.path.join(dirpath, name)
+            if not name.startswith(".") and is_image_file(file) and os.path.isfile(file):
+                found.append(file)
+    return found
+
+
+def _decode(path: str, size: int, resize: str) -> np.ndarray | str:
+    """The decoded image, or why it cannot be used (one short reason)."""
+    why = _not_a_file(path)
+    if why:
+        return why
+    try:
+        return load_gray(path, size, resize)
+    except (ImageReadError, OSError) as exc:
+        return str(exc)
+
+
+def image_run(run: str | Path) -> LoadedRun:
+    """Load a run that predicts from images (a run trained on autoencoder codes is refused in one line)."""
     loaded = load_run(run)
-    meta = loaded.meta
-    if meta.get("input") == "codes":
+    if loaded.meta.get("input") == "codes":
         raise CxrError(
             f"{run} was trained on autoencoder codes, not images; `cxr predict` needs an image-trained run "
             f"(score codes with `cxr evaluate {run}`)"
         )
-    size = meta["image_size"]
-    arrays, results, valid = [], [], []
-    for path in images:
-        why = _not_a_file(path)
-        if why:
-            results.append({"image": path, "error": why})
-            continue
-        try:
-            arrays.append(load_gray(path, size, meta.get("resize", "squash")))
-            valid.append(path)
-        except (ImageReadError, OSError) as exc:
-            results.append({"image": path, "error": str(exc)})
-    if not valid:
-        if results:
-            raise CxrError(f"no readable image: {results[0]['image']}: {results[0]['error']}")
-        raise CxrError("no images given")
+    return loaded
+
+
+def predict_arrays(
+    loaded: LoadedRun, arrays: np.ndarray, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities ``(N, K)`` and predicted class indices (saved threshold) for uint8 images."""
+    meta = loaded.meta
     logits, _ = predict_images(
         loaded.model,
-        np.stack(arrays),
+        arrays,
         meta["channels"],
         tuple(meta["mean"]),
         tuple(meta["std"]),
-        resolve_device("auto"),
+        device,
         loaded.cfg.train.precision,
     )
+    if meta.get("task") == "multilabel":  # one sigmoid per finding; above[i, j]: at or over its threshold
+        from cxrlab.evaluation.multilabel import sigmoid
+
+        probs = sigmoid(logits)
+        cut = np.array([meta.get("thresholds", {}).get(f, 0.5) for f in loaded.classes])
+        return probs, probs >= cut[None, :]
     probs = logits_to_probs(logits, meta.get("temperature", 1.0))
-    preds = thresholded(probs, meta.get("operating_point") or {}, loaded.classes)
-    for path, p, k in zip(valid, probs, preds, strict=True):
-        results.append(
-            {
-                "image": path,
-                "class": loaded.classes[int(k)],
-                "probabilities": {c: round(float(v), 6) for c, v in zip(loaded.classes, p, strict=True)},
-            }
-        )
-    order = {p: i for i, p in enumerate(images)}
-    return sorted(results, key=lambda r: order.get(r["image"], 0))
+    return probs, thresholded(probs, meta.get("operating_point") or {}, loaded.classes)
+
+
+def iter_predictions(
+    loaded: LoadedRun, paths: list[str | dict[str, Any]], chunk: int = 256, workers: int = 2
+) -> Iterator[list[dict[str, Any]]]:
+    """Predict ``paths`` in chunks (decoded by ``workers`` threads, batched inference); yields each chunk's
+    results in input order: ``{"image", "class", "probabilities"}`` or ``{"image", "error"}`` (an error
+    entry of :func:`expand_inputs` passes through)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    meta = loaded.meta
+    size, resize = meta["image_size"], meta.get("resize", "squash")
+    device = resolve_device("auto")
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for start in range(0, len(paths), chunk):
+            part = paths[start : start + chunk]
+            decoded = list(pool.map(lambda p: p if isinstance(p, dict) else _decode(p, size, resize), part))
+            good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+            results: list[dict[str, Any]] = [
+                d if isinstance(d, dict) else {"image": p, "error": d}
+                for p, d in zip(part, decoded, strict=True)
+            ]
+            if good:
+                probs, preds = predict_arrays(loaded, np.stack([decoded[i] for i in good]), device)
+                for i, p, k in zip(good, probs, preds, strict=True):
+                    above = [c for c, hit in zip(loaded.classes, k, strict=True) if hit] if k.ndim else None
+                    results[i] = {
+                        "image": str(part[i]),
+                        # multi-label: the findings above their thresholds, joined by '|'
+                        "class": loaded.classes[int(k)] if above is None else "|".join(above) or "(none)",
+                        **({"findings": above} if above is not None else {}),
+                        "probabilities": {
+                            c: round(float(v), 6) for c, v in zip(loaded.classes, p, strict=True)
+                        },
+                    }
+            yield results
+
+
+def predict(run: str | Path, images: list[str]) -> list[dict[str, Any]]:
+    """Class and probabilities for each image (files, folders searched recursively, globs); the operating
+    threshold is applied for binary runs. Unusable inputs come back as ``{"image", "error"}`` entries."""
+    loaded = image_run(run)
+    results = [r for part in iter_predictions(loaded, expand_inputs(images)) for r in part]
+    if not results:
+        raise CxrError("no images given")
+    if not any("class" in r for r in results):
+        raise CxrError(f"no readable image: {results[0]['image']}: {results[0]['error']}")
+    return results
+
+
+def sample_test_images(loaded: LoadedRun, n: int = 32) -> tuple[np.ndarray, list[str]]:
+    """Up to ``n`` decoded images of the run's own test split, taken in turn from each class."""
+    prepared = prepare_eval_data(loaded, None, None, None, max_images=n)
+    if prepared.codes is not None:
+        raise CxrError(f"{loaded.path} was trained on autoencoder codes, not images")
+    return prepared.images["test"][:n], list(prepared.paths.get("test", []))[:n]
