@@ -1,0 +1,604 @@
+"""`cxr serve`: a run's model behind a small HTTP API (FastAPI) with a web page.
+
+Routes: ``POST /v1/predict`` (multipart upload, field ``file``, of a PNG/JPEG/DICOM/… radiograph; a raw
+``image/*`` or ``application/dicom`` body works too), ``GET /v1/model`` (classes, input contract, threshold,
+headline metrics with 95% CIs, the run's audit and external-validation warnings), ``GET /healthz``,
+``GET /docs`` (OpenAPI) and ``GET /`` (drop an image, see it with its probabilities and the model's known
+limitations).
+
+Safety: an upload is held in memory only — decoded from an anonymous in-memory file (``memfd``), so it
+takes exactly the path ``cxr predict`` takes (:func:`cxrlab.data.images.load_gray`, DICOM included) and is
+never written to disk. Bodies above the limit are refused from their Content-Length or while streaming
+(413); bytes that are not an image 415; an image that cannot be decoded, or whose header claims more pixels
+than ``CXRLAB_MAX_PIXELS`` (a decompression bomb), 422. With a token, every ``/v1`` route needs
+``Authorization: Bearer TOKEN`` (401 otherwise, compared in constant time). Decoding runs on a bounded
+thread pool and inference on one thread that takes waiting images as one batch, so concurrent requests
+cannot oversubscribe the CPU; every failure is one line of JSON ``{"error": ...}`` and never stops the server.
+
+Heatmaps: the response carries ``heatmap: null`` and a note until an explainer is plugged in through
+``create_app(..., explain=fn)`` (``fn(loaded, image_uint8) -> PNG bytes``); the page shows it when present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import io
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
+
+from cxrlab.deploy.export import contract, run_id
+from cxrlab.errors import CxrError
+from cxrlab.evaluation.inference import LoadedRun, image_run
+
+DEFAULT_MAX_UPLOAD_MB = 20.0
+TOKEN_ENV = "CXRLAB_SERVE_TOKEN"
+#: Multipart framing (boundaries, part headers) allowed on top of the upload limit.
+FRAMING_BYTES = 64 * 1024
+HEATMAP_NOTE = (
+    "heatmaps are not available yet: Grad-CAM and the lung-attention score (issue 15, items 1-2) will fill "
+    "this field with a PNG overlay"
+)
+DISCLAIMER = (
+    "A research model trained with cxrlab. It is not a medical device and must not be used for diagnosis; "
+    "its numbers hold only for images like its training data."
+)
+
+#: Leading bytes of the image formats cxrlab decodes (DICOM: "DICM" at offset 128).
+_SIGNATURES = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"II*\x00",
+    b"MM\x00*",
+    b"BM",
+    b"GIF87a",
+    b"GIF89a",
+    b"P2",
+    b"P5",
+    b"P3",
+    b"P6",
+)
+
+Explainer = Callable[[LoadedRun, np.ndarray], bytes | None]
+
+
+class ApiError(Exception):
+    """A request that cannot be served: HTTP ``status`` and a one-line ``message``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def sniff(data: bytes) -> str | None:
+    """``"dicom"``, ``"image"`` (a format PIL decodes) or None from the first bytes."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        return "image"
+    return None
+
+
+def decode_upload(data: bytes, size: int, resize: str) -> np.ndarray:
+    """Decode uploaded bytes with cxrlab's own decoder (``load_gray``, DICOM included), from memory only.
+
+    The bytes go into an anonymous in-memory file (Linux ``memfd``: RAM, no name, gone when closed) so the
+    path-based decoder sees an ordinary file; elsewhere a ``BytesIO`` is decoded by PIL directly."""
+    from cxrlab.data.images import load_gray
+
+    if not hasattr(os, "memfd_create"):  # pragma: no cover - not Linux
+        return load_gray(io.BytesIO(data), size, resize)  # type: ignore[arg-type]
+    fd = os.memfd_create("cxrlab-upload", getattr(os, "MFD_CLOEXEC", 0))
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        return load_gray(f"/proc/self/fd/{fd}", size, resize)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Job:
+    image: np.ndarray
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class Predictor:
+    """The run's model, prepared once; :meth:`submit` batches images waiting at the same moment."""
+
+    loaded: LoadedRun
+    max_batch: int = 16
+    device: str = "cpu"
+    _queue: list[_Job] = field(default_factory=list)
+    _cv: threading.Condition = field(default_factory=threading.Condition)
+    _thread: threading.Thread | None = None
+    batches: int = 0
+
+    def __post_init__(self) -> None:
+        from cxrlab.runtime import inference_dtype, prepare_for_inference
+
+        self.net = prepare_for_inference(self.loaded.model, self.device)
+        self.dtype = inference_dtype(self.loaded.cfg.train.precision, self.device)
+        self._thread = threading.Thread(target=self._loop, name="cxrlab-inference", daemon=True)
+        self._thread.start()
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``(N, K)`` for uint8 images ``(N, H, W)`` (same maths as cxr predict)."""
+        from cxrlab.data.prepare import to_tensor
+        from cxrlab.evaluation.evaluate import logits_to_probs
+        from cxrlab.runtime import batched
+
+        meta = self.loaded.meta
+        (logits,) = batched(
+            self.net,
+            lambda s: to_tensor(images[s], meta["channels"], tuple(meta["mean"]), tuple(meta["std"])),
+            len(images),
+            self.max_batch,
+            self.device,
+            self.dtype,
+        )
+        return logits_to_probs(logits, meta.get("temperature", 1.0))
+
+    async def submit(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities of one image; waits for the inference thread (one batch at a time)."""
+        loop = asyncio.get_running_loop()
+        job = _Job(image, loop.create_future(), loop)
+        with self._cv:
+            self._queue.append(job)
+            self._cv.notify()
+        return await job.future
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue:
+                    self._cv.wait()
+                jobs, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            try:
+                probs = self.probabilities(np.stack([j.image for j in jobs]))
+                self.batches += 1
+                results: list[Any] = list(probs)
+            except Exception as exc:  # noqa: BLE001 - reported to each waiting request, never kills the thread
+                results = [exc] * len(jobs)
+            for job, res in zip(jobs, results, strict=True):
+                job.loop.call_soon_threadsafe(_settle, job.future, res)
+
+
+def _settle(future: asyncio.Future, result: Any) -> None:
+    if future.done():  # the client went away
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def model_card(loaded: LoadedRun, rid: str) -> dict[str, Any]:
+    """What ``GET /v1/model`` returns: contract, headline metrics with CIs, known warnings and limitations."""
+    info = contract(loaded, rid)
+    metrics: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        metrics = json.loads((loaded.path / "metrics.json").read_text(encoding="utf-8"))
+    test = metrics.get("test") or {}
+    headline: dict[str, Any] = {"n": test.get("n"), "split": "the run's own test split"}
+    for key in ("accuracy", "balanced_accuracy", "auc"):
+        if key in test:
+            headline[key] = {"value": _num(test.get(key)), "ci95": _pair(test.get(f"{key}_ci95"))}
+    op = test.get("operating_point")
+    if op:
+        headline["at_threshold"] = {
+            k: {"value": _num(op.get(k)), "ci95": _pair(op.get(f"{k}_ci95"))}
+            for k in ("accuracy", "sensitivity", "specificity")
+        }
+    audit = list((metrics.get("audit") or {}).get("warnings") or [])
+    external = []
+    for file in sorted(loaded.path.glob("*/external.json")):
+        with contextlib.suppress(OSError, ValueError):
+            ext = json.loads(file.read_text(encoding="utf-8"))
+            src = (ext.get("external") or {}).get("source", file.parent.name)
+            external += [f"external validation on {src}: {s}" for s in ext.get("summary") or []]
+    limitations = [DISCLAIMER]
+    if not external:
+        limitations.append(
+            "Not validated on any external dataset (`cxr evaluate RUN --data OTHER`): its accuracy on images "
+            "from other hospitals, scanners or populations is unknown."
+        )
+    source = (metrics.get("data") or {}).get("source")
+    if source:
+        limitations.append(f"Trained and tested on {source} only ({test.get('n', '?')} test images).")
+    return {
+        **info,
+        "metrics": headline,
+        "warnings": {"audit": audit, "external_validation": external},
+        "limitations": limitations,
+    }
+
+
+def _num(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if out == out else None
+
+
+def _pair(values: Any) -> list[float | None] | None:
+    if not values:
+        return None
+    return [_num(v) for v in values]
+
+
+def create_app(
+    run: str | Path,
+    token: str | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    decode_workers: int = 2,
+    max_batch: int = 16,
+    explain: Explainer | None = None,
+):
+    """The FastAPI application serving ``run`` (the model is loaded and prepared here, once)."""
+    from fastapi import Depends, FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    loaded = image_run(run)
+    rid = run_id(loaded)
+    card = model_card(loaded, rid)
+    predictor = Predictor(loaded, max_batch=max_batch)
+    decoder = ThreadPoolExecutor(max_workers=max(1, decode_workers), thread_name_prefix="cxrlab-decode")
+    limit = int(max_upload_mb * 1024 * 1024)
+    size, resize = int(loaded.meta["image_size"]), loaded.meta.get("resize", "squash")
+    started = time.time()
+    stats = {"requests": 0, "errors": 0}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        decoder.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="cxrlab prediction service",
+        version=str(card["cxrlab_version"]),
+        description=f"{card['model']} from run {rid}. {DISCLAIMER}",
+        lifespan=lifespan,
+    )
+
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": " ".join(str(message).splitlines())}, status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError):
+        stats["errors"] += 1
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error(exc.status, exc.message, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        return error(422, f"invalid request: {first.get('msg', 'bad input')} at {first.get('loc', '?')}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception):  # the server keeps running
+        stats["errors"] += 1
+        return error(500, f"internal error: {exc.__class__.__name__}")
+
+    async def authorised(request: Request) -> None:
+        if not token:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise ApiError(
+                401, "missing or wrong bearer token: send the header 'Authorization: Bearer TOKEN'"
+            )
+
+    @app.get("/healthz", summary="Liveness: the model is loaded")
+    async def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "run_id": rid,
+            "model": card["model"],
+            "uptime_s": round(time.time() - started, 1),
+        }
+
+    @app.get("/v1/model", summary="The model: classes, input contract, threshold, metrics, warnings",
+             dependencies=[Depends(authorised)])  # fmt: skip
+    async def model_info() -> dict[str, Any]:
+        return card
+
+    upload_schema = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                },
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        "responses": {
+            "401": {"description": "missing or wrong bearer token"},
+            "413": {"description": f"upload larger than the limit ({max_upload_mb:g} MB)"},
+            "415": {"description": "not an image (PNG, JPEG, DICOM, TIFF, BMP, GIF, WebP, PGM)"},
+            "422": {"description": "undecodable image, or a decompression bomb"},
+        },
+    }
+
+    @app.post("/v1/predict", summary="Class probabilities and the decision for one radiograph",
+              dependencies=[Depends(authorised)], openapi_extra=upload_schema)  # fmt: skip
+    async def predict(request: Request) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        stats["requests"] += 1
+        name, data = await read_upload(request, limit)
+        kind = sniff(data)
+        if kind is None:
+            raise ApiError(
+                415, f"{name or 'the upload'} is not an image: send a PNG, JPEG or DICOM radiograph"
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            image = await loop.run_in_executor(decoder, decode_upload, data, size, resize)
+        except Exception as exc:  # noqa: BLE001 - ImageReadError, DicomError…: the image is unusable
+            raise ApiError(422, f"{name or 'the upload'} cannot be decoded: {exc}") from None
+        del data
+        probs = await predictor.submit(image)
+        response = decision(loaded, probs, rid)
+        if explain is not None:
+            png = await loop.run_in_executor(decoder, explain, loaded, image)
+            response["heatmap"] = base64.b64encode(png).decode("ascii") if png else None
+            response["heatmap_note"] = "PNG overlay, base64" if png else "no heatmap for this image"
+        response["filename"] = name
+        response["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        nonce = secrets.token_urlsafe(16)
+        html = render_page(card, needs_token=bool(token), max_upload_mb=max_upload_mb, nonce=nonce)
+        csp = (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
+            "img-src 'self' blob: data:; connect-src 'self'; form-action 'none'; base-uri 'none'"
+        )
+        return HTMLResponse(
+            html, headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff"}
+        )
+
+    app.state.predictor = predictor
+    app.state.card = card
+    app.state.stats = stats
+    return app
+
+
+def decision(loaded: LoadedRun, probs: np.ndarray, rid: str) -> dict[str, Any]:
+    """The JSON answer for one image: probabilities, and the class at the saved operating threshold."""
+    from cxrlab.evaluation.evaluate import thresholded
+
+    classes = loaded.classes
+    op = loaded.meta.get("operating_point") or {}
+    k = int(thresholded(probs[None, :], op, classes)[0])
+    out: dict[str, Any] = {
+        "model": loaded.meta.get("model", loaded.cfg.model.name),
+        "run_id": rid,
+        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)},
+        "class": classes[k],
+        "decision": {
+            "class": classes[k],
+            "rule": (
+                f"P({op['positive_class']}) >= {op['threshold']:.4f} ({op.get('method', '')})"
+                if op.get("threshold") is not None and op.get("positive_class") is not None
+                else "highest probability"
+            ),
+            "positive_class": op.get("positive_class"),
+            "threshold": op.get("threshold"),
+        },
+        "heatmap": None,
+        "heatmap_note": HEATMAP_NOTE,
+    }
+    return out
+
+
+async def read_upload(request, limit: int) -> tuple[str, bytes]:
+    """The uploaded file's name and bytes, read into memory with the size limit enforced (413)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header") from None
+        if length > limit + FRAMING_BYTES:
+            raise ApiError(413, f"upload of {length:,} bytes is larger than the {_mb(limit)} limit")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit + FRAMING_BYTES:
+            raise ApiError(413, f"upload is larger than the {_mb(limit)} limit")
+    ctype = request.headers.get("content-type", "")
+    if ctype.lower().startswith("multipart/form-data"):
+        name, data = parse_multipart(bytes(body), ctype)
+    elif not body:
+        raise ApiError(400, "empty request: upload an image as multipart form field 'file'")
+    else:
+        name, data = "", bytes(body)
+    if len(data) > limit:
+        raise ApiError(413, f"upload of {len(data):,} bytes is larger than the {_mb(limit)} limit")
+    if not data:
+        raise ApiError(400, "the uploaded file is empty")
+    return name, data
+
+
+def _mb(limit: int) -> str:
+    return f"{limit / 1024 / 1024:g} MB"
+
+
+def parse_multipart(body: bytes, content_type: str) -> tuple[str, bytes]:
+    """The ``file`` part (or the first part with a filename) of a multipart body held in memory."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "malformed multipart request: no boundary in Content-Type")
+    parts: list[dict[str, Any]] = []
+    header: dict[str, bytes] = {"field": b"", "value": b""}
+
+    def begin() -> None:
+        parts.append({"headers": {}, "data": bytearray()})
+
+    def field_(data: bytes, start: int, end: int) -> None:
+        header["field"] += data[start:end]
+
+    def value(data: bytes, start: int, end: int) -> None:
+        header["value"] += data[start:end]
+
+    def header_end() -> None:
+        parts[-1]["headers"][header["field"].decode("latin-1").lower()] = header["value"]
+        header["field"], header["value"] = b"", b""
+
+    def part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"] += data[start:end]
+
+    callbacks = {
+        "on_part_begin": begin,
+        "on_header_field": field_,
+        "on_header_value": value,
+        "on_header_end": header_end,
+        "on_part_data": part_data,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except Exception as exc:  # noqa: BLE001 - python-multipart raises its own errors on bad framing
+        raise ApiError(400, f"malformed multipart request ({exc.__class__.__name__})") from None
+    for part in parts:
+        _, opts = parse_options_header(part["headers"].get("content-disposition", b""))
+        part["name"] = opts.get(b"name", b"").decode("utf-8", "replace")
+        part["filename"] = opts.get(b"filename", b"").decode("utf-8", "replace")
+    named = [p for p in parts if p["name"] == "file"]
+    chosen = named[0] if named else next((p for p in parts if p["filename"]), None)
+    if chosen is None:
+        raise ApiError(400, "no file in the request: send the image as multipart form field 'file'")
+    return Path(chosen["filename"]).name, bytes(chosen["data"])
+
+
+def render_page(card: dict[str, Any], needs_token: bool, max_upload_mb: float, nonce: str) -> str:
+    """The upload page (``templates/serve.html``, in the style of cxrlab's reports)."""
+    return (
+        _environment()
+        .get_template("serve.html")
+        .render(
+            page_kind="serve",
+            card=card,
+            needs_token=needs_token,
+            max_upload_mb=f"{max_upload_mb:g}",
+            nonce=nonce,
+        )
+    )
+
+
+_ENV = None
+
+
+def _environment():
+    global _ENV
+    if _ENV is None:
+        import jinja2
+
+        from cxrlab import pages
+
+        _ENV = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(
+                [jinja2.FileSystemLoader(Path(__file__).parent / "templates"), pages.ENV.loader]
+            ),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        _ENV.filters.update(pages.ENV.filters)
+    return _ENV
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address that cannot be listened on (before loading anything heavy)."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise CxrError(f"--port {port}: choose a port between 1 and 65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CxrError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise CxrError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port or --host"
+            ) from None
+
+
+def serve(
+    run: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    decode_workers: int = 2,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Serve ``run`` until interrupted (uvicorn, one process)."""
+    import uvicorn
+
+    if max_upload_mb <= 0:
+        raise CxrError(f"--max-upload-mb {max_upload_mb:g}: give a positive size in MB")
+    token = token or os.environ.get(TOKEN_ENV) or None
+    check_port(host, port)
+    app = create_app(run, token=token, max_upload_mb=max_upload_mb, decode_workers=decode_workers)
+    card = app.state.card
+    where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    announce(f"serving {card['model']} (run {card['run_id']}) on {where}  ·  API docs: {where}/docs")
+    if not token and host not in ("127.0.0.1", "localhost", "::1"):
+        announce(
+            f"warning: no --token (or {TOKEN_ENV}): anyone who can reach {host}:{port} can use the model"
+        )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        limit_concurrency=64,
+        timeout_keep_alive=5,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
