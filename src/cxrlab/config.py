@@ -73,6 +73,9 @@ class LabelsConfig(_Section):
     view_column: str | None = Field(None, description="column with the view position (PA, AP, lateral…)")
     where: list[str] = Field(default_factory=list, description="row filters COL=VALUE / COL!=VALUE (AND)")
     official_split: bool = Field(True, description="use the release's split lists found beside the file")
+    task: Literal["auto", "single", "multilabel"] = Field(
+        "auto", description="auto: from the columns; multilabel: classes as findings; single: one finding"
+    )
 
     @field_validator("findings", "finding_columns", mode="before")
     @classmethod
@@ -108,9 +111,6 @@ class DataConfig(_Section):
     patient_csv: str | None = Field(None, description="CSV of patient ids per file; overrides group_pattern")
     patient_column: str = Field("patientid", description="patient_csv column holding the patient id")
     file_column: str = Field("filename", description="patient_csv column: file name or path under data.path")
-    dicom_patient_ids: Literal["hashed", "raw"] = Field(
-        "hashed", description="DICOM Patient IDs as groups: salted hashes (default) or raw ids in outputs"
-    )
     image_size: int | None = Field(None, ge=8, le=1024, description="input size; default: the model's")
     resize: Literal["squash", "pad", "crop"] = Field(
         "squash", description="squash (like Keras), pad to square, or centre-crop to square"
@@ -203,8 +203,13 @@ class TrainConfig(_Section):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
     early_stopping: int | None = Field(5, ge=1, description="patience in epochs; null turns it off")
-    monitor: Literal["val_loss", "val_acc"] = "val_loss"
+    monitor: Literal["val_loss", "val_acc", "val_auc"] = Field(
+        "val_loss", description="early stopping / best epoch: val_loss, val_acc or val_auc (macro)"
+    )
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
+    pos_weight: str | list[float] = Field(
+        "none", description="multi-label BCE pos_weight per finding: none | balanced (neg/pos) | [list]"
+    )
     seed: int = Field(0, ge=0, lt=2**32, description="random seed, 0 ≤ seed < 2**32")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     devices: str = Field("auto", description="number of devices (Lightning --devices)")
@@ -214,6 +219,16 @@ class TrainConfig(_Section):
     fast_path: bool = Field(True, description="frozen backbone + no augmentation → cache features")
     num_workers: int = Field(0, ge=0)
     tensorboard: bool = True
+
+
+    @field_validator("pos_weight")
+    @classmethod
+    def _pos_weight(cls, value: str | list[float]) -> str | list[float]:
+        if isinstance(value, str) and value not in ("none", "balanced"):
+            raise ValueError("must be 'none', 'balanced' or a list of numbers (one per finding)")
+        if isinstance(value, list) and not all(math.isfinite(v) and v > 0 for v in value):
+            raise ValueError("pos_weight values must be finite numbers > 0")
+        return value
 
 
 class EvalConfig(_Section):

@@ -75,10 +75,6 @@ def audit_dataset(
         file_column=file_column,
         labels=labels,
     )
-    if index.task == "multilabel":
-        from cxrlab.data.labels import require_single_label
-
-        require_single_label(index, "audit")
     unreadable: dict[str, str] = {}
     if index.npz is not None:
         samples = index.samples
@@ -105,8 +101,12 @@ def audit_dataset(
         np.array([s.label for s in samples], dtype=np.int64),
         [s.group for s in samples],
     )
-    source = _patient_source(group_pattern, patient_csv, patient_column)
-    result = _audit(index, items, props, hashes, thumbs, unreadable, source, seed, max_distance)
+    source = _patient_source(group_pattern, patient_csv, patient_column, index)
+    if index.task == "multilabel":
+        result = _audit_multilabel(index, samples, items, props, hashes, thumbs, unreadable, source, seed,
+                                   max_distance)  # fmt: skip
+    else:
+        result = _audit(index, items, props, hashes, thumbs, unreadable, source, seed, max_distance)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
 
@@ -206,7 +206,12 @@ def _quick(data: Any) -> dict[str, Any]:
         hashes = [None] * len(paths)
     unreadable = dict(index.skipped)
     source = "the run's data.group_pattern (or data.patient_csv)"
-    result = _audit(index, items, props, hashes, thumbs, unreadable, source, 0, NEAR_DISTANCE)
+    if index.task == "multilabel":
+        source = _patient_source(None, None, "", index)
+        result = _audit_multilabel(index, samples, items, props, hashes, thumbs, unreadable, source, 0,
+                                   NEAR_DISTANCE)  # fmt: skip
+    else:
+        result = _audit(index, items, props, hashes, thumbs, unreadable, source, 0, NEAR_DISTANCE)
     result["synthetic_images_left_out"] = sum(s.synthetic for s in index.samples)
     return result
 
@@ -282,6 +287,71 @@ def _audit(
         "image_baseline": image,
     }
     result["warnings"] = make_warnings(result)
+    return result
+
+
+def _audit_multilabel(
+    index: DatasetIndex,
+    samples: list[Any],
+    items: _Items,
+    props: list[dict[str, Any]] | None,
+    hashes: list[str | None],
+    thumbs: np.ndarray | None,
+    unreadable: dict[str, str],
+    patient_source: str,
+    seed: int,
+    max_distance: int,
+) -> dict[str, Any]:
+    """A multi-label task: duplicates and patients as for classes, the metadata-only baseline per finding
+    (:mod:`cxrlab.audit.multilabel`); the label file's notes (missing images, patients in two splits of its
+    split column) lead the warnings."""
+    from cxrlab.audit.multilabel import (
+        combination_labels,
+        finding_counts,
+        findings_baseline,
+        findings_warnings,
+    )
+
+    combos, combo_names = combination_labels(samples, index.findings)
+    ids = patient_ids(items.groups)
+    patients = patient_overlap(ids, items.splits, patient_source)
+    groups = np.array([pid if pid is not None else f"image:{i}" for i, pid in enumerate(ids)])
+    if thumbs is not None and len(thumbs):
+        duplicates = find_duplicates(items.paths, items.splits, combos, combo_names, hashes,
+                                     perceptual_hashes(thumbs), max_distance)  # fmt: skip
+    else:
+        duplicates = find_duplicates(items.paths, items.splits, combos, combo_names, hashes,
+                                     np.zeros((len(hashes), 256), bool), -1)  # fmt: skip
+        duplicates["method"]["near"] = "not checked (no decoded images)"
+    baseline = findings_baseline(index, samples, props, groups, seed)
+    result: dict[str, Any] = {
+        "source": index.source,
+        "layout": index.layout,
+        "task": "multilabel",
+        "classes": index.findings,
+        "findings": index.findings,
+        "split_origin": index.split_origin,
+        "counts": finding_counts(samples, index.findings),
+        "images": {split: sum(s.split == split for s in samples) for split in SPLITS},
+        "unreadable": [{"path": p, "reason": r} for p, r in sorted(unreadable.items())],
+        "non_images": [],
+        "duplicates": duplicates,
+        "patients": patients,
+        "properties": {},
+        "metadata_baseline": {"skipped": "multi-label: see findings_baseline (one per finding)"},
+        "image_baseline": {"skipped": "multi-label: not run"},
+        "findings_baseline": baseline,
+    }
+    notes = list(getattr(index, "notes", []))
+    if getattr(index, "missing", 0):
+        notes.insert(
+            0, f"{index.missing:,} label-file row(s) have no image under the data folder and were left out"
+        )
+    result["warnings"] = (
+        notes
+        + findings_warnings(baseline)
+        + [w for w in make_warnings(result) if not w.startswith("The given validation split is tiny")]
+    )
     return result
 
 
@@ -379,7 +449,10 @@ def _non_image_reason(path: str) -> str:
     return "not an image file name (ignored)"
 
 
-def _patient_source(pattern: str | None, csv: str | Path | None, column: str) -> str:
+def _patient_source(pattern: str | None, csv: str | Path | None, column: str, index: Any = None) -> str:
+    table = getattr(index, "table", None)
+    if table is not None and table.roles.get("patient"):
+        return f"column {table.roles['patient']!r} of {table.file}"
     if csv:
         return f"column {column!r} of {csv}"
     return f"file-name pattern '{pattern}'" if pattern else "no patient ids (no pattern)"

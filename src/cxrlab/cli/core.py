@@ -71,10 +71,16 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
     if not metrics:  # a DDP worker process (rank > 0): rank 0 prints the summary
         return
     t = metrics["test"]
-    lo, hi = t["accuracy_ci95"] or (float("nan"), float("nan"))
-    auc = t["auc"]
     for w in metrics.get("audit", {}).get("warnings", []):
         typer.secho(f"warning: {w}", fg="yellow", err=True)
+    if metrics.get("multilabel"):
+        from cxrlab.evaluation.multilabel import summary_line
+
+        typer.echo(f"test {summary_line(t)} · {metrics['timing']['total_s']:.1f} s")
+        typer.echo(f"report: {Path(out) / 'report.html'}")
+        return
+    lo, hi = t["accuracy_ci95"] or (float("nan"), float("nan"))
+    auc = t["auc"]
     typer.echo(
         f"test accuracy {t['accuracy']:.3f} [95% CI {lo:.3f}–{hi:.3f}], n={t['n']}"
         + (f", AUC {auc:.3f}" if auc is not None else "")
@@ -105,9 +111,14 @@ def evaluate(
         resolved(EVALUATE, flags)["device"],
     )
     t = result["test"]
-    lo, hi = t["accuracy_ci95"] or (float("nan"), float("nan"))
-    auc = f"{t['auc']:.3f}" if t["auc"] == t["auc"] else "undefined (one class)"  # NaN != NaN
-    typer.echo(f"accuracy {t['accuracy']:.3f} [95% CI {lo:.3f}–{hi:.3f}], n={t['n']}, AUC {auc}")
+    if result.get("multilabel"):
+        from cxrlab.evaluation.multilabel import summary_line
+
+        typer.echo(summary_line(t))
+    else:
+        lo, hi = t["accuracy_ci95"] or (float("nan"), float("nan"))
+        auc = f"{t['auc']:.3f}" if t["auc"] == t["auc"] else "undefined (one class)"  # NaN != NaN
+        typer.echo(f"accuracy {t['accuracy']:.3f} [95% CI {lo:.3f}–{hi:.3f}], n={t['n']}, AUC {auc}")
     target = Path(out) if out else Path(run) / ("evaluation" if data is None else "external")
     typer.echo(f"report: {target / 'report.html'}")
 

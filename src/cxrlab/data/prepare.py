@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +24,9 @@ class PreparedData:
     index: DatasetIndex
     image_size: int
     images: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N, H, W) uint8
-    labels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N,) int64
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (N,) int64 (multi-label: -1)
+    # multi-label (index.task == "multilabel"): split -> (N, findings) float32, 1 / 0 / NaN (ignored)
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
     paths: dict[str, list[str]] = field(default_factory=dict)
     keys: dict[str, list[str]] = field(default_factory=dict)  # identity of each image (for feature caches)
     decode_s: float = 0.0
@@ -35,6 +38,19 @@ class PreparedData:
     @property
     def classes(self) -> list[str]:
         return self.index.classes
+
+    @property
+    def multilabel(self) -> bool:
+        """True for a multi-label task (one sigmoid output per finding)."""
+        return self.index.task == "multilabel"
+
+    @property
+    def findings(self) -> list[str]:
+        return self.index.findings
+
+    def y(self, split: str) -> np.ndarray:
+        """What the loss compares with: the targets matrix (multi-label) or the class indices."""
+        return self.targets[split] if self.multilabel else self.labels[split]
 
 
 def prepare_data(
@@ -65,13 +81,13 @@ def prepare_data(
         cfg.file_column,
         cfg.labels,
         val_split=cfg.val_split,
-        dicom_patient_ids=cfg.dicom_patient_ids,
     )
-    if index.task == "multilabel":
-        from cxrlab.data.labels import require_single_label
-
-        require_single_label(index, "training")
+    apply_task(index, cfg.labels.task if cfg.labels.file else "auto", cfg.labels.no_finding)
     if cfg.extra_train:
+        if index.task == "multilabel":
+            raise DataError(
+                "--extra-train adds class-labelled images; it cannot be used on a multi-label task"
+            )
         if index.layout == "codes":
             raise DataError("--extra-train adds images; it cannot be combined with autoencoder codes")
         add_extra_train(index, cfg.extra_train)
@@ -85,6 +101,42 @@ def prepare_data(
         _from_files(out, image_size, cfg, progress)
     out.decode_s = time.perf_counter() - start
     return out
+
+
+def apply_task(index: DatasetIndex, task: str, no_finding: str = "No Finding") -> None:
+    """``data.labels.task`` over the detected task: ``multilabel`` turns a single-label index into one
+    finding per class (a class named like ``no_finding`` or normal is the absence of all); ``single`` turns
+    a multi-label index of exactly one finding into a binary task (images with that finding ignored are
+    left out)."""
+    if task == "auto" or task == index.task:
+        return
+    if task == "multilabel":
+        nil = re.compile(r"normal|healthy|negative|no[_ -]?finding", re.I)
+        keep = [
+            i for i, c in enumerate(index.classes) if c.lower() != no_finding.lower() and not nil.fullmatch(c)
+        ]
+        if not keep:
+            raise DataError(
+                f"data.labels.task=multilabel: every class ({', '.join(index.classes)}) means no finding"
+            )
+        findings = [index.classes[i] for i in keep]
+        for s in index.samples:
+            s.targets = np.array([1.0 if s.label == i else 0.0 for i in keep], dtype=np.float32)
+            s.label = -1
+        index.task, index.findings, index.classes = "multilabel", findings, list(findings)
+        return
+    if len(index.findings) != 1:
+        raise DataError(
+            f"data.labels.task=single needs exactly one finding (the data has {len(index.findings)}: "
+            f"{', '.join(index.findings[:4])}{', …' if len(index.findings) > 4 else ''}); choose one with "
+            "--findings NAME, or name one class column with --label-column COLUMN"
+        )
+    name = index.findings[0]
+    index.samples = [s for s in index.samples if s.targets is not None and not np.isnan(s.targets[0])]
+    for s in index.samples:
+        s.label = int(s.targets[0] > 0)  # type: ignore[index]
+        s.targets = None
+    index.task, index.findings, index.classes = "single", [], [f"no {name}", name]
 
 
 def _from_npz(out: PreparedData, size: int) -> None:
@@ -160,12 +212,16 @@ def _from_files(out: PreparedData, size: int, cfg: DataConfig, progress: bool) -
     keep = [a is not None for a in arrays]
     index.samples = [s for s, k in zip(index.samples, keep, strict=True) if k]
     arrays = [a for a in arrays if a is not None]
-    counts = index.counts()
-    for name in index.classes:
-        if counts["train"][name] == 0:
-            raise DataError(
-                f"class {name!r} has no readable training images ({len(failures)} files unreadable)"
-            )
+    if index.task == "multilabel":
+        if not any(s.split == "train" for s in index.samples):
+            raise DataError(f"no readable training images ({len(failures)} files unreadable)")
+    else:
+        counts = index.counts()
+        for name in index.classes:
+            if counts["train"][name] == 0:
+                raise DataError(
+                    f"class {name!r} has no readable training images ({len(failures)} files unreadable)"
+                )
     by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
     for i, s in enumerate(index.samples):
         by_split[s.split].append(i)
@@ -176,6 +232,8 @@ def _from_files(out: PreparedData, size: int, cfg: DataConfig, progress: bool) -
         out.labels[split] = np.array([index.samples[i].label for i in rows], dtype=np.int64)
         out.paths[split] = [index.samples[i].path for i in rows]
         out.keys[split] = [file_key(index.samples[i].path, size, cfg.resize) for i in rows]
+        if index.task == "multilabel":
+            out.targets[split] = np.stack([index.samples[i].targets for i in rows]).astype(np.float32)  # type: ignore[misc]
 
 
 class _Bar:
@@ -247,7 +305,8 @@ class ImageArrayDataset(Dataset):
         augment: AugmentConfig | None = None,
     ):
         self.images = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)  # (N,1,H,W) uint8
-        self.labels = torch.from_numpy(labels.astype(np.int64))
+        # class indices (int64), or a float targets matrix (multi-label, NaN = ignored)
+        self.labels = torch.from_numpy(labels.astype(np.float32 if labels.ndim == 2 else np.int64))
         self.channels, self.mean, self.std = channels, mean, std
         self.augment = keras_augmentation(augment, images.shape[-1]) if augment else None
 

@@ -190,6 +190,8 @@ def evaluate_trained(
                 cfg.train.precision,
                 progress=f"predicting ({split})" if progress else None,
             )
+    if data.multilabel:
+        return evaluate_multilabel(cfg, out, trained, outputs, t0, t_eval)
     y_val = data.labels["val"]
     temperature = fit_temperature(outputs["val"][0], y_val) if cfg.eval.temperature_scaling else 1.0
     op = operating_point(cfg, data.classes, y_val, logits_to_probs(outputs["val"][0], temperature))
@@ -201,8 +203,14 @@ def evaluate_trained(
 
     meta = model_meta(cfg, trained, op, temperature)
     save_model(out, model, meta)
-    write_predictions(out / "predictions.csv", data.paths["test"], data.labels["test"], probs,
-                      thresholded(probs, op, data.classes), data.classes)
+    write_predictions(
+        out / "predictions.csv",
+        data.paths["test"],
+        data.labels["test"],
+        probs,
+        thresholded(probs, op, data.classes),
+        data.classes,
+    )
     history = [{k: to_number(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
     plot_notes: dict[str, str] = {}
     plot_paths = make_plots(
@@ -218,14 +226,7 @@ def evaluate_trained(
         cfg.model.name,
         plot_notes,
     )
-    timing = dict(trained.timing)
-    timing["eval_s"] = round(time.perf_counter() - t_eval, 3)
-    epochs = len(history)
-    timing["epochs"] = epochs
-    timing["s_per_epoch"] = round(timing.get("train_s", 0) / epochs, 4) if epochs else None
-    steps = int(np.ceil(len(data.labels["train"]) / cfg.train.batch_size)) * max(epochs, 1)
-    timing["s_per_step"] = round(timing.get("train_s", 0) / steps, 5) if steps else None
-    timing["total_s"] = round(time.perf_counter() - t0, 3)
+    timing = _timing(cfg, trained, history, t0, t_eval)
     metrics: dict[str, Any] = {
         "run": str(out),
         "task": cfg.task or describe_task(data.classes),
@@ -247,6 +248,152 @@ def evaluate_trained(
         "plot_notes": plot_notes,
     }
     return metrics
+
+
+def _timing(
+    cfg: RunConfig, trained: Trained, history: list[dict], t0: float, t_eval: float
+) -> dict[str, Any]:
+    timing = dict(trained.timing)
+    timing["eval_s"] = round(time.perf_counter() - t_eval, 3)
+    epochs = len(history)
+    timing["epochs"] = epochs
+    timing["s_per_epoch"] = round(timing.get("train_s", 0) / epochs, 4) if epochs else None
+    steps = int(np.ceil(len(trained.data.labels["train"]) / cfg.train.batch_size)) * max(epochs, 1)
+    timing["s_per_step"] = round(timing.get("train_s", 0) / steps, 5) if steps else None
+    timing["total_s"] = round(time.perf_counter() - t0, 3)
+    return timing
+
+
+def patient_groups(data: PreparedData, split: str) -> list[str] | None:
+    """The patient of each image of ``split`` (for patient-level bootstrap), or None when the data has
+    no patient ids (every image its own group)."""
+    by_path = {s.path: s.group for s in data.index.samples}
+    groups = [by_path.get(p, p) for p in data.paths.get(split, [])]
+    if all(g.startswith(NO_PATIENT) for g in groups):
+        return None
+    return groups
+
+
+#: Groups the indexer makes up for images without a patient id (see cxrlab.audit.patients).
+NO_PATIENT = ("file:", "npz:", "synthetic:")
+
+
+def evaluate_multilabel(
+    cfg: RunConfig,
+    out: Path,
+    trained: Trained,
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]],
+    t0: float,
+    t_eval: float,
+) -> dict[str, Any]:
+    """A multi-label run: thresholds per finding on validation, per-finding metrics with patient-level
+    bootstrap CIs on test, predictions.csv, plots; returns metrics.json's content."""
+    from cxrlab.evaluation import multilabel as ml
+
+    data, model = trained.data, trained.model
+    findings = data.findings
+    p_val = ml.sigmoid(outputs["val"][0])
+    p_test = ml.sigmoid(outputs["test"][0])
+    thresholds = ml.choose_thresholds(
+        data.targets["val"], p_val, findings, cfg.eval.threshold, cfg.eval.target_sensitivity
+    )
+    val_metrics = ml.multilabel_metrics(data.targets["val"], p_val, findings, thresholds, n_boot=0)
+    test_metrics = ml.multilabel_metrics(
+        data.targets["test"], p_test, findings, thresholds, patient_groups(data, "test"),
+        cfg.eval.bootstrap, cfg.train.seed,
+    )  # fmt: skip
+    op = {"positive_class": None, "threshold": None, "method": "per finding, chosen on validation"}
+    meta = model_meta(cfg, trained, op, 1.0)
+    meta.update(task="multilabel", findings=findings,
+                thresholds={f: round(t["threshold"], 6) for f, t in thresholds.items()})  # fmt: skip
+    save_model(out, model, meta)
+    write_multilabel_predictions(out / "predictions.csv", data.paths["test"], patient_groups(data, "test"),
+                                 data.targets["test"], p_test, findings, thresholds)  # fmt: skip
+    history = [{k: to_number(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
+    plot_notes: dict[str, str] = {}
+    if cfg.eval.tsne:
+        plot_notes["tsne"] = "t-SNE is drawn for single-label runs only (a point has several findings)"
+    if cfg.eval.temperature_scaling:
+        plot_notes["temperature"] = (
+            "temperature scaling is single-label only; multi-label probabilities unscaled"
+        )
+    plot_paths = make_multilabel_plots(out / "plots", history, data, p_test, test_metrics, cfg.model.name)
+    timing = _timing(cfg, trained, history, t0, t_eval)
+    summary = data_summary(data)
+    return {
+        "run": str(out),
+        "task": cfg.task or f"multi-label ({len(findings)} findings)",
+        "multilabel": True,
+        "model": cfg.model.name,
+        "classes": findings,
+        "findings": findings,
+        "data": summary,
+        "test": test_metrics,
+        "val": {
+            k: val_metrics[k]
+            for k in ("n", "auc", "macro_auc", "micro_auc", "loss", "mean_average_precision")
+        },
+        "thresholds": thresholds,
+        "pos_weight": trained.pos_weight,
+        "calibration": {"temperature": 1.0},
+        "params": param_counts(model),
+        "timing": timing,
+        "fast_path": trained.features is not None,
+        "device": trained.device,
+        "plots": {k: str(v.relative_to(out)) for k, v in plot_paths.items()},
+        "plot_notes": plot_notes,
+    }
+
+
+def make_multilabel_plots(
+    folder: Path, history: list[dict], data: PreparedData, p_test: np.ndarray, metrics: dict[str, Any],
+    title: str = "",
+) -> dict[str, Path]:  # fmt: skip
+    """A multi-label run's plots: curves, per-finding ROC grid, co-occurrence (all splits), calibration."""
+    from cxrlab.evaluation.multilabel import cooccurrence
+
+    out: dict[str, Path] = {}
+    curves = plots.training_curves(history, folder / "curves.png", title)
+    if curves:
+        out["curves"] = curves
+    t = data.targets["test"]
+    out["roc"] = plots.roc_grid(t, p_test, data.findings, folder / "roc.png", metrics["per_finding"])
+    every = np.concatenate([data.targets[s] for s in data.targets])
+    out["cooccurrence"] = plots.cooccurrence_matrix(
+        cooccurrence(every), data.findings, folder / "cooccurrence.png", len(every)
+    )
+    out["reliability"] = plots.calibration_grid(
+        t, p_test, data.findings, folder / "reliability.png", metrics["per_finding"]
+    )
+    return out
+
+
+def write_multilabel_predictions(
+    path: Path,
+    paths: list[str],
+    groups: list[str] | None,
+    targets: np.ndarray | None,
+    probs: np.ndarray,
+    findings: list[str],
+    thresholds: dict[str, dict[str, Any]],
+) -> None:
+    """One row per image: path, patient, ``p_<finding>`` probabilities, ``true_<finding>`` (1 / 0 / blank
+    when ignored), ``pred_<finding>`` at its threshold, and the findings above threshold joined by '|'."""
+    from cxrlab.runs import write_csv
+
+    fields = ["path", "patient", "findings"]
+    fields += [f"p_{f}" for f in findings] + [f"true_{f}" for f in findings] + [f"pred_{f}" for f in findings]
+    rows = []
+    for i, p in enumerate(paths):
+        above = [f for j, f in enumerate(findings) if probs[i, j] >= thresholds[f]["threshold"]]
+        row: dict[str, Any] = {"path": p, "patient": groups[i] if groups else "", "findings": "|".join(above)}
+        for j, f in enumerate(findings):
+            row[f"p_{f}"] = round(float(probs[i, j]), 6)
+            if targets is not None:
+                row[f"true_{f}"] = "" if np.isnan(targets[i, j]) else int(targets[i, j])
+            row[f"pred_{f}"] = int(f in above)
+        rows.append(row)
+    write_csv(path, rows, fields)
 
 
 def param_counts(model: Classifier) -> dict[str, Any]:
@@ -288,9 +435,15 @@ def write_predictions(
     from cxrlab.runs import write_csv
 
     fields = ["path", "true", "pred"] + [f"p_{c}" for c in classes]
-    rows = [{"path": p, "true": classes[int(t)], "pred": classes[int(k)],
-             **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, pr, strict=True)}}
-            for p, t, k, pr in zip(paths, y, pred, probs, strict=True)]
+    rows = [
+        {
+            "path": p,
+            "true": classes[int(t)],
+            "pred": classes[int(k)],
+            **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, pr, strict=True)},
+        }
+        for p, t, k, pr in zip(paths, y, pred, probs, strict=True)
+    ]
     write_csv(path, rows, fields)
 
 
@@ -343,8 +496,11 @@ def make_plots(
         synthetic = np.array([s.synthetic for s in data.index.split("train")], dtype=bool)
         if synthetic.any():  # --extra-train: the synthetic images per class, as the model sees them
             out["synthetic"] = sample_grid(
-                data.images["train"][synthetic], data.labels["train"][synthetic], classes,
-                folder / "synthetic.png", per_class=8,
+                data.images["train"][synthetic],
+                data.labels["train"][synthetic],
+                classes,
+                folder / "synthetic.png",
+                per_class=8,
             )
     return out
 
@@ -375,6 +531,26 @@ def describe_task(classes: list[str]) -> str:
 def data_summary(data: PreparedData) -> dict[str, Any]:
     """Counts per split and class (train: real and synthetic apart), where splits came from, skipped files."""
     synthetic = data.index.synthetic_counts()
+    if data.multilabel:
+        from cxrlab.evaluation.multilabel import prevalence
+
+        counts = {split: {f: v["positives"] for f, v in per.items()}
+                  for split, per in prevalence(data.targets, data.findings).items()}  # fmt: skip
+        return {
+            "source": data.index.source,
+            "layout": data.index.layout,
+            "task": "multilabel",
+            "image_size": data.image_size,
+            "images": {split: int(len(t)) for split, t in data.targets.items()},
+            "counts": counts,  # positives per split and finding
+            "prevalence": prevalence(data.targets, data.findings),
+            "split_origin": data.index.split_origin,
+            "skipped": [{"path": p, "reason": r} for p, r in data.index.skipped],
+            "missing_images": data.index.missing,
+            "label_notes": list(data.index.notes),
+            "ignored_files": data.index.ignored_files,
+            "decode_s": round(data.decode_s, 3),
+        }
     return {
         "source": data.index.source,
         "layout": data.index.layout,

@@ -10,7 +10,10 @@ from matplotlib.ticker import MaxNLocator
 from cxrlab.figures import plt, sample_grid, save_figure
 from cxrlab.stats import roc_points
 
-__all__ = ["confusion", "reliability", "roc", "sample_grid", "training_curves", "tsne", "tsne_problem"]
+__all__ = [
+    "calibration_grid", "confusion", "cooccurrence_matrix", "reliability", "roc", "roc_grid", "sample_grid",
+    "training_curves", "tsne", "tsne_problem",
+]  # fmt: skip
 
 
 def training_curves(history: list[dict], path: Path, title: str = "") -> Path | None:
@@ -154,4 +157,85 @@ def reliability(y: np.ndarray, probs: np.ndarray, path: Path, ece: float, bins: 
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- multi-label findings
+
+
+def _grid(k: int, size: float = 2.6) -> tuple[object, np.ndarray]:
+    cols = min(4, max(k, 1))
+    rows = int(np.ceil(k / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat[k:]:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def roc_grid(targets: np.ndarray, probs: np.ndarray, findings: list[str], path: Path,
+             per_finding: dict[str, dict]) -> Path:  # fmt: skip
+    """One ROC curve per finding (test), AUC and its 95% CI in each title; '(undefined)' where the
+    finding has no positive or no negative."""
+    from sklearn.metrics import roc_curve
+
+    fig, axes = _grid(len(findings))
+    for j, (ax, name) in enumerate(zip(axes, findings, strict=False)):
+        known = ~np.isnan(targets[:, j])
+        y, p = targets[known, j], probs[known, j]
+        entry = per_finding.get(name, {})
+        if entry.get("auc") is not None:
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, lw=1.4)
+            ci = entry.get("auc_ci95")
+            extra = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and np.all(np.isfinite(ci)) else ""
+            ax.set_title(f"{name}\nAUC {entry['auc']:.3f}{extra} (n+ {int(y.sum())})", fontsize=8)
+        else:
+            ax.set_title(f"{name}\nAUC undefined (n+ {int(np.nansum(y))})", fontsize=8)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.6)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.supxlabel("false positive rate (1 - specificity)", fontsize=9)
+    fig.supylabel("true positive rate (sensitivity)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def cooccurrence_matrix(counts: np.ndarray, findings: list[str], path: Path, n_images: int) -> Path:
+    """Images positive for both findings (diagonal: for each), all splits."""
+    k = len(findings)
+    fig, ax = plt.subplots(figsize=(0.55 * k + 3, 0.5 * k + 2.5))
+    ax.imshow(np.log1p(counts), cmap="Blues")
+    top = counts.max() if counts.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if counts[i, j] > top / 2 and top else "black")  # fmt: skip
+    ax.set_xticks(range(k), findings, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), findings, fontsize=8)
+    ax.set_title(f"finding co-occurrence ({n_images} images)")
+    return save_figure(fig, path)
+
+
+def calibration_grid(targets: np.ndarray, probs: np.ndarray, findings: list[str], path: Path,
+                     per_finding: dict[str, dict], bins: int = 10) -> Path:  # fmt: skip
+    """Per finding: observed frequency against mean predicted probability per bin (test)."""
+    fig, axes = _grid(len(findings))
+    edges = np.linspace(0, 1, bins + 1)
+    for j, (ax, name) in enumerate(zip(axes, findings, strict=False)):
+        known = ~np.isnan(targets[:, j])
+        y, p = targets[known, j], probs[known, j]
+        which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+        xs = [p[which == b].mean() for b in range(bins) if (which == b).any()]
+        ys = [y[which == b].mean() for b in range(bins) if (which == b).any()]
+        ax.plot([0, 1], [0, 1], "k--", lw=0.6)
+        ax.plot(xs, ys, "-o", ms=3)
+        ece = per_finding.get(name, {}).get("ece")
+        ax.set_title(f"{name}" + (f"\nECE {ece:.3f}" if ece is not None else ""), fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.supxlabel("mean predicted probability", fontsize=9)
+    fig.supylabel("observed frequency", fontsize=9)
     return save_figure(fig, path)

@@ -66,6 +66,10 @@ def evaluate_run(
             loaded.cfg.train.precision,
             progress="predicting",
         )
+    if meta.get("task") == "multilabel":
+        result = _multilabel_result(loaded, prepared, logits, target)
+        write_eval_report(target, result)
+        return result
     y = prepared.labels["test"]
     metrics, probs = score(
         y,
@@ -99,10 +103,71 @@ def evaluate_run(
         "plot_notes": plot_notes,
     }
     write_json(target / "metrics.json", result)
-    write_predictions(target / "predictions.csv", prepared.paths["test"], y, probs,
-                      thresholded(probs, meta.get("operating_point") or {}, loaded.classes), loaded.classes)
+    write_predictions(
+        target / "predictions.csv",
+        prepared.paths["test"],
+        y,
+        probs,
+        thresholded(probs, meta.get("operating_point") or {}, loaded.classes),
+        loaded.classes,
+    )
     internal = read_json(loaded.path / "metrics.json") if (loaded.path / "metrics.json").is_file() else None
     write_eval_report(target, result)
     if data is not None and internal is not None:
         write_external(target, loaded, internal, result)
+    return result
+
+
+def _multilabel_result(loaded: Any, prepared: Any, logits: Any, target: Path) -> dict[str, Any]:
+    """`cxr evaluate` of a multi-label run on its test split: per-finding metrics at the saved thresholds
+    (chosen on validation when it was trained), plots and predictions.csv; writes metrics.json."""
+    import numpy as np
+
+    from cxrlab.errors import DataError
+    from cxrlab.evaluation import multilabel as ml
+    from cxrlab.evaluation.evaluate import patient_groups, write_multilabel_predictions
+
+    index = prepared.index
+    if index.task != "multilabel" or index.findings != loaded.classes:
+        raise DataError(
+            f"{loaded.path} predicts the findings {', '.join(loaded.classes)}; the data gives "
+            f"{', '.join(index.findings) or 'single-label classes'}: evaluate with the run's label settings"
+        )
+    by_path = {s.path: s for s in index.samples}
+    targets = np.stack([by_path[p].targets for p in prepared.paths["test"]]).astype(np.float32)
+    prepared.targets = {"test": targets}
+    probs = ml.sigmoid(logits)
+    saved = loaded.meta.get("thresholds", {})
+    thresholds = {
+        f: {"threshold": float(saved.get(f, 0.5)), "method": "saved with the run"} for f in loaded.classes
+    }
+    groups = patient_groups(prepared, "test")
+    cfg = loaded.cfg
+    metrics = ml.multilabel_metrics(targets, probs, loaded.classes, thresholds, groups, cfg.eval.bootstrap,
+                                    cfg.train.seed)  # fmt: skip
+    folder = target / "plots"
+    per = metrics["per_finding"]
+    names = loaded.classes
+    plot_paths = {
+        "roc": plots.roc_grid(targets, probs, names, folder / "roc.png", per),
+        "cooccurrence": plots.cooccurrence_matrix(
+            ml.cooccurrence(targets), names, folder / "cooccurrence.png", len(targets)
+        ),
+        "reliability": plots.calibration_grid(targets, probs, names, folder / "reliability.png", per),
+    }
+    result = {
+        "run": str(loaded.path),
+        "model": loaded.cfg.model.name,
+        "multilabel": True,
+        "classes": loaded.classes,
+        "findings": loaded.classes,
+        "data": data_summary(prepared),
+        "test": metrics,
+        "thresholds": thresholds,
+        "plots": {k: str(v.relative_to(target)) for k, v in plot_paths.items()},
+        "plot_notes": {},
+    }
+    write_json(target / "metrics.json", result)
+    write_multilabel_predictions(target / "predictions.csv", prepared.paths["test"], groups, targets, probs,
+                                 loaded.classes, thresholds)  # fmt: skip
     return result

@@ -297,11 +297,18 @@ def _codes_input(cfg: RunConfig, spec: ModelSpec) -> None:
         )
 
 
+def _class_cell(data: PreparedData, s: Any) -> str:
+    """splits.csv's class: the class name, or (multi-label) the positive findings joined by '|'."""
+    if data.multilabel:
+        return "|".join(f for f, v in zip(data.findings, s.targets, strict=True) if v > 0)
+    return data.classes[s.label]
+
+
 def _write_splits(out: Path, data: PreparedData) -> None:
     rows = [
         {
             "split": s.split,
-            "class": data.classes[s.label],
+            "class": _class_cell(data, s),
             "path": s.path,
             "group": s.group,
             "synthetic": int(s.synthetic),

@@ -11,9 +11,10 @@ from cxrlab.config import RunConfig
 RUN_FIGURES = (
     ("curves", "training curves (loss and accuracy, train vs validation)"),
     ("confusion", "confusion matrix (test)"),
-    ("roc", "ROC curves (test)"),
+    ("roc", "ROC curves (test; multi-label: one per finding, AUC and 95% CI in each title)"),
+    ("cooccurrence", "finding co-occurrence: images positive for both (all splits)"),
     ("tsne", "t-SNE of penultimate-layer features (test)"),
-    ("reliability", "reliability diagram (test)"),
+    ("reliability", "reliability diagram (test; multi-label: calibration per finding)"),
     ("samples", "training images as the model sees them"),
     ("synthetic", "synthetic (--extra-train) training images per class, as the model sees them"),
 )
@@ -36,6 +37,9 @@ def run_report_context(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> di
         "figures": [{"path": plots[k], "caption": cap} for k, cap in RUN_FIGURES if k in plots],
         "plot_notes": list(metrics.get("plot_notes", {}).values()),
         "data": metrics["data"],
+        "multilabel": bool(metrics.get("multilabel")),
+        "thresholds": metrics.get("thresholds"),
+        "pos_weight": metrics.get("pos_weight"),
         "config_yaml": cfg.to_yaml(),
         "environment": metrics.get("environment", {}),
     }
@@ -55,6 +59,8 @@ def eval_report_context(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
         "classes": result["classes"],
         "figures": [{"path": folder / v, "caption": k} for k, v in result.get("plots", {}).items()],
         "data": result["data"],
+        "multilabel": bool(result.get("multilabel")),
+        "thresholds": result.get("thresholds"),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +32,33 @@ def main_logits(output: object) -> torch.Tensor:
     return output  # type: ignore[return-value]
 
 
+def masked_bce(
+    logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multi-label loss: binary cross-entropy with logits per (image, finding), averaged over the cells
+    whose target is not NaN (NaN = ignored: uncertain or unknown); ``pos_weight`` per finding."""
+    mask = ~torch.isnan(targets)
+    per_cell = F.binary_cross_entropy_with_logits(
+        logits.float(), torch.where(mask, targets, torch.zeros_like(targets)).float(),
+        pos_weight=pos_weight, reduction="none",
+    )  # fmt: skip
+    return (per_cell * mask).sum() / mask.sum().clamp(min=1)
+
+
+def macro_auc(targets: np.ndarray, scores: np.ndarray) -> float:
+    """Mean ROC AUC over the findings (columns) that have both classes among their non-NaN targets;
+    NaN when none has."""
+    from sklearn.metrics import roc_auc_score
+
+    aucs = []
+    for j in range(targets.shape[1]):
+        known = ~np.isnan(targets[:, j])
+        t = targets[known, j]
+        if 0 < t.sum() < len(t):
+            aucs.append(roc_auc_score(t, scores[known, j]))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
 # Per-epoch logging; sync_dist averages over DDP processes (a no-op in a single process).
 _EPOCH = {"on_step": False, "on_epoch": True, "prog_bar": True, "sync_dist": True}
 
@@ -46,6 +74,8 @@ class ClassifierModule(L.LightningModule):
         class_weights: torch.Tensor | None = None,
         l2: float = 0.0,
         l2_modules: list[nn.Module] | None = None,
+        multilabel: bool = False,
+        pos_weight: torch.Tensor | None = None,
     ):
         super().__init__()
         self.net = net
@@ -53,9 +83,16 @@ class ClassifierModule(L.LightningModule):
         self.num_classes = num_classes
         self.l2 = l2
         self._l2_modules = l2_modules or []
+        self.multilabel = multilabel
         self.register_buffer(
             "class_weights", class_weights if class_weights is not None else torch.ones(0), persistent=False
         )
+        self.register_buffer(
+            "pos_weight", pos_weight if pos_weight is not None else torch.ones(0), persistent=False
+        )
+        # val_auc: logged for multi-label runs and whenever it is the monitor (history.csv stays as it was)
+        self.track_auc = multilabel or train_cfg.monitor == "val_auc"
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return main_logits(self.net(x))
@@ -66,6 +103,8 @@ class ClassifierModule(L.LightningModule):
             main, aux = output[0], output[1]
             return self.loss(main, y) + (0.4 * self.loss(aux, y) if aux is not None else 0.0)
         logits = output.float()  # type: ignore[union-attr]
+        if self.multilabel:
+            return masked_bce(logits, y, self.pos_weight if self.pos_weight.numel() else None)
         weight = self.class_weights if self.class_weights.numel() else None
         if logits.shape[1] == 1:
             target = y.float()
@@ -85,7 +124,7 @@ class ClassifierModule(L.LightningModule):
         loss = self.loss(output, y)
         total = loss + self.penalty()
         self._check_finite(total, "")
-        acc = (logits_to_probs(main_logits(output)).argmax(1) == y).float().mean()
+        acc = self.accuracy(main_logits(output), y)
         self.log("train_loss", loss, batch_size=len(y), **_EPOCH)
         self.log("train_acc", acc, batch_size=len(y), **_EPOCH)
         return total
@@ -95,10 +134,39 @@ class ClassifierModule(L.LightningModule):
         logits = self(x)
         loss = self.loss(logits, y)
         self._check_finite(loss, "validation ")
-        acc = (logits_to_probs(logits).argmax(1) == y).float().mean()
+        acc = self.accuracy(logits, y)
         self.log("val_loss", loss, batch_size=len(y), **_EPOCH)
         self.log("val_acc", acc, batch_size=len(y), **_EPOCH)
+        if self.track_auc:
+            self._val_outputs.append((logits.detach().float().cpu(), y.detach().cpu()))
         return logits.detach()  # for callbacks (TensorBoard's confusion matrix)
+
+    def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Share of correct classes; multi-label: of correct (image, finding) cells at 0.5, NaN left out."""
+        if self.multilabel:
+            known = ~torch.isnan(y)
+            hit = ((logits.float() > 0) == (y > 0.5)) & known
+            return hit.sum().float() / known.sum().clamp(min=1)
+        return (logits_to_probs(logits).argmax(1) == y).float().mean()
+
+    def on_validation_epoch_start(self) -> None:  # noqa: D102
+        self._val_outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        """val_auc: macro ROC AUC over the findings (multi-label) or the classes, on the whole val split."""
+        if not self.track_auc or not self._val_outputs:
+            return
+        logits = torch.cat([o[0] for o in self._val_outputs]).numpy()
+        y = torch.cat([o[1] for o in self._val_outputs]).numpy()
+        self._val_outputs = []
+        if self.multilabel:
+            auc = macro_auc(y, logits)
+        else:
+            from cxrlab.stats import auc_score
+
+            auc = auc_score(y, logits_to_probs(torch.from_numpy(logits)).numpy())
+        # an undefined AUC (one class only) is logged as 0 so that early stopping still has a number
+        self.log("val_auc", auc if np.isfinite(auc) else 0.0, on_step=False, on_epoch=True, prog_bar=True)
 
     def _check_finite(self, loss: torch.Tensor, what: str) -> None:
         """Stop with one line when the loss is NaN or infinite (a diverging run): before any callback sees

@@ -65,7 +65,10 @@ class TensorBoardExtras(L.Callback):
         classes: list[str],
         per_class: int = 4,
         histograms: bool = True,
+        multilabel: bool = False,
     ):
+        # multi-label: no confusion matrix or labelled samples; per-finding validation AUC scalars instead
+        self.multilabel = multilabel
         self.images = images
         self.labels = labels
         self.classes = list(classes)
@@ -79,6 +82,8 @@ class TensorBoardExtras(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
         writer = _tensorboard_writer(trainer)
         if writer is None or not trainer.is_global_zero or self.images is None or not len(self.images):
+            return
+        if self.multilabel:
             return
         from cxrlab.figures import sample_picture
 
@@ -98,6 +103,10 @@ class TensorBoardExtras(L.Callback):
             with torch.no_grad():
                 logits = pl_module(x)
         logits = logits.detach().float()
+        if self.multilabel:
+            self._preds.append(logits.cpu().numpy())
+            self._targets.append(y.detach().cpu().numpy())
+            return
         pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
         self._preds.append(pred.cpu().numpy())
         self._targets.append(y.detach().cpu().numpy())
@@ -109,6 +118,14 @@ class TensorBoardExtras(L.Callback):
         from sklearn.metrics import confusion_matrix
 
         y, p = np.concatenate(self._targets), np.concatenate(self._preds)
+        if self.multilabel:
+            from cxrlab.training.module import macro_auc
+
+            for j, name in enumerate(self.classes):
+                auc = macro_auc(y[:, j : j + 1], p[:, j : j + 1])
+                if np.isfinite(auc):
+                    writer.add_scalar(f"val_auc/{name}", auc, trainer.current_epoch + 1)
+            return
         cm = confusion_matrix(y, p, labels=list(range(len(self.classes))))
         epoch = trainer.current_epoch + 1
         writer.add_image("confusion/val", confusion_image(cm, self.classes), epoch, dataformats="HWC")

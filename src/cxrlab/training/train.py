@@ -40,6 +40,8 @@ from cxrlab.training.features import backbone_features, fast_path_applies
 from cxrlab.training.module import ClassifierModule
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+#: with val_auc (multi-label runs, or train.monitor: val_auc)
+HISTORY_FIELDS_AUC = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
 
 
 class TrainingInterrupted(CxrError):
@@ -60,14 +62,16 @@ class Trained:
     features: dict[str, np.ndarray] | None  # fast path: backbone features per split
     timing: dict[str, float]
     epochs_done: int = 0
+    pos_weight: list[float] | None = None  # multi-label: the BCE pos_weight used, per finding
 
 
 class HistoryCallback(L.Callback):
     """Appends one row per epoch to history.csv (rewritten atomically each epoch)."""
 
-    def __init__(self, path: Path, rows: list[dict[str, Any]] | None = None):
+    def __init__(self, path: Path, rows: list[dict[str, Any]] | None = None, auc: bool = False):
         self.path = path
         self.rows = rows or []
+        self.fields = HISTORY_FIELDS_AUC if auc else HISTORY_FIELDS
         self._start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: D102
@@ -81,11 +85,11 @@ class HistoryCallback(L.Callback):
             "epoch": trainer.current_epoch + 1,
             "seconds": round(time.perf_counter() - self._start, 4),
         }
-        for key in HISTORY_FIELDS[1:-1]:
+        for key in self.fields[1:-1]:
             if key in m:
                 row[key] = round(float(m[key]), 6)
         self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
-        write_csv(self.path, self.rows, HISTORY_FIELDS)
+        write_csv(self.path, self.rows, self.fields)
 
 
 def fit(
@@ -103,6 +107,11 @@ def fit(
     best epoch's model for evaluation, or ``None`` in a DDP worker (rank 0 evaluates).
 
     ``state["fitting"]`` turns true when the first epoch starts (a failure after that keeps the folder)."""
+    if data.multilabel and cfg.model.head.output == "sigmoid":
+        raise CxrError(
+            "model.head.output=sigmoid is for binary tasks; a multi-label run has one sigmoid "
+            "output per finding already: leave model.head.output at softmax"
+        )
     model = build_model(cfg.model, len(data.classes), cfg.data.image_size)
     channels = resolve_channels(spec, cfg.model)
     timing = {"decode_s": round(data.decode_s, 3)}
@@ -131,7 +140,7 @@ def fit(
         net = model.head
         loaders = {
             split: _loader(
-                TensorDataset(torch.from_numpy(features[split]), torch.from_numpy(data.labels[split])),
+                TensorDataset(torch.from_numpy(features[split]), torch.from_numpy(data.y(split))),
                 cfg,
                 shuffle=split == "train",
             )
@@ -143,7 +152,7 @@ def fit(
         for split in ("train", "val"):
             ds = ImageArrayDataset(
                 data.images[split],
-                data.labels[split],
+                data.y(split),
                 channels,
                 spec.mean,
                 spec.std,
@@ -152,19 +161,30 @@ def fit(
             loaders[split] = _loader(ds, cfg, shuffle=split == "train")
     timing["features_s"] = round(time.perf_counter() - t_feat, 3)
 
-    weights = _class_weights(data.labels["train"], len(data.classes)) if cfg.train.class_weights else None
+    weights = (
+        _class_weights(data.labels["train"], len(data.classes))
+        if cfg.train.class_weights and not data.multilabel
+        else None
+    )
+    pos_weight = positive_weights(cfg.train.pos_weight, data) if data.multilabel else None
     l2_modules = model.l2_modules(cfg.model.head.l2_layers)
-    module = ClassifierModule(net, cfg.train, len(data.classes), weights, cfg.model.head.l2, l2_modules)
+    module = ClassifierModule(
+        net, cfg.train, len(data.classes), weights, cfg.model.head.l2, l2_modules,
+        multilabel=data.multilabel, pos_weight=pos_weight,
+    )  # fmt: skip
 
     t_train = time.perf_counter()
     history_rows = read_csv(out / "history.csv") if resume else []
     if cfg.train.tensorboard and "train" in data.images:
         from cxrlab.training.tensorboard import TensorBoardExtras
 
-        callbacks.append(TensorBoardExtras(data.images["train"], data.labels["train"], data.classes))
-    trainer = _trainer(
-        cfg, out, device, progress, HistoryCallback(out / "history.csv", history_rows), callbacks
-    )
+        callbacks.append(
+            TensorBoardExtras(
+                data.images["train"], data.labels["train"], data.classes, multilabel=data.multilabel
+            )
+        )
+    history = HistoryCallback(out / "history.csv", history_rows, auc=module.track_auc)
+    trainer = _trainer(cfg, out, device, progress, history, callbacks)
     ckpt = out / "checkpoints" / "last.ckpt"
     if resume:
         load_checkpoint(ckpt)  # a damaged or tampered checkpoint is refused in one line, never executed
@@ -195,7 +215,8 @@ def fit(
     if best.is_file():
         module.load_state_dict(load_checkpoint(best)["state_dict"])
     model.to("cpu")
-    return Trained(model, data, spec, channels, device, features, timing, trainer.current_epoch)
+    used = [round(float(v), 4) for v in pos_weight] if pos_weight is not None else None
+    return Trained(model, data, spec, channels, device, features, timing, trainer.current_epoch, used)
 
 
 def _code_loaders(
@@ -295,6 +316,25 @@ def _loader(ds, cfg: RunConfig, shuffle: bool) -> DataLoader:
         generator=generator,
         persistent_workers=cfg.train.num_workers > 0,
     )
+
+
+def positive_weights(setting: str | list[float], data: PreparedData) -> torch.Tensor | None:
+    """BCE ``pos_weight`` per finding: none, ``balanced`` (negatives / positives among the known training
+    targets, 1 where a finding has no positive) or the given list (one number per finding)."""
+    findings = data.findings
+    if setting == "none":
+        return None
+    if isinstance(setting, list):
+        if len(setting) != len(findings):
+            raise CxrError(
+                f"train.pos_weight has {len(setting)} value(s) for {len(findings)} finding(s) "
+                f"({', '.join(findings)}); give one per finding in that order, or 'balanced'"
+            )
+        return torch.tensor(setting, dtype=torch.float32)
+    t = data.targets["train"]
+    pos = np.nansum(t == 1, axis=0).astype(np.float64)
+    neg = np.nansum(t == 0, axis=0).astype(np.float64)
+    return torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32)
 
 
 def _class_weights(labels: np.ndarray, k: int) -> torch.Tensor:

@@ -1,0 +1,118 @@
+"""Multi-label metrics on the real nih-1000 label rows (no training): per-finding AUC is scikit-learn's,
+NaN targets are left out, the patient bootstrap never splits a patient, undefined AUCs are notes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from cxrlab.config import LabelsConfig
+from cxrlab.data.index import discover
+from cxrlab.evaluation.multilabel import (
+    bootstrap_weights,
+    choose_thresholds,
+    multilabel_metrics,
+    weighted_auc,
+)
+from cxrlab.stats import youden_threshold
+from tests.conftest import DATA
+
+NIH = DATA / "nih-1000"
+
+
+@pytest.fixture(scope="module")
+def nih():
+    """The nih-1000 index: targets (N, 14), patient groups and a real metadata score (patient age)."""
+    if not (NIH / "labels.csv").is_file():
+        pytest.skip("nih-1000 not available")
+    index = discover(NIH / "images", labels=LabelsConfig(file=str(NIH / "labels.csv"), format="nih"))
+    samples = index.samples
+    targets = np.stack([s.targets for s in samples]).astype(np.float64)
+    ages = np.array([float(a) for a in index.table.column("Patient Age", samples)])
+    rng = np.random.default_rng(0)
+    scores = np.stack([0.7 * ages / ages.max() + 0.3 * rng.random(len(ages)) for _ in index.findings], axis=1)
+    return index, targets, [s.group for s in samples], scores
+
+
+def test_per_finding_auc_and_ap_equal_sklearn(nih):
+    index, targets, groups, scores = nih
+    m = multilabel_metrics(targets, scores, index.findings, groups=groups, n_boot=20)
+    for j, name in enumerate(index.findings):
+        assert m["per_finding"][name]["auc"] == pytest.approx(roc_auc_score(targets[:, j], scores[:, j]))
+        assert m["per_finding"][name]["average_precision"] == pytest.approx(
+            average_precision_score(targets[:, j], scores[:, j])
+        )
+    assert m["macro_auc"] == pytest.approx(
+        np.mean([roc_auc_score(targets[:, j], scores[:, j]) for j in range(targets.shape[1])])
+    )
+    assert m["micro_auc"] == pytest.approx(roc_auc_score(targets.ravel(), scores.ravel()))
+    lo, hi = m["macro_auc_ci95"]
+    assert lo <= m["macro_auc"] <= hi
+    assert m["bootstrap_unit"].startswith("patient (")
+
+
+def test_nan_targets_are_left_out(nih):
+    index, targets, groups, scores = nih
+    t = targets.copy()
+    t[::3, 0] = np.nan  # a third of the first finding unknown (e.g. uncertain, policy ignore)
+    m = multilabel_metrics(t, scores, index.findings, n_boot=0)
+    known = ~np.isnan(t[:, 0])
+    assert m["per_finding"][index.findings[0]]["n"] == int(known.sum())
+    assert m["per_finding"][index.findings[0]]["auc"] == pytest.approx(
+        roc_auc_score(t[known, 0], scores[known, 0])
+    )
+    assert m["micro_auc"] == pytest.approx(roc_auc_score(t[~np.isnan(t)], scores[~np.isnan(t)]))
+
+
+def test_weighted_auc_equals_sklearn_with_ties_and_duplication(nih):
+    _, targets, groups, scores = nih
+    y, s = targets[:, 2] == 1, np.round(scores[:, 2], 1)  # coarse scores: many ties
+    assert weighted_auc(s, y, np.ones((1, len(y))))[0] == pytest.approx(roc_auc_score(y, s))
+    w = bootstrap_weights(groups, len(y), 3, seed=1)
+    for row in w:  # a weight of k is the image drawn k times
+        idx = np.repeat(np.arange(len(y)), row.astype(int))
+        assert weighted_auc(s, y, row[None, :])[0] == pytest.approx(roc_auc_score(y[idx], s[idx]))
+
+
+def test_patient_bootstrap_never_splits_a_patient(nih):
+    _, targets, groups, _ = nih
+    w = bootstrap_weights(groups, len(groups), 200, seed=0)
+    g = np.array(groups)
+    for patient in np.unique(g):
+        cols = w[:, g == patient]
+        assert (cols == cols[:, :1]).all(), patient  # all images of a patient: the same weight, every time
+    # as many patients drawn as there are patients, so the weights sum to the images they carry on average
+    assert w.shape == (200, len(groups))
+    assert np.allclose((w > 0).sum(1) > 0, True)
+    n_patients = len(np.unique(g))
+    first = {p: i for i, p in reversed(list(enumerate(g)))}
+    draws = w[:, [first[p] for p in np.unique(g)]].sum(1)
+    assert (draws == n_patients).all()
+
+
+def test_undefined_auc_is_a_note_not_a_crash(nih):
+    index, targets, groups, scores = nih
+    t = targets.copy()
+    t[:, 0] = 0  # no positive at all for the first finding
+    m = multilabel_metrics(t, scores, index.findings, groups=groups, n_boot=10)
+    entry = m["per_finding"][index.findings[0]]
+    assert entry["auc"] is None and entry["auc_ci95"] is None
+    assert "AUC undefined: no positive" in entry["note"]
+    assert m["findings_with_auc"] == len(index.findings) - 1
+    assert any(n.startswith(index.findings[0]) for n in m["notes"])
+
+
+def test_thresholds_come_from_the_data_they_are_given(nih):
+    index, targets, _, scores = nih
+    val, test = slice(0, 500), slice(500, None)
+    chosen = choose_thresholds(targets[val], scores[val], index.findings, "youden", None)
+    for j, name in enumerate(index.findings):
+        assert chosen[name]["threshold"] == pytest.approx(youden_threshold(targets[val, j], scores[val, j]))
+    on_test = choose_thresholds(targets[test], scores[test], index.findings, "youden", None)
+    assert any(on_test[f]["threshold"] != chosen[f]["threshold"] for f in index.findings)
+    fixed = choose_thresholds(targets[val], scores[val], index.findings, "argmax", None)
+    assert {v["threshold"] for v in fixed.values()} == {0.5}
+    sens = choose_thresholds(targets[val], scores[val], index.findings, "youden", 0.9)
+    m = multilabel_metrics(targets[val], scores[val], index.findings, sens, n_boot=0)
+    assert all(e["sensitivity"] >= 0.9 for e in m["per_finding"].values() if e["positives"])
