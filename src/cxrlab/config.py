@@ -111,6 +111,9 @@ class DataConfig(_Section):
     patient_csv: str | None = Field(None, description="CSV of patient ids per file; overrides group_pattern")
     patient_column: str = Field("patientid", description="patient_csv column holding the patient id")
     file_column: str = Field("filename", description="patient_csv column: file name or path under data.path")
+    dicom_patient_ids: Literal["hashed", "raw"] = Field(
+        "hashed", description="DICOM Patient IDs as groups: salted hashes (default) or raw ids in outputs"
+    )
     image_size: int | None = Field(None, ge=8, le=1024, description="input size; default: the model's")
     resize: Literal["squash", "pad", "crop"] = Field(
         "squash", description="squash (like Keras), pad to square, or centre-crop to square"

@@ -81,6 +81,7 @@ def prepare_data(
         cfg.file_column,
         cfg.labels,
         val_split=cfg.val_split,
+        dicom_patient_ids=cfg.dicom_patient_ids,
     )
     apply_task(index, cfg.labels.task if cfg.labels.file else "auto", cfg.labels.no_finding)
     if cfg.extra_train:
