@@ -353,3 +353,16 @@ def test_audit_reports_manufacturer_and_view_shortcut(dicom_data, identities, tm
     assert "manufacturer" in (out / "audit.html").read_text()
     generated = {f"GEN-{c}-{i:04d}" for c in "ab" for i in range(12)} | {"Doe^Jane^Gen", "19500101"}
     assert not _grep(out, identities | generated)
+
+
+def test_label_file_pointing_at_dicoms(dicom_data, tmp_path):
+    from cxrlab.config import LabelsConfig
+
+    rows = ["image,finding"] + [f"{c}/gen{i:02d}.dcm,{c}" for c in "ab" for i in range(12)]
+    rows += ["a/real0.dcm,a", "b/real1.dcm,b"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = LabelsConfig(file=str(tmp_path / "labels.csv"), image_column="image", label_column="finding")
+    index = discover(dicom_data, labels=cfg)
+    assert index.layout == "labels" and len(index.samples) == 26 and len(index.dicom) == 26
+    assert all(s.group.startswith("pid-") for s in index.samples)  # no patient column: the header's id
+    assert load_gray(index.samples[0].path, 32).shape == (32, 32)

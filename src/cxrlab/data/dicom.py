@@ -292,8 +292,12 @@ def to_uint8(raw: np.ndarray, ds: Any, path: str | Path = "<dataset>") -> np.nda
         warnings.simplefilter("ignore")
         try:
             lo, hi = _modality_range(ds)
-            values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
             voi = _voi_kind(ds)
+            plain = voi == "none" and not ds.get("ModalityLUTSequence")
+            if plain and arr.dtype == np.uint8 and (lo, hi) == (0.0, 255.0):
+                out = arr.copy()  # 8 bits stored, identity rescale, no VOI: the stored values are the image
+                return 255 - out if photometric == "MONOCHROME1" else out
+            values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
             if voi != "none":
                 values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
                 if voi == "lut":
@@ -316,8 +320,9 @@ def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
         lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
         if hi <= lo:
             return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(np.nan_to_num(scaled)), 0, 255).astype(np.uint8)
+    scaled = (values.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    np.clip(scaled, 0, 255, out=scaled)
+    return (scaled + 0.5).astype(np.uint8)  # round half up; values are finite (integers through LUTs)
 
 
 def _modality_range(ds: Any) -> tuple[float, float]:
