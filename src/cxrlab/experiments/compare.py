@@ -199,7 +199,23 @@ def image_key(path: str) -> str:
     return "/".join(Path(path.replace("\\", "/")).parts[-3:])
 
 
-COMPARE_OUTPUTS = ("compare.csv", "compare.md", "compare.html", "pairwise.csv", "plots")
+COMPARE_OUTPUTS = ("compare.csv", "compare.md", "compare.html", "pairwise.csv", "pairwise_auc.csv", "plots")
+AUC_PAIR_FIELDS = [
+    "test_set",
+    "run_a",
+    "run_b",
+    "n",
+    "patients",
+    "finding",
+    "auc_a",
+    "auc_b",
+    "difference",
+    "difference_ci95_lo",
+    "difference_ci95_hi",
+    "p_bootstrap",
+    "p_holm",
+    "verdict",
+]
 
 
 def _unfinished(path: Path) -> str:
@@ -240,7 +256,13 @@ def load_summary(run: str | Path) -> RunSummary:
     summary.params, summary.params_source = run_params(path, metrics)
     if predictions and "macro" not in metrics["test"]:  # evaluated before metrics.json had them
         metrics["test"].update(averages_from_predictions(predictions, summary.classes))
-    if predictions:
+    if predictions and metrics.get("multilabel"):  # same images with the same finding labels
+        trues = [f"true_{f}" for f in summary.classes]
+        lines = sorted(
+            image_key(r["path"]) + "\t" + ",".join(r.get(t, "") for t in trues) for r in predictions
+        )
+        summary.key = "multilabel:" + hashlib.sha1("\n".join(lines).encode()).hexdigest()
+    elif predictions:
         lines = sorted(f"{image_key(r['path'])}\t{r['true']}" for r in predictions)
         summary.key = hashlib.sha1("\n".join(lines).encode()).hexdigest()
     else:  # older run: only the dataset and counts can be checked, never paired
@@ -281,7 +303,7 @@ def paired_tests(summaries: list[RunSummary], n_boot: int = 2000, seed: int = 0)
     pairs: list[dict[str, Any]] = []
     for i, a in enumerate(summaries):
         for b in summaries[i + 1 :]:
-            if a.key != b.key or not a.predictions or not b.predictions:
+            if a.key != b.key or not a.predictions or not b.predictions or a.key.startswith("multilabel:"):
                 continue
             ca, cb = a.correct(), b.correct()
             keys = sorted(ca)
@@ -314,6 +336,105 @@ def paired_tests(summaries: list[RunSummary], n_boot: int = 2000, seed: int = 0)
         else:
             p["verdict"] = f"no significant difference (p={adj:.3g})"
     return pairs
+
+
+def multilabel_paired_tests(
+    summaries: list[RunSummary], n_boot: int = 2000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Multi-label runs on the same test images: paired bootstrap (resampling patients when the
+    predictions name them) of the AUC difference, for the macro AUC and each finding; two-sided bootstrap
+    p-values Holm-corrected over every test of every pair."""
+    from cxrlab.evaluation.multilabel import bootstrap_weights, weighted_auc
+
+    rows: list[dict[str, Any]] = []
+    for i, a in enumerate(summaries):
+        for b in summaries[i + 1 :]:
+            if a.key != b.key or not a.key.startswith("multilabel:") or a.classes != b.classes:
+                continue
+            pa = {image_key(r["path"]): r for r in a.predictions}
+            pb = {image_key(r["path"]): r for r in b.predictions}
+            keys = sorted(pa)
+            groups = [pa[k].get("patient") or k for k in keys]
+            w = bootstrap_weights(groups, len(keys), n_boot, seed)
+            ones = np.ones((1, len(keys)))
+            diffs, points = [], []
+            for f in a.classes:
+                known = np.array([pa[k][f"true_{f}"] != "" for k in keys])
+                y = np.array([pa[k][f"true_{f}"] == "1" for k in keys])[known]
+                sa = np.array([float(pa[k][f"p_{f}"]) for k in keys])[known]
+                sb = np.array([float(pb[k][f"p_{f}"]) for k in keys])[known]
+                if not 0 < y.sum() < len(y):
+                    rows.append(
+                        {
+                            "test_set": a.test_set,
+                            "run_a": a.name,
+                            "run_b": b.name,
+                            "n": int(known.sum()),
+                            "finding": f,
+                            "verdict": "AUC undefined (no positive or no negative)",
+                        }
+                    )
+                    continue
+                auc_a, auc_b = weighted_auc(sa, y, ones)[0], weighted_auc(sb, y, ones)[0]
+                d = weighted_auc(sa, y, w[:, known]) - weighted_auc(sb, y, w[:, known])
+                diffs.append(d)
+                points.append((auc_a, auc_b))
+                rows.append(_auc_pair_row(a, b, f, int(known.sum()), len(set(groups)), auc_a, auc_b, d))
+            if diffs:
+                ma, mb = (float(np.mean([p[i] for p in points])) for i in (0, 1))
+                rows.append(
+                    _auc_pair_row(
+                        a,
+                        b,
+                        "macro AUC",
+                        len(keys),
+                        len(set(groups)),
+                        ma,
+                        mb,
+                        np.nanmean(np.stack(diffs), axis=0),
+                    )
+                )
+    tested = [r for r in rows if "p_bootstrap" in r]
+    for r, adj in zip(tested, holm([r["p_bootstrap"] for r in tested]), strict=True):
+        r["p_holm"] = round(adj, 4)
+        better = r["run_a"] if r["difference"] > 0 else r["run_b"]
+        r["verdict"] = (
+            f"{better} better (p={adj:.3g})" if adj < ALPHA else f"no significant difference (p={adj:.3g})"
+        )
+    return rows
+
+
+def _auc_pair_row(
+    a: RunSummary,
+    b: RunSummary,
+    finding: str,
+    n: int,
+    patients: int,
+    auc_a: float,
+    auc_b: float,
+    boot: np.ndarray,
+) -> dict[str, Any]:
+    from cxrlab.stats import percentile_ci
+
+    boot = boot[np.isfinite(boot)]
+    lo, hi = percentile_ci(boot)
+    # two-sided bootstrap p, never below 1 / resamples (no resample on the other side is not p = 0)
+    p = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean()))) if len(boot) else 1.0
+    p = max(p, 1.0 / len(boot)) if len(boot) else p
+    return {
+        "test_set": a.test_set,
+        "run_a": a.name,
+        "run_b": b.name,
+        "n": n,
+        "patients": patients,
+        "finding": finding,
+        "auc_a": round(auc_a, 4),
+        "auc_b": round(auc_b, 4),
+        "difference": round(auc_a - auc_b, 4),
+        "difference_ci95_lo": round(lo, 4),
+        "difference_ci95_hi": round(hi, 4),
+        "p_bootstrap": round(p, 4),
+    }
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -440,7 +561,8 @@ def footnotes(rows: list[dict[str, Any]]) -> list[str]:
         "Macro P/R/F1: unweighted mean over the classes; weighted: mean weighted by each class's test "
         "images (test split, argmax predictions)."
     )
-    missing = [r["run"] for r in rows if r["test_f1_macro"] is None]
+    # multi-label runs have no accuracy or P/R/F1 (their AUCs are in pairwise_auc.csv)
+    missing = [r["run"] for r in rows if r["test_f1_macro"] is None and r["test_accuracy"] is not None]
     if missing:
         out.append(
             f"No macro/weighted precision, recall or F1 for {', '.join(missing)}: an older run without "
@@ -568,9 +690,12 @@ def compare_summaries(
     check_writable(out)
     rows = [s.row() for s in summaries]
     pairs = paired_tests(summaries)
+    auc_pairs = multilabel_paired_tests(summaries)
     caveats = notes(summaries)
     write_csv(out / "compare.csv", rows, COMPARE_FIELDS)
     write_csv(out / "pairwise.csv", pairs, PAIR_FIELDS)
+    if auc_pairs:
+        write_csv(out / "pairwise_auc.csv", auc_pairs, AUC_PAIR_FIELDS)
     plots = {}
     curves = plot_val_curves(summaries, out / "plots" / "val_curves.png")
     if curves:
@@ -590,6 +715,31 @@ def compare_summaries(
         if pairs
         else "No pair of runs shares a test set with predictions; nothing to test.\n"
     )
+    if auc_pairs:
+        aheader = ["runs", "finding", "n", "AUC A", "AUC B", "difference (95% CI)", "p (Holm)", "verdict"]
+        acells = [
+            [
+                f"{r['run_a']} vs {r['run_b']}",
+                r["finding"],
+                r["n"],
+                r.get("auc_a"),
+                r.get("auc_b"),
+                f"{r['difference']:+.3f} [{r['difference_ci95_lo']:+.3f}, {r['difference_ci95_hi']:+.3f}]"
+                if "difference" in r
+                else "—",
+                r.get("p_holm"),
+                r["verdict"],
+            ]
+            for r in auc_pairs
+        ]
+        tested = sum("p_bootstrap" in r for r in auc_pairs)
+        md += "\n## Multi-label: paired AUC differences (same test images)\n\n" + md_table(aheader, acells)
+        md += (
+            "\nPaired bootstrap (2000 resamples of patients, or images when the predictions name no "
+            "patient) of the AUC difference per finding and of the macro AUC; two-sided p-values "
+            f"Holm-corrected over "
+            f"{tested} test(s); α = {ALPHA}.\n"
+        )
     md += "\n" + "".join(f"![{k}](plots/{p.name})\n" for k, p in plots.items())
     atomic_write(out / "compare.md", md)
 
@@ -608,6 +758,7 @@ def compare_summaries(
     return {
         "rows": rows,
         "pairs": pairs,
+        "auc_pairs": auc_pairs,
         "notes": caveats,
         "footnotes": marks,
         "plots": plots,

@@ -421,10 +421,14 @@ def run_sweep(
             trial.set_user_attr("error", reason)
             raise _TrialFailed(reason) from None
         test = metrics["test"]
-        trial.set_user_attr("test_accuracy", test["accuracy"])
+        trial.set_user_attr("test_accuracy", test.get("accuracy"))  # None for a multi-label run
         trial.set_user_attr("test_accuracy_ci95", test.get("accuracy_ci95"))
+        trial.set_user_attr("test_auc", test.get("auc"))  # multi-label: the macro AUC
         trial.set_user_attr("total_s", metrics["timing"]["total_s"])
         val = metrics["val"]
+        if monitor == "val_auc":  # validation (macro) AUC; undefined counts as 0
+            auc = val.get("auc")
+            return float(auc) if auc is not None and auc == auc else 0.0
         return float(val["loss"] if monitor == "val_loss" else val["accuracy"])
 
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
