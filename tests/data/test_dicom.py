@@ -5,6 +5,8 @@ audited through the real CLI, and the privacy check: no real Patient ID or name 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -334,6 +336,11 @@ def test_train_predict_and_privacy(dicom_run, dicom_data, dicom_dir, identities,
     assert result["mf.dcm"]["error"] == MULTI_FRAME
     assert result["cut.dcm"]["error"].startswith("truncated DICOM file")
     assert f"unreadable: {tmp_path / 'mf.dcm'}: multi-frame DICOM (2 frames)" in proc.stderr
+    proc = run_cli("evaluate", str(dicom_run))  # re-derives the carved test split: same hashed groups
+    assert proc.returncode == 0, proc.stderr
+    test_split = {r["path"] for r in csv.DictReader(io.StringIO(splits)) if r["split"] == "test"}
+    with (dicom_run / "evaluation" / "predictions.csv").open() as fh:
+        assert {r["path"] for r in csv.DictReader(fh)} == test_split
     generated = {f"GEN-{c}-{i:04d}" for c in "ab" for i in range(12)} | {"Doe^Jane^Gen", "19500101"}
     assert identities and not _grep(dicom_run, identities | generated)
 
