@@ -18,6 +18,9 @@ def export(
     out: Annotated[Path, Opt("--out", "-o", help="the file to write (model.onnx, model.pt)")],
     fmt: Annotated[str, Opt("--format", "-f", help="onnx or torchscript")] = "onnx",
     overwrite: Annotated[bool, Opt(help="replace an existing --out file")] = False,
+    tolerance: Annotated[
+        float, Opt(help="largest max |Δp| allowed between the export and cxrlab on the parity images")
+    ] = 1e-4,
 ) -> None:
     """Export a run's model (ONNX or TorchScript) with its preprocessing contract embedded as metadata.
 
@@ -27,7 +30,7 @@ def export(
     """
     from cxrlab.deploy.export import export_run
 
-    result = export_run(run, fmt.lower(), out, overwrite=overwrite)
+    result = export_run(run, fmt.lower(), out, overwrite=overwrite, tolerance=tolerance)
     par = result["parity"]
     typer.echo(
         f"parity on {par['n']} test images: max |Δp| = {par['max_abs_diff']:.2e} (limit {par['tolerance']:g})"

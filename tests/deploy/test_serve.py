@@ -1,0 +1,306 @@
+"""`cxr serve`: a real server process on 127.0.0.1, real HTTP requests with real images, the page in
+Chromium."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA, run_cli
+from tests.trust.conftest import one_line_error
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`cxr serve` in a subprocess; stopped at the end of the module."""
+
+    def __init__(self, run: Path, *args: str, env: dict[str, str] | None = None):
+        self.port = _free_port()
+        cmd = [sys.executable, "-m", "cxrlab", "serve", str(run), "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})  # fmt: skip
+
+    def wait(self, timeout: float = 240) -> Server:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert self.proc.poll() is None, self.proc.communicate()
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError("server did not start")
+
+    def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            raw = resp.read()
+            kind = resp.getheader("content-type", "")
+            return (
+                resp.status,
+                (json.loads(raw) if "json" in kind else {"text": raw.decode()}),
+                dict(resp.getheaders()),
+            )
+        finally:
+            conn.close()
+
+    def get(self, path: str, token: str | None = None):
+        return self.request("GET", path, headers=_auth(token))
+
+    def upload(self, name: str, data: bytes, token: str | None = None):
+        body, ctype = _multipart(name, data)
+        return self.request("POST", "/v1/predict", body, {"Content-Type": ctype, **_auth(token)})
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _multipart(name: str, data: bytes, field: str = "file") -> tuple[bytes, str]:
+    b = uuid.uuid4().hex
+    head = f'--{b}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n\r\n'.encode()
+    return head + data + f"\r\n--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
+
+
+def _png_bomb(side: int = 50_000) -> bytes:
+    """A 74-byte PNG whose header claims side x side pixels (2.5 gigapixels at the default)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def servers(small_run):
+    """Two real servers started together: one with a token (from the environment) and a 1 MB upload limit,
+    one open with the defaults (20 MB)."""
+    locked = Server(small_run, "--max-upload-mb", "1", env={"CXRLAB_SERVE_TOKEN": TOKEN})
+    open_ = Server(small_run)
+    try:
+        yield locked.wait(), open_.wait()
+    finally:
+        for s in (locked, open_):
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(small_run, test_images):
+    proc = run_cli("predict", str(small_run), *map(str, test_images[:2]), "--json", check=True)
+    return {r["image"]: r for r in json.loads(proc.stdout)}
+
+
+def test_predict_model_health_and_docs(servers, small_run, test_images, reference):
+    locked, open_ = servers
+    meta = json.loads((small_run / "model.json").read_text())
+    for image in test_images[:2]:
+        status, body, _ = open_.upload(image.name, image.read_bytes())
+        assert status == 200, body
+        # the same probabilities as `cxr predict` (same decoder, same model, same calibration)
+        assert body["probabilities"] == reference[str(image)]["probabilities"]
+        assert body["class"] == body["decision"]["class"] == reference[str(image)]["class"]
+        assert body["decision"]["threshold"] == meta["operating_point"]["threshold"]
+        assert body["model"] == "small_cnn" and body["run_id"].startswith("run@")
+        assert body["heatmap"] is None and "not available yet" in body["heatmap_note"]
+        assert body["filename"] == image.name
+    # a raw image body works too; and a DICOM file goes through the same decoder
+    status, raw, _ = open_.request(
+        "POST", "/v1/predict", test_images[0].read_bytes(), {"Content-Type": "image/jpeg"}
+    )
+    assert status == 200 and raw["probabilities"] == reference[str(test_images[0])]["probabilities"]
+    dicom = sorted((DATA / "dicom").glob("*.dcm"))[0]
+    status, body, _ = open_.upload(dicom.name, dicom.read_bytes())
+    assert status == 200, body
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-5
+
+    status, model, _ = open_.get("/v1/model")
+    assert status == 200
+    metrics = json.loads((small_run / "metrics.json").read_text())
+    assert model["classes"] == ["covid", "normal"] and model["input"]["image_size"] == 64
+    assert model["operating_point"]["threshold"] == meta["operating_point"]["threshold"]
+    assert model["metrics"]["auc"]["value"] == pytest.approx(metrics["test"]["auc"])
+    assert model["metrics"]["auc"]["ci95"] == pytest.approx(metrics["test"]["auc_ci95"])
+    assert model["warnings"]["audit"] == metrics["audit"]["warnings"]
+    assert any("Not validated on any external dataset" in s for s in model["limitations"])
+
+    assert open_.get("/healthz")[1]["status"] == "ok"
+    status, docs, _ = open_.get("/docs")
+    assert status == 200 and "swagger" in docs["text"].lower()
+    status, spec, _ = open_.get("/openapi.json")
+    assert {"/v1/predict", "/v1/model", "/healthz"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+
+
+def test_bad_requests_get_a_status_and_one_line(servers, test_images, tmp_path):
+    locked, open_ = servers
+    image = test_images[0].read_bytes()
+    # 401: no token, a wrong token, a wrong scheme; /healthz stays open
+    for headers in ({}, _auth("wrong"), {"Authorization": f"Basic {TOKEN}"}):
+        body, ctype = _multipart("x.jpeg", image)
+        status, err, hdrs = locked.request("POST", "/v1/predict", body, {"Content-Type": ctype, **headers})
+        assert status == 401 and "bearer token" in err["error"] and hdrs.get("www-authenticate") == "Bearer"
+    assert locked.get("/v1/model")[0] == 401 and locked.get("/v1/model", TOKEN)[0] == 200
+    assert locked.get("/healthz")[0] == 200
+    assert locked.upload("x.jpeg", image, TOKEN)[0] == 200
+
+    # 413: above the limit, told by Content-Length, and streamed without one (chunked)
+    big = b"\xff\xd8\xff" + os.urandom(1024 * 1024 + 100_000)
+    status, err, _ = locked.upload("big.jpeg", big, TOKEN)
+    assert status == 413 and "larger than the 1 MB limit" in err["error"]
+    conn = http.client.HTTPConnection("127.0.0.1", open_.port, timeout=60)
+    chunks = (os.urandom(1 << 20) for _ in range(22))
+    conn.request(
+        "POST", "/v1/predict", body=chunks, headers={"Content-Type": "image/jpeg"}, encode_chunked=True
+    )
+    resp = conn.getresponse()
+    assert resp.status == 413 and "20 MB limit" in json.loads(resp.read())["error"]
+    conn.close()
+
+    cases = {  # name: (bytes, status, words in the message)
+        "notes.txt": (b"just some text, not an image\n" * 10, 415, "is not an image"),
+        "page.html": (b"<html><body>hi</body></html>", 415, "is not an image"),
+        "truncated.jpeg": (image[: len(image) // 3], 422, "cannot be decoded"),
+        "corrupt.png": (b"\x89PNG\r\n\x1a\n" + os.urandom(300), 422, "cannot be decoded"),
+        "bomb.png": (_png_bomb(), 422, "pixel limit"),
+        "broken.dcm": (b"\0" * 128 + b"DICM" + os.urandom(200), 422, "cannot be decoded"),
+    }
+    for name, (data, code, words) in cases.items():
+        status, err, _ = open_.upload(name, data)
+        assert status == code, (name, err)
+        assert set(err) == {"error"} and words in err["error"] and "\n" not in err["error"], (name, err)
+    # malformed requests: no file field, bad multipart framing, an empty body, garbage on the socket
+    body, ctype = _multipart("x.jpeg", image, field="other")
+    status, err, _ = open_.request(
+        "POST", "/v1/predict", body.replace(b'filename="x.jpeg"', b""), {"Content-Type": ctype}
+    )
+    assert status == 400 and "multipart form field 'file'" in err["error"]
+    status, err, _ = open_.request(
+        "POST", "/v1/predict", b"--nope\r\n\r\n", {"Content-Type": "multipart/form-data"}
+    )
+    assert status == 400 and "malformed multipart" in err["error"]
+    assert open_.request("POST", "/v1/predict", b"", {"Content-Type": "image/png"})[0] == 400
+    with socket.create_connection(("127.0.0.1", open_.port), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01 this is not HTTP at all\r\n\r\n" + os.urandom(512))
+        sock.recv(1024)
+    # ... and the server is still up and still answers correctly
+    assert open_.proc.poll() is None and locked.proc.poll() is None
+    status, body, _ = open_.upload(test_images[1].name, test_images[1].read_bytes())
+    assert status == 200 and body["class"] in ("covid", "normal")
+
+
+def test_serve_refusals(small_run, servers, tmp_path):
+    locked, _ = servers
+    line = one_line_error(run_cli("serve", str(small_run), "--port", str(locked.port)))
+    assert f"cannot listen on 127.0.0.1:{locked.port}" in line and "choose another --port" in line
+    line = one_line_error(run_cli("serve", str(tmp_path), "--port", str(_free_port())))
+    assert "not a cxrlab run folder" in line
+
+
+def test_upload_page_in_headless_chromium(servers, test_images):
+    """A real upload through the page: the file input gets a real test image, the page posts it, and
+    the result (image, decision, probabilities, limitations) renders with no console error."""
+    from tests.browser import _CDP, FLAGS, chromium
+
+    if chromium() is None:
+        pytest.skip(
+            "chromium is not installed (CI installs it in .ci/run; locally: apt-get install chromium)"
+        )
+    _, open_ = servers
+    import shutil
+    import tempfile
+    import urllib.request
+
+    profile = Path(tempfile.mkdtemp(prefix="cxr-chromium-"))
+    proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        port_file = profile / "DevToolsActivePort"
+        end = time.monotonic() + 60
+        while not port_file.is_file() or not port_file.read_text().strip():
+            assert proc.poll() is None and time.monotonic() < end, "chromium did not start"
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        cdp = _CDP(next(t for t in targets if t.get("type") == "page")["webSocketDebuggerUrl"])
+        for domain in ("Page", "Runtime", "Log", "DOM"):
+            cdp.call(f"{domain}.enable")
+        cdp.call("Page.navigate", url=f"http://127.0.0.1:{open_.port}/")
+        cdp.wait_for("Page.loadEventFired", 60)
+
+        def js(expr: str):
+            return cdp.call("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
+
+        assert js("document.querySelector('meta[name=\"cxrlab-page\"]').content") == "serve"
+        assert "Known limitations" in js("document.body.innerText")
+        root = cdp.call("DOM.getDocument")["root"]["nodeId"]
+        node = cdp.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+        image = test_images[0]
+        cdp.call("DOM.setFileInputFiles", files=[str(image)], nodeId=node)
+        end = time.monotonic() + 120
+        while js("document.getElementById('result').hidden") and time.monotonic() < end:
+            assert "error" not in (js("document.getElementById('status').className") or ""), js(
+                "document.getElementById('status').textContent"
+            )
+            time.sleep(0.3)
+        state = json.loads(
+            js("""JSON.stringify({
+            decision: document.getElementById('decision').textContent,
+            rows: Array.from(document.querySelectorAll('#probs tbody tr')).map(r => r.cells[0].textContent),
+            probs: Array.from(document.querySelectorAll('#probs tbody tr')).map(r => +r.cells[1].textContent),
+            preview: document.getElementById('preview').naturalWidth,
+            caption: document.getElementById('caption').textContent,
+            heatmap: document.getElementById('heatmap').textContent,
+            status: document.getElementById('status').textContent})""")
+        )
+        assert state["decision"] in ("→ covid", "→ normal")
+        assert state["rows"] == ["covid", "normal"] and abs(sum(state["probs"]) - 1) < 0.01
+        assert state["preview"] > 0 and state["caption"] == image.name
+        assert "not available yet" in state["heatmap"] and state["status"].startswith("done in")
+        errors = [
+            e
+            for e in cdp.events
+            if e.get("method") == "Runtime.exceptionThrown"
+            or (e.get("method") == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")
+            or (e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("level") == "error")
+        ]
+        assert errors == [], errors
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
