@@ -213,7 +213,7 @@ def _train(*args: str):
         ("empty file", "is empty; it needs a header row and one row per image"),
         ("binary garbage", "is not a text label file (binary content); give a CSV or TSV file"),
         ("bad where", "--where 'View Position PA': expected COLUMN=VALUE or COLUMN!=VALUE"),
-        ("multi-label", "multi-label training is not available yet: for a single-label run name one column"),
+        ("multi-label sigmoid head", "model.head.output=sigmoid is for binary tasks; a multi-label run"),
         ("all missing", "none of the 1,000 rows of"),
     ],
 )
@@ -227,6 +227,8 @@ def test_bad_label_inputs_one_line(nih, tmp_path, case, expected):
     elif case == "binary garbage":
         (tmp_path / "garbage.csv").write_bytes(np.random.default_rng(0).bytes(4096))
         labels = str(tmp_path / "garbage.csv")
+    elif case == "multi-label sigmoid head":
+        extra += ["--set", "model.head.output=sigmoid"]
     elif case == "bad where":
         extra += ["--where", "View Position PA"]
     elif case == "all missing":
