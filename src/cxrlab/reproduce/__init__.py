@@ -20,7 +20,14 @@ from cxrlab.errors import ConfigError, DataError
 from cxrlab.reproduce.catalog import Report, load_catalog, select_reports
 from cxrlab.reproduce.document import build_context, write_html, write_markdown
 from cxrlab.reproduce.runner import BUDGETS, Runner
-from cxrlab.runs import check_out_folder, check_writable, read_json, run_lock, write_json
+from cxrlab.runs import (
+    check_out_folder,
+    check_outside_inputs,
+    check_writable,
+    read_json,
+    run_lock,
+    write_json,
+)
 
 __all__ = ["BUDGETS", "load_catalog", "reproduce", "select_reports"]
 
@@ -30,7 +37,7 @@ BUDGET_TEXT = {
     "quick": (
         "The **quick** budget fits on 2 CPU cores in minutes: where an experiment would take hours "
         "here it runs fewer epochs and/or fewer images, and each experiment says exactly what changed. "
-        "Frozen-backbone recipes keep the report's epochs (the backbone runs once; only the head trains). "
+        "Frozen-backbone recipes compute the backbone's features once and train only the head. "
         "Numbers from a quick run show that the pipeline reproduces the report's setup, "
         "not the report's accuracy."
     ),
@@ -85,6 +92,7 @@ def reproduce(
     reports = select_reports(which)
     data_root, out = Path(data_root).resolve(), Path(out)
     check_data_root(data_root, reports)
+    check_outside_inputs(out, (data_root,))
     check_out_folder(out, OUTPUTS)
     check_writable(out)  # creates it
     lock = run_lock(out, "another `cxr reproduce` is writing it; wait for it or choose another --out")
