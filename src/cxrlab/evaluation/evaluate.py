@@ -240,12 +240,7 @@ def evaluate_trained(
             if k in val_metrics
         },
         "calibration": {"temperature": temperature, "ece": test_metrics["ece"]},
-        "params": param_counts(model),
-        "timing": timing,
-        "fast_path": trained.features is not None,
-        "device": trained.device,
-        "plots": {k: str(v.relative_to(out)) for k, v in plot_paths.items()},
-        "plot_notes": plot_notes,
+        **_run_facts(out, model, trained, timing, plot_paths, plot_notes),
     }
     return metrics
 
@@ -336,12 +331,7 @@ def evaluate_multilabel(
         "thresholds": thresholds,
         "pos_weight": trained.pos_weight,
         "calibration": {"temperature": 1.0},
-        "params": param_counts(model),
-        "timing": timing,
-        "fast_path": trained.features is not None,
-        "device": trained.device,
-        "plots": {k: str(v.relative_to(out)) for k, v in plot_paths.items()},
-        "plot_notes": plot_notes,
+        **_run_facts(out, model, trained, timing, plot_paths, plot_notes),
     }
 
 
@@ -394,6 +384,21 @@ def write_multilabel_predictions(
             row[f"pred_{f}"] = int(f in above)
         rows.append(row)
     write_csv(path, rows, fields)
+
+
+def _run_facts(
+    out: Path, model: Classifier, trained: Trained, timing: dict[str, Any], plot_paths: dict[str, Path],
+    plot_notes: dict[str, str],
+) -> dict[str, Any]:
+    """What metrics.json says about the trained network and the run, single- and multi-label alike."""
+    return {
+        "params": param_counts(model),
+        "timing": timing,
+        "fast_path": trained.features is not None,
+        "device": trained.device,
+        "plots": {k: str(v.relative_to(out)) for k, v in plot_paths.items()},
+        "plot_notes": plot_notes,
+    }
 
 
 def param_counts(model: Classifier) -> dict[str, Any]:
