@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"evaluation", "audit"},
     {"reports"},
     {"pipeline"},  # the one orchestration layer: data → fit → evaluate → audit → report
-    {"experiments", "generative", "deploy"},
+    {"experiments", "generative", "deploy", "explain"},
     {"reproduce"},  # the five reports, run end to end (experiments + generative)
     {"demo"},
     {"cli"},

@@ -26,7 +26,7 @@ app = typer.Typer(
 def _register() -> None:
     import importlib
 
-    for module in ("core", "zoo", "audit", "experiments", "generative", "reproduce", "deploy"):
+    for module in ("core", "zoo", "audit", "experiments", "generative", "reproduce", "deploy", "explain"):
         try:
             importlib.import_module(f"cxrlab.cli.{module}")
         except ModuleNotFoundError as exc:

@@ -41,6 +41,9 @@ class ModelSpec:
     family: str = "torchvision"
     description: str = ""
     feature_dim: int | None = None  # channels of the backbone's output at the default input size
+    #: Grad-CAM target: a module name of the built Classifier (``"backbone"``: its last feature map);
+    #: None = the backbone's last Conv2d (:func:`cam_layer`)
+    cam_layer: str | None = None
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -81,3 +84,12 @@ def model_names() -> list[str]:
 def resolve_channels(spec: ModelSpec, cfg: ModelConfig) -> int:
     """Input channels: the config's, else the model's default."""
     return cfg.in_channels or spec.channels
+
+
+def cam_layer(spec: ModelSpec, model: nn.Module) -> str | None:
+    """The module name Grad-CAM hooks for a model of ``spec``: the family's ``cam_layer``, else the last
+    ``Conv2d`` of ``model.backbone`` (None when the backbone has no convolution)."""
+    if spec.cam_layer:
+        return spec.cam_layer
+    convs = [n for n, m in model.named_modules() if n.startswith("backbone.") and isinstance(m, nn.Conv2d)]
+    return convs[-1] if convs else None

@@ -150,6 +150,7 @@ def _small(name: str, builder, size: int, feature_dim: int, description: str, hi
             default_hidden=hidden,
             family="small",
             description=description,
+            cam_layer=None if builder is _flatten else "backbone",  # mlp: no convolution to explain
             feature_dim=feature_dim,
         )
     )

@@ -166,6 +166,7 @@ def _spec(
             weights=weights,
             feature_dim=feature_dim,
             description=description,
+            cam_layer="backbone",  # the last convolutional feature map (after its activation)
             **extra,
         )
     )
