@@ -381,6 +381,7 @@ def _trainer(
             monitor=cfg.train.monitor,
             mode=mode,
             save_top_k=1,
+            save_weights_only=True,  # only its weights are read back; last.ckpt carries the optimizer
             enable_version_counter=False,
         ),
         # last.ckpt after *every* epoch, for --resume. (Lightning's save_last=True only writes it when
