@@ -34,6 +34,7 @@ class Pair:
     image: Path
     mask: Path
     patient: str
+    view: str = ""
 
 
 def read_pairs(data: str | Path) -> list[Pair]:
@@ -54,7 +55,7 @@ def read_pairs(data: str | Path) -> list[Pair]:
     for row in rows:
         image, mask = root / "images" / row["filename"], root / "masks" / row["filename"]
         if image.is_file() and mask.is_file():
-            pairs.append(Pair(image, mask, str(row["patientid"])))
+            pairs.append(Pair(image, mask, str(row["patientid"]), str(row.get("view") or "")))
     if len(pairs) < 10:
         raise DataError(f"{data}: only {len(pairs)} image/mask pairs found; at least 10 are needed")
     return pairs
@@ -76,6 +77,18 @@ def dice(pred: np.ndarray, true: np.ndarray) -> float:
     inter = float(np.logical_and(pred, true).sum())
     total = float(pred.sum() + true.sum())
     return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def dice_by_view(views: list[str], scores: list[float]) -> dict[str, Any]:
+    """Mean Dice of frontal (PA/AP) and lateral (view ``L``) images, with their counts."""
+    lateral = [d for v, d in zip(views, scores, strict=True) if v.strip().upper() == "L"]
+    frontal = [d for v, d in zip(views, scores, strict=True) if v.strip().upper() != "L"]
+    return {
+        "frontal_mean": round(float(np.mean(frontal)), 4) if frontal else None,
+        "frontal_n": len(frontal),
+        "lateral_mean": round(float(np.mean(lateral)), 4) if lateral else None,
+        "lateral_n": len(lateral),
+    }
 
 
 def _load_pairs(pairs: list[Pair], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -240,6 +253,7 @@ def _card(data, pairs, train_idx, test_idx, scores, size, base, epochs, seed, ne
             "masks": "v7labs lung annotations as redistributed by mlmed/torchxrayvision; see their terms",
         },
         "dice_heldout": {
+            **dice_by_view([pairs[i].view for i in test_idx], scores),
             "mean": round(float(s.mean()), 4),
             "median": round(float(np.median(s)), 4),
             "p05": round(float(np.percentile(s, 5)), 4),

@@ -44,7 +44,7 @@ def summarise(
 ) -> dict[str, dict[str, Any]]:
     """Per value of ``rows[i][key]``: images scored (``n``) and with an all-zero heatmap (``empty``: Grad-CAM
     finds no positive evidence for the class), mean lung share with 95% CI, mean lung area (the share a
-    uniform heatmap would get) and ``low`` (mean share below ``min_share``)."""
+    uniform heatmap would get), ``lift`` (share / area) and ``low`` (mean share below ``min_share``)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(str(r[key]), []).append(r)
@@ -52,12 +52,15 @@ def summarise(
     for name in sorted(groups):
         scored = [r for r in groups[name] if r.get("lung_share") is not None]
         mean, ci = mean_ci([r["lung_share"] for r in scored], n_boot)
+        area = float(np.mean([r["lung_area"] for r in groups[name]]))
         out[name] = {
             "n": len(scored),
             "empty": len(groups[name]) - len(scored),  # all-zero heatmaps: no share to measure
             "lung_share": round(mean, 4) if scored else None,
             "ci95": [round(c, 4) for c in ci] if scored else None,
-            "lung_area": round(float(np.mean([r["lung_area"] for r in groups[name]])), 4),
+            "lung_area": round(area, 4),
+            # share over area: 1 = no more on the lungs than an evenly spread heatmap
+            "lift": round(mean / area, 3) if scored and area > 0 else None,
             "low": bool(scored) and bool(mean < min_share),
         }
     return out
