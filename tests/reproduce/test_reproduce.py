@@ -137,3 +137,16 @@ def test_catalog_recipes_load_and_metrics_are_known():
 )
 def test_verdict(metric, reported, value, ci, comparable, expected):
     assert verdict(Reported(metric, reported, "somewhere"), value, ci, comparable) == expected
+
+
+def test_quick_budget_times_are_marked_not_comparable():
+    """A quick run with fewer epochs or images cannot be timed against the report's full training."""
+    from cxrlab.reproduce.document import time_caveats
+
+    catalog = load_catalog()
+    head_only = next(e for e in catalog["000"].experiments if e.id == "task1_vgg16_binary")
+    assert set(time_caveats(head_only, "quick")) == {"train_time_s", "gpu_train_time_s"}
+    capped = next(e for e in catalog["004"].experiments if e.id == "vgg19")
+    assert "s_per_epoch" in time_caveats(capped, "quick")
+    unchanged = next(e for e in catalog["003"].experiments if e.id == "p1_task1_mlp_relu")
+    assert time_caveats(unchanged, "quick") == {} and time_caveats(head_only, "full") == {}

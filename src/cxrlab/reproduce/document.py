@@ -77,8 +77,11 @@ def metric_rows(
     values: dict[str, Any],
     comparable: bool,
     always: tuple[str, ...] = ("test_accuracy",),
+    time_caveats: dict[str, str] | None = None,
 ) -> list[list[str]]:
-    """One row per number the report prints (plus ``always``), in METRICS order."""
+    """One row per number the report prints (plus ``always``), in METRICS order; ``time_caveats`` replaces
+    the verdict of times the budget made incomparable."""
+    time_caveats = time_caveats or {}
     rows = []
     for metric in METRICS:
         rep = reported.get(metric)
@@ -91,19 +94,37 @@ def metric_rows(
                 _fmt(metric, rep.value) if rep else "not printed",
                 rep.where if rep else "",
                 _fmt(metric, value) + _ci(metric, ci),
-                verdict(rep, value, ci, comparable),
+                time_caveats.get(metric)
+                if rep and metric in time_caveats
+                else verdict(rep, value, ci, comparable),
             ]
         )
     return rows
 
 
-def experiment_tables(exp: Experiment, result: dict[str, Any]) -> list[dict[str, Any]]:
+def time_caveats(exp: Experiment, budget: str) -> dict[str, str]:
+    """Which stated times a quick run cannot be compared with (fewer epochs, fewer images)."""
+    if budget != "quick":
+        return {}
+    keys = {k.rsplit(".", 1)[-1] for k in exp.quick_set}
+    out = {}
+    if keys & {"epochs", "max_per_class", "samples_per_class"}:
+        out.update(
+            train_time_s="not comparable: quick budget (fewer epochs or images)",
+            gpu_train_time_s="not comparable: quick budget (fewer epochs or images)",
+        )
+    if keys & {"max_per_class", "samples_per_class"}:
+        out["s_per_epoch"] = "not comparable: quick budget (fewer images per epoch)"
+    return out
+
+
+def experiment_tables(exp: Experiment, result: dict[str, Any], budget: str = "full") -> list[dict[str, Any]]:
     """Per run of the experiment: a title and its rows."""
     comparable = not result.get("random_weights")
     tables = []
     for name, run in (result.get("runs") or {}).items():
         reported = exp.reported.get(name if exp.kind == "gan" else "", {})
-        rows = metric_rows(reported, run["values"], comparable)
+        rows = metric_rows(reported, run["values"], comparable, time_caveats=time_caveats(exp, budget))
         rows.append(
             ["wall time of this experiment step (s)", "", "", _fmt("train_time_s", run.get("total_s")), ""]
         )
@@ -176,7 +197,9 @@ def build_context(
                     "notes": result.get("notes", []),
                     "folder": result.get("folder"),
                     "wall_s": result.get("wall_s"),
-                    "tables": experiment_tables(exp, result) if result.get("status") == "finished" else [],
+                    "tables": experiment_tables(exp, result, meta["budget"])
+                    if result.get("status") == "finished"
+                    else [],
                     **sweep_table(result.get("sweep") or []),
                     "plots": plots,
                     "random_weights": bool(result.get("random_weights")),
@@ -232,9 +255,9 @@ def write_markdown(path: Path, ctx: dict[str, Any]) -> None:
     ]
     for rep in ctx["reports"]:
         md.append(f"\n## Report {rep['id']} — {rep['title']}\n")
+        convention = "Keras'" if rep["framework"] == "keras" else "PyTorch's"
         md.append(
-            f"Source: `{rep['file']}` ({rep['framework']}: parameter counts in "
-            f"{'Keras' if rep['framework'] == 'keras' else 'PyTorch'}'s convention).\n"
+            f"Source: `{rep['file']}` ({rep['framework']}: parameter counts in {convention} convention).\n"
         )
         md.append(_md_table(ctx["summary_header"], rep["summary"]))
         for exp in rep["experiments"]:
