@@ -9,6 +9,7 @@ from typing import Any
 from cxrlab import pages
 from cxrlab.reproduce.catalog import METRICS, Experiment, Report, Reported
 from cxrlab.runs import atomic_write
+from cxrlab.stats import to_number
 
 SUMMARY_HEADER = [
     "experiment",
@@ -56,7 +57,9 @@ def verdict(rep: Reported | None, value: Any, ci: Any, comparable: bool) -> str:
         if not value or not mid:
             return ""
         ratio = mid / value
-        return f"{ratio:.2g}× faster here" if ratio >= 1 else f"{1 / ratio:.2g}× slower here"
+        factor = ratio if ratio >= 1 else 1 / ratio
+        shown = f"{factor:,.0f}" if factor >= 10 else f"{factor:.2g}"
+        return f"{shown}× faster here" if ratio >= 1 else f"{shown}× slower here"
     if not comparable:
         return "not comparable (random weights)"
     if ci and ci[0] is not None and not any(isinstance(c, float) and math.isnan(c) for c in ci):
@@ -226,7 +229,13 @@ def sweep_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not rows:
         return {"sweep_header": [], "sweep_rows": []}
     header = [k for k in rows[0] if k not in SWEEP_SKIP]
-    return {"sweep_header": header, "sweep_rows": [[r.get(k, "") for k in header] for r in rows]}
+    return {"sweep_header": header, "sweep_rows": [[_cell(r.get(k, "")) for k in header] for r in rows]}
+
+
+def _cell(text: str) -> str:
+    """A sweep.csv cell: long floats to 4 significant digits, everything else as written."""
+    number = to_number(text)
+    return f"{number:.4g}" if isinstance(number, float) else str(text)
 
 
 PLOT_CAPTIONS = {

@@ -226,8 +226,9 @@ class Runner:
         values = run_values(folder, report.framework)
         if values["fast_path"]:
             notes.append(
-                f"fast path: the frozen backbone ran once ({values['features_s']} s, in the training time); "
-                "seconds per epoch and per step are the head's alone"
+                f"fast path: the frozen backbone's features were computed once or read from the cache "
+                f"({values['features_s']} s, in the training time); seconds per epoch and per step are "
+                "the head's"
             )
         return {
             "recipe": exp.recipe,
