@@ -106,10 +106,10 @@ def _png_bomb(side: int = 50_000) -> bytes:
 
 @pytest.fixture(scope="module")
 def servers(small_run):
-    """Two real servers started together: one with a token (from the environment) and a 1 MB upload limit,
-    one open with the defaults (20 MB)."""
+    """Two real servers started together: one with a token (from the environment) and a 1 MB upload limit
+    (heatmaps only on request), one open with the defaults (20 MB) and --heatmaps (in every response)."""
     locked = Server(small_run, "--max-upload-mb", "1", env={"CXRLAB_SERVE_TOKEN": TOKEN})
-    open_ = Server(small_run)
+    open_ = Server(small_run, "--heatmaps")
     try:
         yield locked.wait(), open_.wait()
     finally:
@@ -127,14 +127,14 @@ def test_predict_model_health_and_docs(servers, small_run, test_images, referenc
     locked, open_ = servers
     meta = json.loads((small_run / "model.json").read_text())
     for image in test_images[:2]:
-        status, body, _ = open_.upload(image.name, image.read_bytes())
+        status, body, _ = locked.upload(image.name, image.read_bytes(), TOKEN)
         assert status == 200, body
         # the same probabilities as `cxr predict` (same decoder, same model, same calibration)
         assert body["probabilities"] == reference[str(image)]["probabilities"]
         assert body["class"] == body["decision"]["class"] == reference[str(image)]["class"]
         assert body["decision"]["threshold"] == meta["operating_point"]["threshold"]
         assert body["model"] == "small_cnn" and body["run_id"].startswith("run@")
-        assert body["heatmap"] is None and "not available yet" in body["heatmap_note"]
+        assert body["heatmap"] is None and "add ?heatmap=true" in body["heatmap_note"]
         assert body["filename"] == image.name
     # a raw image body works too; and a DICOM file goes through the same decoder
     status, raw, _ = open_.request(
@@ -162,6 +162,64 @@ def test_predict_model_health_and_docs(servers, small_run, test_images, referenc
     status, spec, _ = open_.get("/openapi.json")
     assert {"/v1/predict", "/v1/model", "/healthz"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+
+
+def _heatmap_reference(run: Path, image: Path) -> dict:
+    """The heatmap cxrlab's Explainer makes in this process for ``image`` (same decoder, same model)."""
+    from cxrlab.data.images import load_gray
+    from cxrlab.evaluation.inference import image_run, predict_arrays
+    from cxrlab.explain.inline import Explainer
+
+    loaded = image_run(run)
+    small, display = load_gray(image, 64), load_gray(image, 256)
+    probs, _ = predict_arrays(loaded, small[None])
+    return Explainer(loaded)(small, display, probs[0])
+
+
+def test_heatmaps_with_the_lung_share(servers, small_run, test_images, reference):
+    """--heatmaps: an overlay PNG and the lung share in every response, equal to cxrlab's own Explainer on
+    the same image; ?heatmap=false skips it; without --heatmaps only ?heatmap=true asks for one."""
+    import base64
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    locked, open_ = servers
+    image = test_images[0]
+    expected = _heatmap_reference(small_run, image)
+    status, body, _ = open_.upload(image.name, image.read_bytes())
+    assert status == 200, body
+    assert body["probabilities"] == reference[str(image)]["probabilities"]  # the heatmap changes nothing
+    png = base64.b64decode(body["heatmap"])
+    assert png == expected["png"]
+    overlay = np.asarray(Image.open(io.BytesIO(png)))
+    assert overlay.shape == (256, 256, 3) and (overlay[..., 0] != overlay[..., 2]).any()  # coloured
+    assert body["lung_share"] == expected["lung_share"] and body["lung_area"] == expected["lung_area"]
+    assert body["lung_share"] is None or 0 <= body["lung_share"] <= 1
+    assert 0.05 < body["lung_area"] < 0.8 and body["heatmap_class"] == body["class"]
+    assert "gradcam overlay" in body["heatmap_note"] and "at layer backbone" in body["heatmap_note"]
+    # four at once: all answered from the one inference thread, identical
+    with ThreadPoolExecutor(4) as pool:
+        many = list(pool.map(lambda _: open_.upload(image.name, image.read_bytes()), range(4)))
+    assert all(s == 200 and b["heatmap"] == body["heatmap"] for s, b, _ in many)
+
+    def post(server, query: str, token: str | None = None):
+        data, ctype = _multipart(image.name, image.read_bytes())
+        return server.request("POST", f"/v1/predict{query}", data, {"Content-Type": ctype, **_auth(token)})
+
+    status, body, _ = post(open_, "?heatmap=false")
+    assert status == 200 and body["heatmap"] is None and body["lung_share"] is None
+    status, body, _ = post(locked, "?heatmap=true", TOKEN)
+    assert status == 200 and base64.b64decode(body["heatmap"]) == expected["png"]
+    assert body["lung_share"] == expected["lung_share"]
+    status, err, _ = post(open_, "?heatmap=maybe")
+    assert status == 400 and err == {"error": "heatmap='maybe': use heatmap=true or heatmap=false"}
+    assert open_.get("/v1/model")[1]["heatmaps"] == {
+        "available": True, "default": True, "method": "gradcam", "layer": "backbone"
+    }  # fmt: skip
+    assert locked.get("/v1/model", TOKEN)[1]["heatmaps"]["default"] is False
 
 
 def test_bad_requests_get_a_status_and_one_line(servers, test_images, tmp_path):
@@ -227,6 +285,11 @@ def test_serve_refusals(small_run, servers, tmp_path):
     assert f"cannot listen on 127.0.0.1:{locked.port}" in line and "choose another --port" in line
     line = one_line_error(run_cli("serve", str(tmp_path), "--port", str(_free_port())))
     assert "not a cxrlab run folder" in line
+    line = one_line_error(run_cli("serve", str(small_run), "--heatmaps", "--method", "shap"))
+    assert "unknown --method 'shap'; choose one of gradcam" in line
+    port = str(_free_port())
+    line = one_line_error(run_cli("serve", str(small_run), "--port", port, "--heatmaps", "--layer", "x.99"))
+    assert "unknown --layer 'x.99' in small_cnn" in line
 
 
 def test_upload_page_in_headless_chromium(servers, test_images):
@@ -283,12 +346,18 @@ def test_upload_page_in_headless_chromium(servers, test_images):
             preview: document.getElementById('preview').naturalWidth,
             caption: document.getElementById('caption').textContent,
             heatmap: document.getElementById('heatmap').textContent,
+            heatShown: !document.getElementById('heatfigure').hidden,
+            heatWidth: document.getElementById('heatimg').naturalWidth,
+            heatCaption: document.getElementById('heatcaption').textContent,
             status: document.getElementById('status').textContent})""")
         )
         assert state["decision"] in ("→ covid", "→ normal")
         assert state["rows"] == ["covid", "normal"] and abs(sum(state["probs"]) - 1) < 0.01
         assert state["preview"] > 0 and state["caption"] == image.name
-        assert "not available yet" in state["heatmap"] and state["status"].startswith("done in")
+        assert state["heatmap"] == "" and state["status"].startswith("done in")
+        # the Grad-CAM overlay beside the image, with its lung-attention share
+        assert state["heatShown"] and state["heatWidth"] == 256
+        assert "lung-attention share" in state["heatCaption"], state["heatCaption"]
         errors = [
             e
             for e in cdp.events

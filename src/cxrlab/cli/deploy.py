@@ -54,13 +54,30 @@ def serve(
     ] = None,
     max_upload_mb: Annotated[float, Opt(help="largest upload accepted, in MB (413 above)")] = 20.0,
     decode_workers: Annotated[int, Opt(help="threads decoding uploads at once")] = 2,
+    heatmaps: Annotated[
+        bool,
+        Opt(
+            help="a Grad-CAM overlay and the lung-attention share in every response (?heatmap=false skips); "
+            "without it, only on POST /v1/predict?heatmap=true"
+        ),
+    ] = False,
+    method: Annotated[str, Opt(help="heatmap method: gradcam | gradcam++ | eigencam | layercam")] = "gradcam",
+    layer: Annotated[str, Opt(help="heatmap target module (default: the model family's)")] = None,
 ) -> None:
     """Serve a run's model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /docs and a web page at /.
 
-    Example: cxr serve runs/covid --port 8000, then open http://127.0.0.1:8000/
+    Example: cxr serve runs/covid --port 8000 --heatmaps, then open http://127.0.0.1:8000/
     """
     from cxrlab.deploy.serve import serve as run_serve
+    from cxrlab.explain.cam import method_class
+    from cxrlab.explain.inline import Explainer
+
+    method_class(method)  # an unknown --method: one line before anything loads
+
+    def explainer(loaded):
+        return Explainer(loaded, method=method, layer=layer)
 
     run_serve(
-        run, host, port, token, max_upload_mb, decode_workers, announce=lambda s: typer.echo(s, err=True)
-    )
+        run, host, port, token, max_upload_mb, decode_workers, announce=lambda s: typer.echo(s, err=True),
+        explain=explainer, heatmaps=heatmaps,
+    )  # fmt: skip

@@ -15,8 +15,13 @@ than ``CXRLAB_MAX_PIXELS`` (a decompression bomb), 422. With a token, every ``/v
 thread pool and inference on one thread that takes waiting images as one batch, so concurrent requests
 cannot oversubscribe the CPU; every failure is one line of JSON ``{"error": ...}`` and never stops the server.
 
-Heatmaps: the response carries ``heatmap: null`` and a note until an explainer is plugged in through
-``create_app(..., explain=fn)`` (``fn(loaded, image_uint8) -> PNG bytes``); the page shows it when present.
+Heatmaps: ``create_app(..., explain=factory)`` plugs in an explainer (``cxr serve`` passes cxrlab.explain's
+Grad-CAM; deploy cannot import it): ``factory(loaded)`` is called once and returns ``fn(image, display,
+probs) -> dict`` with ``png`` (overlay bytes), ``lung_share``, ``lung_area``, ``class``, ``method``,
+``layer``.
+``POST /v1/predict?heatmap=true`` asks for one (``heatmap=false`` declines; the default is ``heatmaps``,
+``cxr serve --heatmaps``); it runs on the inference thread right after its batch, so heatmaps share the
+inference bound and never run beside it.
 """
 
 from __future__ import annotations
@@ -48,10 +53,7 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 TOKEN_ENV = "CXRLAB_SERVE_TOKEN"
 #: Multipart framing (boundaries, part headers) allowed on top of the upload limit.
 FRAMING_BYTES = 64 * 1024
-HEATMAP_NOTE = (
-    "heatmaps are not available yet: Grad-CAM and the lung-attention score (issue 15, items 1-2) will fill "
-    "this field with a PNG overlay"
-)
+HEATMAP_NOTE = "not requested: add ?heatmap=true for a Grad-CAM overlay and the lung-attention share"
 DISCLAIMER = (
     "A research model trained with cxrlab. It is not a medical device and must not be used for diagnosis; "
     "its numbers hold only for images like its training data."
@@ -72,7 +74,11 @@ _SIGNATURES = (
     b"P6",
 )
 
-Explainer = Callable[[LoadedRun, np.ndarray], bytes | None]
+#: ``fn(image at the run's size, the same image at display size, probabilities) -> heatmap dict``.
+ImageExplainer = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, Any]]
+#: Called once with the loaded run; returns the per-image explainer.
+Explainer = Callable[[LoadedRun], ImageExplainer]
+DISPLAY_SIZE = 256
 
 
 class ApiError(Exception):
@@ -116,6 +122,7 @@ class _Job:
     image: np.ndarray
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    display: np.ndarray | None = None  # set: a heatmap is wanted
 
 
 @dataclass
@@ -125,6 +132,7 @@ class Predictor:
     loaded: LoadedRun
     max_batch: int = 16
     device: str = "cpu"
+    explain: ImageExplainer | None = None
     _queue: list[_Job] = field(default_factory=list)
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _thread: threading.Thread | None = None
@@ -155,10 +163,13 @@ class Predictor:
         )
         return logits_to_probs(logits, meta.get("temperature", 1.0))
 
-    async def submit(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities of one image; waits for the inference thread (one batch at a time)."""
+    async def submit(
+        self, image: np.ndarray, display: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """Probabilities of one image, and its heatmap when ``display`` is given (None, or a dict with
+        ``error``, when none could be made); waits for the inference thread (one batch at a time)."""
         loop = asyncio.get_running_loop()
-        job = _Job(image, loop.create_future(), loop)
+        job = _Job(image, loop.create_future(), loop, display)
         with self._cv:
             self._queue.append(job)
             self._cv.notify()
@@ -173,11 +184,20 @@ class Predictor:
             try:
                 probs = self.probabilities(np.stack([j.image for j in jobs]))
                 self.batches += 1
-                results: list[Any] = list(probs)
+                results: list[Any] = [(p, self._heatmap(j, p)) for j, p in zip(jobs, probs, strict=True)]
             except Exception as exc:  # noqa: BLE001 - reported to each waiting request, never kills the thread
                 results = [exc] * len(jobs)
             for job, res in zip(jobs, results, strict=True):
                 job.loop.call_soon_threadsafe(_settle, job.future, res)
+
+    def _heatmap(self, job: _Job, probs: np.ndarray) -> dict[str, Any] | None:
+        """The heatmap of one job, on this thread (gradients: the same bound as inference)."""
+        if job.display is None or self.explain is None or job.future.done():
+            return None
+        try:
+            return self.explain(job.image, job.display, probs)
+        except Exception as exc:  # noqa: BLE001 - the prediction still stands
+            return {"error": f"no heatmap for this image ({exc.__class__.__name__}: {exc})"}
 
 
 def _settle(future: asyncio.Future, result: Any) -> None:
@@ -251,8 +271,12 @@ def create_app(
     decode_workers: int = 2,
     max_batch: int = 16,
     explain: Explainer | None = None,
+    heatmaps: bool = False,
 ):
-    """The FastAPI application serving ``run`` (the model is loaded and prepared here, once)."""
+    """The FastAPI application serving ``run`` (the model is loaded and prepared here, once).
+
+    ``explain``: the heatmap factory (module docstring); ``heatmaps``: a heatmap in every response unless
+    the request says ``?heatmap=false`` (without it, only on ``?heatmap=true``)."""
     from fastapi import Depends, FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
@@ -261,7 +285,22 @@ def create_app(
     loaded = image_run(run)
     rid = run_id(loaded)
     card = model_card(loaded, rid)
-    predictor = Predictor(loaded, max_batch=max_batch)
+    image_explainer, why_not = None, "this server has no explainer"
+    if explain is not None:
+        try:
+            image_explainer = explain(loaded)
+        except CxrError as exc:  # e.g. a model without convolutions: predictions still served
+            if heatmaps:
+                raise
+            why_not = " ".join(str(exc).splitlines())
+    card["heatmaps"] = {
+        "available": image_explainer is not None,
+        "default": bool(heatmaps and image_explainer is not None),
+        "method": getattr(image_explainer, "method", None),
+        "layer": getattr(image_explainer, "layer_name", None),
+        **({} if image_explainer is not None else {"why_not": why_not}),
+    }
+    predictor = Predictor(loaded, max_batch=max_batch, explain=image_explainer)
     decoder = ThreadPoolExecutor(max_workers=max(1, decode_workers), thread_name_prefix="cxrlab-decode")
     limit = int(max_upload_mb * 1024 * 1024)
     size, resize = int(loaded.meta["image_size"]), loaded.meta.get("resize", "squash")
@@ -356,6 +395,9 @@ def create_app(
     async def predict(request: Request) -> dict[str, Any]:
         t0 = time.perf_counter()
         stats["requests"] += 1
+        want = want_heatmap(request.query_params.get("heatmap"), card["heatmaps"]["default"])
+        if want and image_explainer is None:
+            raise ApiError(400, f"heatmap=true: no heatmaps from this server ({why_not})")
         name, data = await read_upload(request, limit)
         kind = sniff(data)
         if kind is None:
@@ -365,15 +407,21 @@ def create_app(
         loop = asyncio.get_running_loop()
         try:
             image = await loop.run_in_executor(decoder, decode_upload, data, size, resize)
+            display = (
+                await loop.run_in_executor(decoder, decode_upload, data, max(size, DISPLAY_SIZE), resize)
+                if want
+                else None
+            )
         except Exception as exc:  # noqa: BLE001 - ImageReadError, DicomError…: the image is unusable
             raise ApiError(422, f"{name or 'the upload'} cannot be decoded: {exc}") from None
         del data
-        probs = await predictor.submit(image)
+        probs, heat = await predictor.submit(image, display)
+        del display
         response = decision(loaded, probs, rid)
-        if explain is not None:
-            png = await loop.run_in_executor(decoder, explain, loaded, image)
-            response["heatmap"] = base64.b64encode(png).decode("ascii") if png else None
-            response["heatmap_note"] = "PNG overlay, base64" if png else "no heatmap for this image"
+        if want:
+            response.update(heatmap_fields(heat))
+        elif image_explainer is None:
+            response["heatmap_note"] = f"no heatmaps from this server ({why_not})"
         response["filename"] = name
         response["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return response
@@ -394,6 +442,39 @@ def create_app(
     app.state.card = card
     app.state.stats = stats
     return app
+
+
+def want_heatmap(value: str | None, default: bool) -> bool:
+    """The ``heatmap`` query parameter (true/false, 1/0, yes/no; absent: ``default``); 400 otherwise."""
+    if value is None:
+        return default
+    v = value.strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise ApiError(400, f"heatmap={value[:40]!r}: use heatmap=true or heatmap=false")
+
+
+def heatmap_fields(heat: dict[str, Any] | None) -> dict[str, Any]:
+    """The response's heatmap fields: ``heatmap`` (overlay PNG, base64), ``heatmap_note``, ``lung_share``
+    (share of the heatmap's mass on the lung fields; None for an all-zero heatmap), ``lung_area``."""
+    if not heat or "png" not in heat:
+        why = (heat or {}).get("error", "no heatmap for this image")
+        return {"heatmap": None, "heatmap_note": why, "lung_share": None, "lung_area": None}
+    share = heat.get("lung_share")
+    note = (
+        f"{heat['method']} overlay (PNG, base64) for class {heat['class']!r} at layer {heat['layer']}; "
+        "white outline: the lung fields"
+        + ("" if share is not None else "; all-zero heatmap (no positive evidence): no lung share")
+    )
+    return {
+        "heatmap": base64.b64encode(heat["png"]).decode("ascii"),
+        "heatmap_note": note,
+        "heatmap_class": heat["class"],
+        "lung_share": share,
+        "lung_area": heat.get("lung_area"),
+    }
 
 
 def decision(loaded: LoadedRun, probs: np.ndarray, rid: str) -> dict[str, Any]:
@@ -420,6 +501,7 @@ def decision(loaded: LoadedRun, probs: np.ndarray, rid: str) -> dict[str, Any]:
         },
         "heatmap": None,
         "heatmap_note": HEATMAP_NOTE,
+        "lung_share": None,
     }
     return out
 
@@ -575,6 +657,8 @@ def serve(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     decode_workers: int = 2,
     announce: Callable[[str], None] = print,
+    explain: Explainer | None = None,
+    heatmaps: bool = False,
 ) -> None:
     """Serve ``run`` until interrupted (uvicorn, one process)."""
     import uvicorn
@@ -583,10 +667,17 @@ def serve(
         raise CxrError(f"--max-upload-mb {max_upload_mb:g}: give a positive size in MB")
     token = token or os.environ.get(TOKEN_ENV) or None
     check_port(host, port)
-    app = create_app(run, token=token, max_upload_mb=max_upload_mb, decode_workers=decode_workers)
+    app = create_app(run, token=token, max_upload_mb=max_upload_mb, decode_workers=decode_workers,
+                     explain=explain, heatmaps=heatmaps)  # fmt: skip
     card = app.state.card
     where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     announce(f"serving {card['model']} (run {card['run_id']}) on {where}  ·  API docs: {where}/docs")
+    hm = card["heatmaps"]
+    if hm["available"]:
+        announce(
+            f"heatmaps: {hm['method']} at {hm['layer']} with the lung-attention share, "
+            + ("in every response (?heatmap=false skips)" if hm["default"] else "on ?heatmap=true")
+        )
     if not token and host not in ("127.0.0.1", "localhost", "::1"):
         announce(
             f"warning: no --token (or {TOKEN_ENV}): anyone who can reach {host}:{port} can use the model"

@@ -325,6 +325,12 @@ class Segmenter:
         full = Image.fromarray(_resized(prob, w, h) > 0.5)
         return resize_square(full.convert("L"), size, resize) > 127
 
+    def mask_for_array(self, gray: np.ndarray, size: int) -> np.ndarray:
+        """The lung mask ``(size, size)`` of an image already decoded to a square in the classifier's
+        geometry (``gray``, uint8, any side): the segmenter sees it resized to :attr:`size`."""
+        small = np.array(Image.fromarray(gray).resize((self.size, self.size), Image.BILINEAR))
+        return _resized(self.predict(small[None])[0], size, size) > 0.5
+
 
 def _resized(prob: np.ndarray, w: int, h: int) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]

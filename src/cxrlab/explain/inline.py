@@ -1,0 +1,119 @@
+"""One image at a time: the heatmap, its overlay PNG and the lung-attention share for a loaded run.
+
+Used where images are predicted anyway: ``cxr predict --explain`` (masks from the image files, exactly as
+``cxr explain`` makes them) and ``cxr serve`` (masks from the decoded upload, which never touches disk).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrlab.evaluation.inference import LoadedRun
+
+
+class Explainer:
+    """A run's model prepared for CAM (a gradient-enabled copy, the target layer) and the lung segmenter."""
+
+    def __init__(
+        self,
+        loaded: LoadedRun,
+        method: str = "gradcam",
+        layer: str | None = None,
+        segmenter: str | Path | None = None,
+    ):
+        from cxrlab.explain.cam import explainable_copy, method_class, resolve_layer
+        from cxrlab.explain.lungs import Segmenter
+
+        self.loaded = loaded
+        self.method, _ = method_class(method)
+        self.net = explainable_copy(loaded.model)
+        self.layer_name, self.layer = resolve_layer(self.net, loaded.cfg.model.name, layer)
+        self.seg = Segmenter.load(segmenter)
+        meta = loaded.meta
+        self.size, self.resize = int(meta["image_size"]), meta.get("resize", "squash")
+        self.display = max(self.size, 256)  # overlay side, as `cxr explain` writes it
+        self.multilabel = meta.get("task") == "multilabel"
+        self.sigmoid = loaded.model.head.out.out_features == 1 and not self.multilabel
+        self._lock = threading.Lock()  # the CAM hooks sit on one network: one batch at a time
+
+    def target(self, probs: np.ndarray) -> int:
+        """The class a heatmap explains: the decision at the saved threshold (multi-label: the most
+        probable finding), as ``cxr explain`` chooses it."""
+        from cxrlab.evaluation.evaluate import thresholded
+
+        if self.multilabel:
+            return int(np.argmax(probs))
+        op = self.loaded.meta.get("operating_point") or {}
+        return int(thresholded(np.asarray(probs)[None, :], op, self.loaded.classes)[0])
+
+    def cams(self, images: np.ndarray, targets: list[int]) -> np.ndarray:
+        """Heatmaps ``(N, S, S)`` in [0, 1] for uint8 images ``(N, S, S)`` at the run's input size."""
+        from cxrlab.data.prepare import to_tensor
+        from cxrlab.explain.cam import heatmaps
+
+        meta = self.loaded.meta
+        x = to_tensor(images, meta["channels"], tuple(meta["mean"]), tuple(meta["std"]))
+        with self._lock:
+            return heatmaps(self.net, self.layer, self.method, x, targets, self.sigmoid)
+
+    def describe(self, cam: np.ndarray, mask: np.ndarray, gray: np.ndarray, outline: np.ndarray,
+                 target: int) -> dict[str, Any]:  # fmt: skip
+        """``png`` (the overlay, bytes), ``lung_share`` (None for an all-zero heatmap), ``lung_area``,
+        ``class``, ``method`` and ``layer`` of one heatmap."""
+        from PIL import Image
+
+        from cxrlab.explain.cam import overlay
+        from cxrlab.explain.score import lung_share
+
+        share = lung_share(cam, mask)
+        buf = io.BytesIO()
+        Image.fromarray(overlay(gray, cam, outline)).save(buf, format="PNG")
+        return {
+            "png": buf.getvalue(),
+            "lung_share": None if share is None else round(share, 4),
+            "lung_area": round(float(mask.mean()), 4),
+            "class": self.loaded.classes[target],
+            "method": self.method,
+            "layer": self.layer_name,
+        }
+
+    def for_array(self, image: np.ndarray, display: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        """One decoded image (``image`` at the run's size, ``display`` the same picture at
+        :attr:`display` px): lung mask from ``display``, heatmap of :meth:`target`."""
+        k = self.target(probs)
+        cam = self.cams(image[None], [k])[0]
+        mask = self.seg.mask_for_array(display, self.size)
+        outline = self.seg.mask_for_array(display, self.display)
+        return self.describe(cam, mask, display, outline, k)
+
+    def __call__(self, image: np.ndarray, display: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        """:meth:`for_array` (the per-image explainer ``cxr serve`` plugs in)."""
+        return self.for_array(image, display, probs)
+
+    def for_files(self, paths: list[str], images: np.ndarray, probs: np.ndarray) -> list[dict[str, Any]]:
+        """Image files already decoded (``images``) and predicted (``probs``): masks and overlay from the
+        files, as ``cxr explain`` makes them (same shares for the same images, method and layer)."""
+        from cxrlab.data.images import load_gray
+
+        targets = [self.target(p) for p in probs]
+        cams = self.cams(images, targets)
+        out = []
+        for path, cam, k in zip(paths, cams, targets, strict=True):
+            mask = self.seg.mask_for(path, self.size, self.resize)
+            outline = self.seg.mask_for(path, self.display, self.resize)
+            gray = load_gray(path, self.display, self.resize)
+            out.append(self.describe(cam, mask, gray, outline, k))
+        return out
+
+
+def unique_name(path: str, used: set[str]) -> str:
+    """A file stem for ``path``'s overlay, unique among ``used`` (the parent folder's name prefixed on a
+    clash, then a counter)."""
+    from cxrlab.explain.explain import _unique_name
+
+    return _unique_name(path, used)
