@@ -132,24 +132,70 @@ def predict(
     ],
     as_json: Annotated[bool, Opt("--json", help="print JSON instead of a table")] = False,
     out: Annotated[
-        Path, Opt("--out", "-o", help="write a CSV (image, class, p_<class>…, error) here")
+        Path,
+        Opt(
+            "--out", "-o", help="write a CSV (image, class, p_<class>…, error) here; with --explain a folder"
+        ),
     ] = None,
     overwrite: Annotated[bool, Opt(help="replace an existing --out file")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bar")] = False,
+    explain: Annotated[
+        bool,
+        Opt("--explain", help="also a Grad-CAM overlay per image and the lung-attention share (--out DIR)"),
+    ] = False,
 ) -> None:
     """Predict the class and class probabilities of each image (binary runs use the saved threshold).
 
     Unreadable files are named on stderr, one line each, and counted at the end; the others are still
-    predicted. Example: cxr predict runs/covid scans/ --out predictions.csv
+    predicted. With --explain, --out is a folder: predictions.csv (plus lung_share, lung_area,
+    heatmap_class, overlay) and an overlay PNG per image, as `cxr explain` makes them.
+    Example: cxr predict runs/covid scans/ --out predictions.csv
     """
-    import sys
+    from cxrlab.evaluation.inference import expand_inputs, image_run
 
-    from cxrlab.evaluation.inference import expand_inputs, image_run, iter_predictions
+    lock = explainer = None
+    created = out is not None and not out.exists()
+    if explain:
+        if out is None:
+            raise ConfigError("--explain writes an overlay per image: give --out DIR (a new or empty folder)")
+        from cxrlab.runs import check_out_path
 
-    if out is not None and out.exists() and not overwrite:
+        check_out_path(out)
+    elif out is not None and out.exists() and not overwrite:
         raise ConfigError(f"--out {out} already exists; choose another file or pass --overwrite")
     loaded = image_run(run)
-    paths = expand_inputs(images)
+    if explain:
+        from cxrlab.explain.inline import Explainer
+        from cxrlab.runs import claim_folder
+
+        explainer = Explainer(loaded)
+        protect = (Path(loaded.path), *(Path(i) for i in images if Path(i).is_dir()))
+        lock = claim_folder(
+            out, "predict", ("*.png", "predictions.csv"), "a `cxr predict --explain` folder", overwrite,
+            f"{out} is not empty; choose a new --out or add --overwrite", protect=protect,
+        )  # fmt: skip
+    try:
+        _predict(loaded, expand_inputs(images), as_json, out, quiet, explainer)
+    except CxrError:
+        if explain and created:  # the folder this command made for nothing: gone again
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _predict(
+    loaded: Any, paths: list[Any], as_json: bool, out: Path | None, quiet: bool, explainer: Any
+) -> None:
+    """The body of `cxr predict` (``explainer``: --explain's Explainer, or None)."""
+    import sys
+
+    from cxrlab.evaluation.inference import iter_predictions
+
+    used: set[str] = set()
     bar = None
     if not quiet and len(paths) > 1:
         from tqdm.auto import tqdm
@@ -168,6 +214,10 @@ def predict(
     results: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     for part in iter_predictions(loaded, paths):
+        if explainer is not None:
+            from cxrlab.explain.inline import explain_predictions
+
+            explain_predictions(explainer, part, out, used)
         for r in part:
             if "error" in r:
                 (note(r) if good else held.append(r))
@@ -197,14 +247,23 @@ def predict(
         from cxrlab.runs import write_csv
 
         fields = ["image", "class", *(f"p_{c}" for c in loaded.classes), "error"]
+        extra = ["lung_share", "lung_area", "heatmap_class", "overlay"] if explainer is not None else []
         for r in results:
             rows.append({"image": r["image"], "class": r.get("class", ""), "error": r.get("error", ""),
-                         **{f"p_{c}": v for c, v in r.get("probabilities", {}).items()}})  # fmt: skip
-        write_csv(out, rows, fields)
+                         **{f"p_{c}": v for c, v in r.get("probabilities", {}).items()},
+                         **{f: "" if r.get(f) is None else r[f] for f in extra}})  # fmt: skip
+        write_csv(
+            out / "predictions.csv" if explainer is not None else out, rows, fields[:-1] + extra + ["error"]
+        )
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     summary = f"predicted {done} image(s)" + (f", {bad} unreadable (named above)" if bad else "")
-    typer.echo(summary + (f"; wrote {out}" if out is not None else ""), err=True)
+    if explainer is not None:
+        how = f"{explainer.method} at {explainer.layer_name}"
+        wrote = f"; wrote {out}/predictions.csv and {done} overlay PNG(s) ({how})"
+    else:
+        wrote = f"; wrote {out}" if out is not None else ""
+    typer.echo(summary + wrote, err=True)
 
 
 @app.command()

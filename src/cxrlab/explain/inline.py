@@ -95,12 +95,12 @@ class Explainer:
         """:meth:`for_array` (the per-image explainer ``cxr serve`` plugs in)."""
         return self.for_array(image, display, probs)
 
-    def for_files(self, paths: list[str], images: np.ndarray, probs: np.ndarray) -> list[dict[str, Any]]:
-        """Image files already decoded (``images``) and predicted (``probs``): masks and overlay from the
-        files, as ``cxr explain`` makes them (same shares for the same images, method and layer)."""
+    def for_files(self, paths: list[str], images: np.ndarray, targets: list[int]) -> list[dict[str, Any]]:
+        """Image files already decoded (``images``), heatmaps of class indices ``targets``: masks and
+        overlay from the files, as ``cxr explain`` makes them (same shares for the same images, method and
+        layer)."""
         from cxrlab.data.images import load_gray
 
-        targets = [self.target(p) for p in probs]
         cams = self.cams(images, targets)
         out = []
         for path, cam, k in zip(paths, cams, targets, strict=True):
@@ -109,6 +109,36 @@ class Explainer:
             gray = load_gray(path, self.display, self.resize)
             out.append(self.describe(cam, mask, gray, outline, k))
         return out
+
+
+def explain_predictions(
+    explainer: Explainer, results: list[dict[str, Any]], out: Path, used: set[str]
+) -> None:
+    """Add ``lung_share``, ``lung_area``, ``heatmap_class`` and ``overlay`` to each predicted result of
+    ``cxr predict`` (``{"image", "class", "probabilities"}``) and write its overlay ``out/<name>.png``; the
+    heatmap explains the predicted class (multi-label: the most probable finding)."""
+    from cxrlab.data.images import load_gray
+
+    classes = explainer.loaded.classes
+    good = [r for r in results if "class" in r]
+    for start in range(0, len(good), 16):
+        part = good[start : start + 16]
+        images = np.stack([load_gray(r["image"], explainer.size, explainer.resize) for r in part])
+        targets = [
+            int(np.argmax([r["probabilities"][c] for c in classes]))
+            if explainer.multilabel
+            else classes.index(r["class"])
+            for r in part
+        ]
+        for r, heat in zip(
+            part, explainer.for_files([r["image"] for r in part], images, targets), strict=True
+        ):
+            name = unique_name(r["image"], used)
+            (out / f"{name}.png").write_bytes(heat["png"])
+            r.update(
+                lung_share=heat["lung_share"], lung_area=heat["lung_area"], heatmap_class=heat["class"],
+                overlay=f"{name}.png",
+            )  # fmt: skip
 
 
 def unique_name(path: str, used: set[str]) -> str:
