@@ -54,7 +54,7 @@ def test_inception_summary_lists_the_auxiliary_classifier_and_frozen_layers():
     assert all(r.trainable == "yes" for r in numbered if r.index > 300)
     assert "Auxiliary classifier" in s.to_text("none") and "left out of the totals" in s.to_text("none")
     model = build_model(ModelConfig(name="inception_v3"), 4, None)
-    assert s.total == sum(p.numel() for p in model.parameters()) - s.aux_params  # totals = the inference model
+    assert s.total == sum(p.numel() for p in model.parameters()) - s.aux_params
 
 
 def test_freeze_beyond_the_backbone_is_explained():

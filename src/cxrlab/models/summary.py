@@ -145,7 +145,7 @@ class ModelSummary:
         if self.aux_params:
             lines.append(
                 f"Auxiliary classifier (training only, ignored in evaluation; Keras' InceptionV3 has none): "
-                f"{_n(self.aux_params)} params, left out of the totals (as in metrics.json and `cxr compare`)."
+                f"{_n(self.aux_params)} params, left out of the totals (as in metrics.json, `cxr compare`)."
             )
         if self.macs is not None:
             lines.append(f"Multiply-accumulates per image: {self.macs / 1e9:.3f} G")
