@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,12 @@ class _CDP:
         raise TimeoutError(f"no {method} within {timeout} s")
 
 
-def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
-    """Load ``html_file`` in headless Chromium; return errors, image states, title and headings."""
+@contextlib.contextmanager
+def chromium_page(
+    domains: tuple[str, ...] = ("Page", "Runtime", "Log", "Network"), timeout: float = 90
+) -> Iterator[_CDP]:
+    """Headless Chromium with a DevTools connection to its one page (``domains`` enabled, events cleared);
+    the browser and its throw-away profile are removed afterwards."""
     binary = chromium()
     if binary is None:
         raise FileNotFoundError("chromium not installed")
@@ -100,9 +105,39 @@ def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
         targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
         page = next(t for t in targets if t.get("type") == "page")
         cdp = _CDP(page["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log", "Network"):
+        for domain in domains:
             cdp.call(f"{domain}.enable")
         cdp.events.clear()
+        yield cdp
+        with contextlib.suppress(Exception):  # the browser may close the socket first
+            cdp.call("Browser.close")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def page_errors(events: list[dict[str, Any]]) -> list[str]:
+    """Uncaught exceptions, console errors/asserts and error log entries among DevTools events."""
+    errors = []
+    for e in events:
+        method, params = e.get("method"), e.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            errors.append(params["exceptionDetails"].get("text", "exception"))
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            errors.append(params["entry"].get("text", "log error"))
+    return errors
+
+
+def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
+    """Load ``html_file`` in headless Chromium; return errors, image states, title and headings."""
+    with chromium_page(timeout=timeout) as cdp:
         cdp.call("Page.navigate", url=html_file.resolve().as_uri())
         cdp.wait_for("Page.loadEventFired", timeout)
         state = cdp.call(
@@ -119,18 +154,7 @@ def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
             returnByValue=True,
         )
         info = json.loads(state["result"]["value"])
-        errors = []
-        for e in cdp.events:
-            method, params = e.get("method"), e.get("params", {})
-            if method == "Runtime.exceptionThrown":
-                errors.append(params["exceptionDetails"].get("text", "exception"))
-            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                errors.append(
-                    " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", []))
-                )
-            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-                errors.append(params["entry"].get("text", "log error"))
-        info["errors"] = errors
+        info["errors"] = page_errors(cdp.events)
         info["external_requests"] = [
             e["params"]["request"]["url"]
             for e in cdp.events
@@ -138,17 +162,7 @@ def inspect_page(html_file: Path, timeout: float = 90) -> dict[str, Any]:
             and not e["params"]["request"]["url"].startswith(LOCAL_SCHEMES)
         ]
         info["broken_images"] = [i["alt"] for i in info["images"] if not i["complete"] or i["width"] == 0]
-        with contextlib.suppress(Exception):  # the browser may close the socket first
-            cdp.call("Browser.close")
-        return info
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
+    return info
 
 
 def check_page(path: Path, kind: str) -> dict[str, Any]:

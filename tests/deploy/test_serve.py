@@ -295,31 +295,14 @@ def test_serve_refusals(small_run, servers, tmp_path):
 def test_upload_page_in_headless_chromium(servers, test_images):
     """A real upload through the page: the file input gets a real test image, the page posts it, and
     the result (image, decision, probabilities, limitations) renders with no console error."""
-    from tests.browser import _CDP, FLAGS, chromium
+    from tests.browser import chromium, chromium_page, page_errors
 
     if chromium() is None:
         pytest.skip(
             "chromium is not installed (CI installs it in .ci/run; locally: apt-get install chromium)"
         )
     _, open_ = servers
-    import shutil
-    import tempfile
-    import urllib.request
-
-    profile = Path(tempfile.mkdtemp(prefix="cxr-chromium-"))
-    proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        port_file = profile / "DevToolsActivePort"
-        end = time.monotonic() + 60
-        while not port_file.is_file() or not port_file.read_text().strip():
-            assert proc.poll() is None and time.monotonic() < end, "chromium did not start"
-            time.sleep(0.2)
-        port = int(port_file.read_text().split()[0])
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
-        cdp = _CDP(next(t for t in targets if t.get("type") == "page")["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log", "DOM"):
-            cdp.call(f"{domain}.enable")
+    with chromium_page(("Page", "Runtime", "Log", "DOM"), timeout=60) as cdp:
         cdp.call("Page.navigate", url=f"http://127.0.0.1:{open_.port}/")
         cdp.wait_for("Page.loadEventFired", 60)
 
@@ -358,18 +341,5 @@ def test_upload_page_in_headless_chromium(servers, test_images):
         # the Grad-CAM overlay beside the image, with its lung-attention share
         assert state["heatShown"] and state["heatWidth"] == 256
         assert "lung-attention share" in state["heatCaption"], state["heatCaption"]
-        errors = [
-            e
-            for e in cdp.events
-            if e.get("method") == "Runtime.exceptionThrown"
-            or (e.get("method") == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")
-            or (e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("level") == "error")
-        ]
+        errors = page_errors(cdp.events)
         assert errors == [], errors
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
