@@ -16,7 +16,7 @@ from cxrlab.errors import ConfigError
 from cxrlab.experiments.sweep import parse_param, run_sweep
 from tests.browser import check_page
 from tests.conftest import run_cli
-from tests.experiments.test_sweep_postgres import postgres_url  # noqa: F401 - the throw-away server
+from tests.experiments.test_sweep_postgres import postgres_url, run_workers  # noqa: F401 - postgres_url: the server
 
 
 def test_parse_param():
@@ -206,13 +206,7 @@ def test_list_grid_on_a_shared_postgres_study(postgres_url, list_base, tmp_path)
     outs = [tmp_path / "machine-a", tmp_path / "machine-b"]
     cmd = [sys.executable, "-m", "cxrlab", "sweep", "--config", list_base, "--no-prune", "--param",
            "model.head.hidden=[32],[16,8]", "--storage", postgres_url, "--study", "pg-lists"]  # fmt: skip
-    workers = [
-        subprocess.Popen([*cmd, "--out", str(o)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for o in outs
-    ]
-    for w in workers:
-        _, err = w.communicate(timeout=900)
-        assert w.returncode == 0, err
+    run_workers(cmd, outs)
     trials = optuna.load_study(study_name="pg-lists", storage=postgres_url).get_trials()
     assert sorted(t.params["model.head.hidden"] for t in trials) == ["[16, 8]", "[32]"]
     assert all(t.state.name == "COMPLETE" for t in trials)

@@ -92,13 +92,7 @@ def test_two_workers_share_a_postgres_study(postgres_url, tmp_path, base_yaml):
         "--study",
         "pg-test",
     ]
-    workers = [
-        subprocess.Popen([*cmd, "--out", str(o)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for o in outs
-    ]
-    for w in workers:
-        _, err = w.communicate(timeout=900)
-        assert w.returncode == 0, err
+    run_workers(cmd, outs)
     trials = optuna.load_study(study_name="pg-test", storage=postgres_url).get_trials()
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
     assert len({(t.params["lr"], t.params["dropout"]) for t in trials}) == 4
@@ -108,3 +102,15 @@ def test_two_workers_share_a_postgres_study(postgres_url, tmp_path, base_yaml):
     assert sum(len(list((o / "trials").iterdir())) if (o / "trials").is_dir() else 0 for o in outs) == 4
     last = max(outs, key=lambda o: (o / "sweep.csv").stat().st_mtime)
     assert len(list(csv.DictReader((last / "sweep.csv").open()))) == 4
+
+
+def run_workers(cmd: list[str], outs: list) -> None:
+    """Start ``cmd --out OUT`` for every folder at once (one worker each, as on separate machines) and
+    require every one to succeed."""
+    workers = [
+        subprocess.Popen([*cmd, "--out", str(o)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for o in outs
+    ]
+    for w in workers:
+        _, err = w.communicate(timeout=900)
+        assert w.returncode == 0, err
