@@ -336,9 +336,11 @@ def test_full_disk_is_one_line_keeps_complete_checkpoints_and_resumes(tmp_path, 
     # how large one checkpoint of this model is
     base = tmp_path / "base"
     run_cli(*B, "--data", str(d_base), "--out", str(base), check=True)
-    ckpt = (base / "checkpoints" / "last.ckpt").stat().st_size
-    # room for best.ckpt + last.ckpt of epoch 1 and the small files, not for a third checkpoint
-    fs = small_fs(int(2.5 * ckpt) + 256 * 1024)
+    last = (base / "checkpoints" / "last.ckpt").stat().st_size
+    best = (base / "checkpoints" / "best.ckpt").stat().st_size  # weights only: smaller than last.ckpt
+    assert last > 2 * 256 * 1024, "the model must be large enough for the margins below to mean something"
+    # room for best.ckpt + last.ckpt of epoch 1 and the small files, not for a second last.ckpt beside it
+    fs = small_fs(best + int(1.5 * last) + 256 * 1024)
     run = fs / "run"
     proc = run_cli(*B[:5], "3", *B[6:], "--early-stopping", "50", "--data", str(d_base), "--out", str(run))
     line = one_line_error(proc)
