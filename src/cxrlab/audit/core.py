@@ -185,11 +185,12 @@ def _quick(data: Any) -> dict[str, Any]:
     by_path = {s.path: s for s in index.samples}
     paths = [p for split in order for p in data.paths[split]]
     labels = np.concatenate([data.labels[split] for split in order]) if order else np.zeros(0, np.int64)
-    arrays = np.concatenate([data.images[split] for split in order]) if data.images else None
+    # row views, not a concatenated copy: the splits may be memory-mapped stores larger than RAM
+    arrays = [row for split in order for row in data.images[split]] if data.images else None
     # Synthetic (--extra-train) images are not part of the data being audited.
     real = [i for i, p in enumerate(paths) if not by_path[p].synthetic]
     paths, labels = [paths[i] for i in real], labels[real]
-    arrays = arrays[real] if arrays is not None else None
+    arrays = [arrays[i] for i in real] if arrays is not None else None
     samples = [by_path[p] for p in paths]
     items = _Items(paths, [s.split for s in samples], labels, [s.group for s in samples])
     on_disk = index.npz is None and all(os.path.isfile(p) for p in paths)

@@ -6,16 +6,28 @@ target size and resize mode, so an edited file is decoded again. Failed decodes 
 too (a small ``.bad`` text file), so a warm run does not retry a broken file.
 
 Location: ``--cache-dir``, else ``$CXRLAB_CACHE_DIR``, else ``~/.cache/cxrlab``.
+
+Training reads each split from a **store** (:meth:`ImageCache.store`): one ``(N, H, W)`` uint8 ``.npy``
+file per split under ``CACHE/store/`` plus a JSON sidecar, opened with memory mapping, so a process's
+resident memory does not grow with the number of images and DDP ranks on one node share the OS page
+cache. The per-image entries (``CACHE/images/``) stay for datasets of up to :data:`IMAGE_ENTRY_LIMIT`
+images: they let runs with other splits (another seed, other fractions) reuse decoded images. Larger
+datasets only read per-image entries that already exist, and write the store alone (no second copy).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import io
+import json
 import multiprocessing
 import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,6 +37,9 @@ import numpy as np
 from cxrlab.data.images import ImageReadError, load_gray
 
 CACHE_VERSION = "1"
+STORE_VERSION = "1"
+# Datasets with at most this many images also keep one .npy per decoded image (shared across splits).
+IMAGE_ENTRY_LIMIT = int(os.environ.get("CXRLAB_IMAGE_ENTRY_LIMIT", "20000"))
 
 
 def default_cache_dir(explicit: str | None = None) -> Path:
@@ -175,9 +190,256 @@ class ImageCache:
                 self.enabled = False  # full or read-only: stop trying for the rest of the run
         return results, failures
 
+    def store(
+        self,
+        paths: Sequence[str],
+        size: int,
+        resize: str = "squash",
+        progress: Callable[[int], None] | None = None,
+        entries: bool = True,
+    ) -> tuple[np.ndarray, list[int], list[str], dict[str, str]]:
+        """Decode ``paths`` into one ``(n, size, size)`` uint8 array, row by row.
+
+        With a writable cache the array is a store file opened with memory mapping (built once, then
+        reused; an interrupted build resumes from its last checkpoint); otherwise it is decoded into
+        RAM. Returns the array, the positions in ``paths`` of its rows, their cache keys and the
+        reasons for the unreadable files (left out). ``entries``: also write one cache entry per image.
+        ``self.decoded`` counts the images decoded by this call."""
+        self.decoded = 0
+        keys: list[str] = []
+        valid: list[int] = []
+        failures: dict[str, str] = {}
+        for i, path in enumerate(paths):
+            try:
+                keys.append(file_key(path, size, resize))
+                valid.append(i)
+            except OSError as exc:
+                failures[path] = f"cannot read file: {exc.strerror or exc}"
+        if progress and failures:
+            progress(len(failures))
+        name = digest([f"store|v{STORE_VERSION}|{size}|{resize}", *keys])
+        folder = self.root / "store"
+        got = self._open_store(folder, name, len(keys), size) if self.enabled else None
+        if got is None and self.enabled:
+            lock = None
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                lock = open(folder / f"{name}.lock", "w")  # noqa: SIM115 - held until the build ends
+                fcntl.flock(lock, fcntl.LOCK_EX)  # two runs on the same data: one builds, one waits
+            except OSError:
+                pass
+            try:
+                got = self._open_store(folder, name, len(keys), size)
+                if got is None:
+                    got = self._build(folder, name, [paths[i] for i in valid], keys, size, resize, progress,
+                                      entries)  # fmt: skip
+                elif progress:
+                    progress(len(keys))
+            finally:
+                if lock is not None:
+                    lock.close()
+        elif got is not None and progress:
+            progress(len(keys))
+        if got is None:  # no usable cache: decode into RAM (one copy, filled row by row)
+            empty = np.empty((len(keys), size, size), np.uint8)
+            got = self._fill(empty, np.zeros(len(keys), np.int8), {}, [paths[i] for i in valid], keys, size,
+                             resize, progress, False, None)  # fmt: skip
+        array, failed = got
+        for row, reason in failed.items():
+            failures[paths[valid[row]]] = reason
+        kept = [r for r in range(len(keys)) if r not in failed]
+        return array, [valid[r] for r in kept], [keys[r] for r in kept], failures
+
+    def _open_store(self, folder: Path, name: str, n: int, size: int) -> tuple[np.ndarray, dict] | None:
+        """A complete store (its sidecar is written before the array takes its final name), or ``None``."""
+        try:
+            info = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+            failed = {int(k): str(v) for k, v in info["failed"].items()}
+            rows = n - len(failed)
+            if rows == 0:
+                return np.zeros((0, size, size), np.uint8), failed
+            array = np.load(folder / f"{name}.npy", mmap_mode="c", allow_pickle=False)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if info.get("rows") != n or array.shape != (rows, size, size) or array.dtype != np.uint8:
+            return None
+        return array, failed
+
+    def _build(
+        self,
+        folder: Path,
+        name: str,
+        paths: list[str],
+        keys: list[str],
+        size: int,
+        resize: str,
+        progress: Callable[[int], None] | None,
+        entries: bool,
+    ) -> tuple[np.ndarray, dict] | None:
+        """Fill ``NAME.partial.npy`` (resuming from ``NAME.done.npy``: 0 to do, 1 decoded, 2 unreadable),
+        then give it its final name. ``None`` when the cache cannot hold it (the caller decodes in RAM)."""
+        n = len(keys)
+        partial, done, why = (folder / f"{name}.{s}" for s in ("partial.npy", "done.npy", "failed.json"))
+        array = None
+        try:
+            if partial.exists() and done.exists():
+                array = np.lib.format.open_memmap(partial, mode="r+")
+                state = np.load(done, allow_pickle=False)
+                reasons = json.loads(why.read_text(encoding="utf-8")) if why.exists() else {}
+                if array.shape != (n, size, size) or state.shape != (n,):
+                    array = None
+        except (OSError, ValueError, EOFError):
+            array = None
+        if array is None:
+            try:
+                array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, size, size))
+                _allocate(partial)
+            except OSError as exc:
+                _skip_cache(self.root, exc)
+                partial.unlink(missing_ok=True)
+                self.enabled = False
+                return None
+            state, reasons = np.zeros(n, np.int8), {}
+
+        def checkpoint() -> None:  # rows first, then the bitmap that says they are there
+            try:
+                array.flush()
+                _write_atomic(why, json.dumps(reasons).encode())
+                buf = io.BytesIO()
+                np.save(buf, state, allow_pickle=False)
+                _write_atomic(done, buf.getvalue())
+            except OSError as exc:
+                _skip_cache(self.root, exc)
+
+        self._fill(array, state, reasons, paths, keys, size, resize, progress, entries, checkpoint)
+        failed = {r: reasons.get(str(r), "unreadable") for r in np.flatnonzero(state == 2).tolist()}
+        kept = np.flatnonzero(state == 1)
+        try:
+            source = partial
+            if failed:  # unreadable rows: copy the readable ones into a compact file, chunk by chunk
+                source = folder / f"{name}.compact.npy"
+                out = (
+                    np.lib.format.open_memmap(
+                        source, mode="w+", dtype=np.uint8, shape=(len(kept), size, size)
+                    )
+                    if len(kept)
+                    else None
+                )
+                for j in range(0, len(kept), 512):
+                    out[j : j + 512] = array[kept[j : j + 512]]  # type: ignore[index]
+                if out is not None:
+                    out.flush()
+                else:
+                    np.save(source, np.zeros((0, size, size), np.uint8))
+            array.flush()
+            rows = kept.tolist()
+            info = {"version": STORE_VERSION, "size": size, "resize": resize, "rows": n,
+                    "failed": {str(r): v for r, v in failed.items()},
+                    "files": [paths[r] for r in rows], "keys": [keys[r] for r in rows]}  # fmt: skip
+            _write_atomic(folder / f"{name}.json", json.dumps(info).encode())
+            os.replace(source, folder / f"{name}.npy")
+            for f in (partial, done, why):
+                f.unlink(missing_ok=True)
+        except OSError as exc:
+            _skip_cache(self.root, exc)
+            self.enabled = False
+            return None
+        return self._open_store(folder, name, n, size)
+
+    def _fill(
+        self,
+        array: np.ndarray,
+        state: np.ndarray,
+        reasons: dict[str, str],
+        paths: list[str],
+        keys: list[str],
+        size: int,
+        resize: str,
+        progress: Callable[[int], None] | None,
+        entries: bool,
+        checkpoint: Callable[[], None] | None,
+    ) -> tuple[np.ndarray, dict]:
+        """Decode the rows still to do into ``array`` (per-image cache entries first, then worker
+        processes), marking each in ``state``; ``checkpoint`` persists progress every few seconds."""
+        todo = np.flatnonzero(state == 0).tolist()
+        if progress and len(todo) < len(state):
+            progress(len(state) - len(todo))
+        last = time.monotonic()
+        decode: list[int] = []
+        try:
+            for r in todo:
+                if self.enabled:
+                    hit = load_npy(self._entry(keys[r]))
+                    if hit is not None and hit.shape == (size, size):
+                        array[r], state[r] = hit, 1
+                        if progress:
+                            progress(1)
+                        continue
+                    bad = self._entry(keys[r], ".bad")
+                    if bad.exists():
+                        reasons[str(r)], state[r] = bad.read_text(encoding="utf-8", errors="replace"), 2
+                        if progress:
+                            progress(1)
+                        continue
+                decode.append(r)
+            jobs = [(paths[r], size, resize) for r in decode]
+            for r, (image, error) in zip(decode, _decode_all(jobs, None), strict=True):
+                if image is None:
+                    reasons[str(r)], state[r] = error or "unreadable", 2
+                    self._remember_bad(keys[r], reasons[str(r)])
+                else:
+                    array[r], state[r] = image, 1
+                    self.decoded += 1
+                    if entries and self.enabled and not save_npy(self._entry(keys[r]), image):
+                        entries = False
+                if progress:
+                    progress(1)
+                if checkpoint and time.monotonic() - last > 5:
+                    checkpoint()
+                    last = time.monotonic()
+        finally:
+            if checkpoint:
+                checkpoint()
+        failed = {r: reasons.get(str(r), "unreadable") for r in np.flatnonzero(state == 2).tolist()}
+        if failed and checkpoint is None:
+            array = array[state == 1]
+        return array, failed
+
+    def _remember_bad(self, key: str, reason: str) -> None:
+        if not self.enabled:
+            return
+        bad = self._entry(key, ".bad")
+        try:
+            bad.parent.mkdir(parents=True, exist_ok=True)
+            bad.write_text(reason, encoding="utf-8")
+        except OSError as exc:
+            _skip_cache(self.root, exc)
+
     def features_path(self, key: str) -> Path:
         """Where frozen-backbone features with this key live."""
         return self.root / "features" / f"{key}.npy"
+
+
+def _allocate(path: Path) -> None:
+    """Reserve the disk blocks of a new store file now: a full disk fails here with an OSError, not
+    later with SIGBUS while writing through the memory map."""
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
+                raise
+            # the filesystem cannot preallocate (EOPNOTSUPP, EINVAL): write through as usual
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _decode_all(jobs: list[tuple[str, int, str]], progress: Callable[[int], None] | None):

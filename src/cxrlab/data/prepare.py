@@ -1,10 +1,13 @@
-"""From a :class:`DataConfig` to in-memory uint8 arrays per split, and on to torch datasets."""
+"""From a :class:`DataConfig` to uint8 arrays per split (memory-mapped stores in the cache), and on to torch
+datasets."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,7 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cxrlab.config import AugmentConfig, DataConfig
-from cxrlab.data.cache import ImageCache, file_key
+from cxrlab.data.cache import IMAGE_ENTRY_LIMIT, ImageCache
 from cxrlab.data.index import SPLITS, DatasetIndex, add_extra_train, discover
 from cxrlab.errors import DataError
 
@@ -34,6 +37,9 @@ class PreparedData:
     # ``images`` stays empty then. ``codes_meta``: the codes file's record (encode time, autoencoder…).
     codes: dict[str, np.ndarray] | None = None
     codes_meta: dict | None = None
+    # `cxr evaluate --data OTHER` of a multi-label run: the findings evaluated and those on one side only
+    # (cxrlab.evaluation.inference.match_findings); None otherwise
+    findings_match: dict | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -199,20 +205,34 @@ def _npz_gray(image: np.ndarray) -> np.ndarray:
 
 
 def _from_files(out: PreparedData, size: int, cfg: DataConfig, progress: bool) -> None:
+    """Each split becomes one store in the cache, read through memory mapping (see
+    :meth:`ImageCache.store`); unreadable files are left out and listed in ``index.skipped``."""
     index = out.index
     cache = ImageCache(cfg.cache_dir)
-    paths = [s.path for s in index.samples]
-    bar = _progress_bar(len(paths), "decoding images") if progress else None
+    by_split: dict[str, list] = {s: [] for s in SPLITS}
+    for sample in index.samples:
+        by_split[sample.split].append(sample)
+    bar = _progress_bar(len(index.samples), "decoding images") if progress else None
+    entries = len(index.samples) <= IMAGE_ENTRY_LIMIT
+    failures: dict[str, str] = {}
+    kept: dict[str, tuple[np.ndarray, list, list[str]]] = {}
     try:
-        arrays, failures = cache.load_many(paths, size, cfg.resize, progress=bar.update if bar else None)
+        for split, samples in by_split.items():
+            if not samples:
+                continue
+            paths = [s.path for s in samples]
+            array, rows, keys, bad = cache.store(
+                paths, size, cfg.resize, progress=bar.update if bar else None, entries=entries
+            )
+            failures.update(bad)
+            kept[split] = (array, [samples[i] for i in rows], keys)
     finally:
         if bar:
             bar.close()
     if failures:
         index.skipped += sorted(failures.items())
-    keep = [a is not None for a in arrays]
-    index.samples = [s for s, k in zip(index.samples, keep, strict=True) if k]
-    arrays = [a for a in arrays if a is not None]
+        ok = {id(s) for _, samples, _ in kept.values() for s in samples}
+        index.samples = [s for s in index.samples if id(s) in ok]
     if index.task == "multilabel":
         if not any(s.split == "train" for s in index.samples):
             raise DataError(f"no readable training images ({len(failures)} files unreadable)")
@@ -223,18 +243,15 @@ def _from_files(out: PreparedData, size: int, cfg: DataConfig, progress: bool) -
                 raise DataError(
                     f"class {name!r} has no readable training images ({len(failures)} files unreadable)"
                 )
-    by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
-    for i, s in enumerate(index.samples):
-        by_split[s.split].append(i)
-    for split, rows in by_split.items():
-        if not rows:
+    for split, (array, samples, keys) in kept.items():
+        if not samples:
             continue
-        out.images[split] = np.stack([arrays[i] for i in rows])
-        out.labels[split] = np.array([index.samples[i].label for i in rows], dtype=np.int64)
-        out.paths[split] = [index.samples[i].path for i in rows]
-        out.keys[split] = [file_key(index.samples[i].path, size, cfg.resize) for i in rows]
+        out.images[split] = array
+        out.labels[split] = np.array([s.label for s in samples], dtype=np.int64)
+        out.paths[split] = [s.path for s in samples]
+        out.keys[split] = keys
         if index.task == "multilabel":
-            out.targets[split] = np.stack([index.samples[i].targets for i in rows]).astype(np.float32)  # type: ignore[misc]
+            out.targets[split] = np.stack([s.targets for s in samples]).astype(np.float32)  # type: ignore[misc]
 
 
 class _Bar:
@@ -305,7 +322,14 @@ class ImageArrayDataset(Dataset):
         std: tuple[float, ...],
         augment: AugmentConfig | None = None,
     ):
+        # zero-copy: a memory-mapped store stays on disk (pages are read as rows are asked for)
         self.images = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)  # (N,1,H,W) uint8
+        # CXRLAB_TRACE_ROWS=FOLDER (debugging, tests): each process appends the rows it reads, by store
+        self._trace = None
+        folder = os.environ.get("CXRLAB_TRACE_ROWS")
+        if folder and isinstance(images, np.memmap) and images.filename:
+            rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+            self._trace = (Path(folder) / f"rows-rank{rank}-{os.getpid()}.txt", Path(images.filename).stem)
         # class indices (int64), or a float targets matrix (multi-label, NaN = ignored)
         self.labels = torch.from_numpy(labels.astype(np.float32 if labels.ndim == 2 else np.int64))
         self.channels, self.mean, self.std = channels, mean, std
@@ -315,6 +339,9 @@ class ImageArrayDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._trace is not None:
+            with open(self._trace[0], "a", encoding="utf-8") as fh:
+                fh.write(f"{self._trace[1]} {int(i)}\n")
         x = self.images[i]
         if self.augment is not None:
             x = self.augment(x)
