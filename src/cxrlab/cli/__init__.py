@@ -26,7 +26,8 @@ app = typer.Typer(
 def _register() -> None:
     import importlib
 
-    for module in ("core", "zoo", "audit", "experiments", "generative", "reproduce", "deploy", "explain"):
+    modules = ("core", "data", "zoo", "audit", "experiments", "generative", "reproduce", "deploy", "explain")
+    for module in modules:
         try:
             importlib.import_module(f"cxrlab.cli.{module}")
         except ModuleNotFoundError as exc:
