@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from cxrlab.config import HeadConfig, ModelConfig
 from cxrlab.models import build_model, model_names
 from cxrlab.models.summary import summarize, summarize_model
@@ -107,3 +109,27 @@ def test_meta_device_summary_reads_no_weights(tmp_path, monkeypatch):
     s = summarize(ModelConfig(name="resnet50", pretrained=True, freeze="backbone"), 2, macs=False)
     assert s.total == 23_508_032 + 2 * 2048 + 2
     assert not any(tmp_path.rglob("*.pth"))
+
+
+def test_summary_of_a_multilabel_config_has_one_output_per_finding(tmp_path):
+    """`cxr summary --config` on a label-file config: the findings (read from the file, no image needed)
+    set the outputs, one sigmoid each; --findings in the config (or --set) narrows them."""
+    from tests.conftest import DATA
+
+    nih = DATA / "nih-1000"
+    if not (nih / "labels.csv").is_file():
+        pytest.skip("nih-1000 not available")
+    cfg = tmp_path / "nih.yaml"
+    cfg.write_text(
+        f"model: {{name: small_cnn}}\ndata:\n  path: {nih / 'images'}\n  image_size: 32\n"
+        f"  labels: {{file: {nih / 'labels.csv'}, format: nih}}\n"
+    )
+    proc = run_cli("summary", "--config", str(cfg), "--layers", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert "· 14 outputs ·" in proc.stdout
+    assert "Multi-label: 14 outputs, one sigmoid per finding: Atelectasis, Cardiomegaly" in proc.stdout
+    proc = run_cli("summary", "--config", str(cfg), "--json", "--set", "data.labels.findings=Effusion,Mass")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["outputs"] == 2 and got["task"] == "multilabel" and got["findings"] == ["Effusion", "Mass"]
+    assert got["rows"][-1]["output_shape"][-1] == 2

@@ -117,9 +117,31 @@ def summary(
     if layers not in ("all", "params", "none"):
         raise ConfigError(f"--layers {layers!r}: choose all, params or none")
     cfg = build_config(config, {"model.name": model, **overrides(SUMMARY, flags)}, set_)
-    classes = num_classes or (len(cfg.data.classes) if cfg.data.classes else 2)
+    findings = None if num_classes else _label_file_findings(cfg)
+    classes = num_classes or (len(findings) if findings else len(cfg.data.classes) if cfg.data.classes else 2)
     result = summarize(cfg.model, classes, cfg.data.image_size)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        extra = {"task": "multilabel", "findings": findings} if findings else {}
+        typer.echo(json.dumps({**result.to_dict(), **extra}, indent=2, default=str))
     else:
         typer.echo(result.to_text(layers))
+        if findings:
+            names = ", ".join(findings)
+            typer.echo(f"Multi-label: {len(findings)} outputs, one sigmoid per finding: {names}")
+
+
+def _label_file_findings(cfg: Any) -> list[str] | None:
+    """The findings of a config's multi-label label file (one output each; read without looking for the
+    images, ``data.labels.findings`` and ``data.labels.task`` applied), or None for a single-label task."""
+    labels = cfg.data.labels
+    if not labels.file:
+        return None
+    from cxrlab.data.index import DatasetIndex
+    from cxrlab.data.labels import read_labels
+    from cxrlab.data.prepare import apply_task
+
+    read = read_labels(cfg.data.path or ".", labels, check_images=False)
+    index = DatasetIndex(read.source, "labels", list(read.classes), [], task=read.task,
+                         findings=read.findings)  # fmt: skip
+    apply_task(index, labels.task, labels.no_finding)
+    return list(index.findings) if index.task == "multilabel" else None
