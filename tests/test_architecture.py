@@ -23,9 +23,10 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"training"},
     {"evaluation", "audit"},
+    {"explain"},  # where the model looks: Grad-CAM, the lung segmenter, the lung-attention score
     {"reports"},
-    {"pipeline"},  # the one orchestration layer: data → fit → evaluate → audit → report
-    {"experiments", "generative", "deploy", "explain"},
+    {"pipeline"},  # the one orchestration layer: data → fit → evaluate → audit → explain → report
+    {"experiments", "generative", "deploy"},
     {"reproduce"},  # the five reports, run end to end (experiments + generative)
     {"demo"},
     {"cli"},

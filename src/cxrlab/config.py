@@ -244,6 +244,14 @@ class EvalConfig(_Section):
     )
     target_sensitivity: float | None = Field(None, gt=0, le=1)
     temperature_scaling: bool = False
+    explain: Literal["auto", "off"] = Field(
+        "auto",
+        description="report's Grad-CAM gallery and lung-attention score (auto: when the model has a CAM "
+        "layer); off: neither",
+    )
+    explain_images: int = Field(
+        100, ge=1, le=10000, description="lung-attention score: at most this many test images (seeded sample)"
+    )
 
 
 class RunConfig(_Section):

@@ -17,6 +17,7 @@ from cxrlab.evaluation.evaluate import (
     write_predictions,
 )
 from cxrlab.evaluation.inference import load_run, prepare_eval_data
+from cxrlab.explain.report import for_run as attention_for_run
 from cxrlab.pipeline.external import write_external
 from cxrlab.reports.html import write_eval_report
 from cxrlab.runs import (
@@ -102,7 +103,6 @@ def evaluate_run(
         "plots": {k: str(v.relative_to(target)) for k, v in plot_paths.items()},
         "plot_notes": plot_notes,
     }
-    write_json(target / "metrics.json", result)
     write_predictions(
         target / "predictions.csv",
         prepared.paths["test"],
@@ -111,11 +111,20 @@ def evaluate_run(
         thresholded(probs, meta.get("operating_point") or {}, loaded.classes),
         loaded.classes,
     )
+    # the Grad-CAM gallery and lung-attention score on these images (cxrlab.explain.report)
+    result.update(attention_for_run(loaded, prepared.images.get("test"), target, warn=_warn))
+    write_json(target / "metrics.json", result)
     internal = read_json(loaded.path / "metrics.json") if (loaded.path / "metrics.json").is_file() else None
     write_eval_report(target, result)
     if data is not None and internal is not None:
         write_external(target, loaded, internal, result)
     return result
+
+
+def _warn(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
 
 
 def _multilabel_result(loaded: Any, prepared: Any, logits: Any, target: Path) -> dict[str, Any]:

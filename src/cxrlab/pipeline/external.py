@@ -152,6 +152,46 @@ def training_overlap(loaded: LoadedRun, external: dict[str, Any], target: Path) 
     }
 
 
+def compare_lung_attention(internal: dict[str, Any], external: dict[str, Any]) -> dict[str, Any]:
+    """The lung-attention score (:mod:`cxrlab.explain.report`) internal vs external, per predicted class
+    and overall, as side-by-side rows (``drop`` = internal − external share), with the external warnings."""
+    li, le = internal.get("lung_attention") or {}, external.get("lung_attention") or {}
+    if le.get("status") != "done":
+        return {"status": le.get("status", "absent"), "note": le.get("note", "not computed here")}
+    done = li.get("status") == "done"
+    note = "" if done else f"internal: {li.get('note', 'not in the run (trained before the score existed)')}"
+    rows, sentences = [], []
+    names = sorted(set(le["by_class"]) | set(li.get("by_class", {}) if done else ()))
+    for name in [*names, None]:
+        a = ((li.get("by_class", {}).get(name) if name else li.get("overall")) or {}) if done else {}
+        b = (le["by_class"].get(name) if name else le["overall"]) or {}
+        ia, eb = a.get("lung_share"), b.get("lung_share")
+        rows.append({
+            "metric": f"{name}: lung share" if name else "all images: lung share",
+            "internal": ia, "internal_ci95": a.get("ci95"), "n_internal": a.get("n"),
+            "external": eb, "external_ci95": b.get("ci95"), "n_external": b.get("n"),
+            "drop": round(ia - eb, 4) if ia is not None and eb is not None else None,
+        })  # fmt: skip
+        if name and ia is not None and eb is not None:
+            sentences.append(
+                f"Heatmaps for {name}: {eb:.0%}{_pct(b.get('ci95'))} of their mass on the lungs externally "
+                f"against {ia:.0%}{_pct(a.get('ci95'))} internally."
+            )
+    return {
+        "status": "done",
+        "note": note,
+        "internal_sample": li.get("sample") if done else None,
+        "external_sample": le.get("sample"),
+        "rows": rows,
+        "sentences": sentences,
+        "warnings": [f"external images, {w}" for w in le.get("warnings", [])],
+    }
+
+
+def _pct(interval: Any) -> str:
+    return f" (95% CI {interval[0]:.0%}-{interval[1]:.0%})" if interval else ""
+
+
 def write_external(
     target: Path, loaded: LoadedRun, internal: dict[str, Any], external: dict[str, Any]
 ) -> None:
@@ -165,6 +205,8 @@ def write_external(
             f"{overlap['external_images_in_training']} of {overlap['external_images']} external images "
             "duplicate images the model was trained or validated on: this external set is not independent.",
         )
+    lungs = compare_lung_attention(internal, external)
+    sentences += lungs.get("sentences", []) + lungs.get("warnings", [])
     result = {
         "run": str(loaded.path),
         "model": loaded.cfg.model.name,
@@ -182,6 +224,7 @@ def write_external(
         },
         **cmp,
         "overlap_with_training": overlap,
+        "lung_attention": lungs,
         "summary": sentences,
     }
     write_json(target / "external.json", result)

@@ -25,6 +25,8 @@ from cxrlab.data.index import codes_meta
 from cxrlab.data.prepare import PreparedData, prepare_data
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.evaluate import evaluate_trained
+from cxrlab.evaluation.inference import load_run
+from cxrlab.explain.report import for_run as attention_for_run
 from cxrlab.models import ModelSpec, get_spec, load_torchvision_weights
 from cxrlab.reports.html import write_run_report
 from cxrlab.runs import (
@@ -275,10 +277,20 @@ def _run(
     metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
     metrics["environment"] = environment()
     metrics["audit"] = quick_audit(data, cfg.data.cache_dir)
+    metrics.update(_attention(out, data, progress))
     write_json(out / "metrics.json", metrics)
     write_run_report(out, cfg, metrics)
     write_status(out, "finished", epochs_done=trained.epochs_done)
     return metrics
+
+
+def _attention(out: Path, data: PreparedData, progress: bool) -> dict[str, Any]:
+    """The report's Grad-CAM gallery and lung-attention score, from the saved model (a fast-path run's
+    full network) on the test images just scored (:mod:`cxrlab.explain.report`)."""
+    loaded = load_run(out)
+    if progress and loaded.cfg.eval.explain != "off":
+        print("explaining test images (gallery, lung attention) ...", file=sys.stderr)
+    return attention_for_run(loaded, data.images.get("test"), out, warn=lambda s: print(s, file=sys.stderr))
 
 
 def _codes_input(cfg: RunConfig, spec: ModelSpec) -> None:

@@ -42,7 +42,24 @@ def run_report_context(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> di
         "pos_weight": metrics.get("pos_weight"),
         "config_yaml": cfg.to_yaml(),
         "environment": metrics.get("environment", {}),
+        **attention_context(run, metrics),
     }
+
+
+def attention_context(folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """``gallery`` and ``lung_attention`` of metrics.json for the "Where the model looks" section (None
+    when absent, e.g. an older run), each gallery thumbnail with its file as ``path``."""
+    gallery = metrics.get("gallery")
+    if gallery and gallery.get("status") == "done":
+        gallery = {
+            **gallery,
+            "classes": [
+                {k: ({**v, "path": folder / v["thumbnail"]} if isinstance(v, dict) else v)
+                 for k, v in r.items()}
+                for r in gallery["classes"]
+            ],
+        }
+    return {"gallery": gallery, "lung_attention": metrics.get("lung_attention")}
 
 
 def write_run_report(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> Path:
@@ -61,6 +78,7 @@ def eval_report_context(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
         "data": result["data"],
         "multilabel": bool(result.get("multilabel")),
         "thresholds": result.get("thresholds"),
+        **attention_context(folder, result),
     }
 
 
