@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 from cxrlab._version import __version__
 from cxrlab.config import RunConfig
 
-__all__ = ["RunConfig", "train", "evaluate_run", "predict", "load_run", "__version__"]
+__all__ = ["RunConfig", "train", "train_seeds", "evaluate_run", "predict", "load_run", "__version__"]
 
 if TYPE_CHECKING:
     from cxrlab.evaluation.inference import load_run, predict
-    from cxrlab.pipeline import evaluate_run, train
+    from cxrlab.pipeline import evaluate_run, train, train_seeds
 
 
 def __getattr__(name: str) -> Any:
     # Heavy imports (torch, Lightning) only when used, so `cxr --help` stays fast.
-    if name in ("train", "evaluate_run"):
+    if name in ("train", "train_seeds", "evaluate_run"):
         from cxrlab import pipeline
 
         return getattr(pipeline, name)

@@ -45,6 +45,13 @@ def train(
     resume: Annotated[Path, Opt(help="continue an interrupted run folder from its last checkpoint")] = None,
     overwrite: Annotated[bool, Opt(help="replace an existing run folder at --out")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
+    seeds: Annotated[
+        str,
+        Opt(
+            help="train once per seed (0,1,2,3,4 or 0-4) into OUT/seed-S and write OUT/seeds.json/.csv/.md "
+            "with mean, std, min and max of every headline test metric"
+        ),
+    ] = None,
     **flags: Any,
 ) -> None:
     """Train a classifier and write a run folder with metrics (95% CIs), plots and report.html.
@@ -54,6 +61,9 @@ def train(
     """
     from cxrlab.pipeline.train import train as run_train
 
+    if seeds is not None:
+        _train_seeds(seeds, out, config, set_, resume, overwrite, quiet, flags)
+        return
     if resume is not None:
         metrics = run_train(None, resume, resume=True, progress=not quiet)  # type: ignore[arg-type]
         _print_summary(resume, metrics)
@@ -65,6 +75,41 @@ def train(
     inputs = (config,) if config else ()  # --overwrite never deletes the folder of the config file
     metrics = run_train(cfg, out, overwrite=overwrite, progress=not quiet, protect=inputs)
     _print_summary(out, metrics)
+
+
+def _train_seeds(
+    text: str,
+    out: Path | None,
+    config: Path | None,
+    sets: list[str] | None,
+    resume: Path | None,
+    overwrite: bool,
+    quiet: bool,
+    flags: dict[str, Any],
+) -> None:
+    """`cxr train --seeds`: the same config once per seed, then the spread of the headline metrics."""
+    from cxrlab.pipeline.seeds import parse_seeds, summary_lines, train_seeds
+
+    if resume is not None:
+        raise ConfigError(
+            "--seeds and --resume do not go together: resume each interrupted seed's run folder "
+            "(OUT/seed-S) on its own, or rerun the group with --overwrite"
+        )
+    if out is None:
+        raise ConfigError("--out GROUP is required with --seeds: the folder that gets one run per seed")
+    chosen = parse_seeds(text)
+    given = overrides(TRAIN, flags)
+    if given.get("train.seed") is not None:
+        raise ConfigError("--seed and --seeds do not go together: give the seeds with --seeds only")
+    cfg = build_config(config, given, sets)
+    inputs = (config,) if config else ()
+    result = train_seeds(
+        cfg, out, chosen, overwrite=overwrite, progress=not quiet, protect=inputs, echo=typer.echo
+    )
+    typer.echo(f"\nover {len(chosen)} seeds (mean ± sample std):")
+    for line in summary_lines(result):
+        typer.echo("  " + line)
+    typer.echo(f"written: {out / 'seeds.json'}, {out / 'seeds.csv'}, {out / 'seeds.md'}")
 
 
 def _print_summary(out: Path, metrics: dict[str, Any]) -> None:

@@ -199,7 +199,17 @@ def image_key(path: str) -> str:
     return "/".join(Path(path.replace("\\", "/")).parts[-3:])
 
 
-COMPARE_OUTPUTS = ("compare.csv", "compare.md", "compare.html", "pairwise.csv", "pairwise_auc.csv", "plots")
+COMPARE_OUTPUTS = (
+    "compare.csv", "compare.md", "compare.html", "pairwise.csv", "pairwise_auc.csv", "groups.csv",
+    "group_tests.csv", "plots",
+)  # fmt: skip
+#: per seed group (`cxr train --seeds`): the spread of its headline metrics over seeds
+GROUP_METRICS = ("accuracy", "auc", "f1_macro", "balanced_accuracy", "accuracy_at_threshold")
+GROUP_FIELDS = ["group", "seeds", *(f"{m}_{s}" for m in GROUP_METRICS for s in ("mean", "std", "min", "max"))]
+GROUP_TEST_FIELDS = [
+    "group_a", "group_b", "metric", "mean_a", "mean_b", "difference", "n_a", "n_b", "p_welch",
+    "shared_seeds", "p_paired", "verdict",
+]  # fmt: skip
 AUC_PAIR_FIELDS = [
     "test_set",
     "run_a",
@@ -680,16 +690,155 @@ def plot_accuracy_vs_time(rows: list[dict[str, Any]], path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- output
 
 
+def expand_groups(runs: list[str | Path]) -> tuple[list[Path], dict[str, dict[int, Path]]]:
+    """Run folders with every seed group (`cxr train --seeds` folder, seeds.json) replaced by its seed runs;
+    and the groups as {group name: {seed: run folder}}."""
+    from cxrlab.pipeline.seeds import is_seed_group
+
+    paths: list[Path] = []
+    groups: dict[str, dict[int, Path]] = {}
+    for run in runs:
+        path = Path(run)
+        if not is_seed_group(path):
+            paths.append(path)
+            continue
+        info = read_json(path / "seeds.json")
+        members = info.get("runs") if isinstance(info, dict) else None
+        if not isinstance(members, dict) or not members:
+            raise CxrError(f"{path}/seeds.json lists no runs; is it a `cxr train --seeds` folder?")
+        name = path.name if path.name not in groups else str(path)
+        groups[name] = {}
+        for seed, sub in members.items():
+            member = path / str(sub)
+            if not str(seed).isdigit() or Path(str(sub)).name != str(sub):
+                raise CxrError(
+                    f"{path}/seeds.json is damaged (run {sub!r} of seed {seed!r}); rerun the group"
+                )
+            groups[name][int(seed)] = member
+            paths.append(member)
+    return paths, groups
+
+
+def _group_numbers(summary: RunSummary) -> dict[str, float]:
+    from cxrlab.pipeline.seeds import headline
+
+    return headline(summary.metrics)
+
+
+def group_tables(
+    groups: dict[str, dict[int, RunSummary]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per group: mean, std (ddof 1), min, max over seeds of GROUP_METRICS; per pair of groups and metric:
+    Welch's t-test over the seeds (unequal variances) and, when the groups share at least two seeds,
+    a paired t-test over the shared seeds (the same seed = the same split and initial draw).
+    Two-sided p-values, not corrected for the number of metrics or pairs."""
+    from scipy import stats as st
+
+    from cxrlab.pipeline.seeds import spread
+
+    values = {g: {seed: _group_numbers(s) for seed, s in members.items()} for g, members in groups.items()}
+    rows = []
+    for g, per_seed in values.items():
+        row: dict[str, Any] = {"group": g, "seeds": " ".join(map(str, sorted(per_seed)))}
+        for m in GROUP_METRICS:
+            nums = [v[m] for v in per_seed.values() if m in v]
+            if nums:
+                sp = spread(nums)
+                row.update({f"{m}_{k}": round(float(sp[k]), 4) for k in ("mean", "std", "min", "max")})
+        rows.append(row)
+    tests = []
+    names = list(values)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            for m in GROUP_METRICS:
+                xa = {k: v[m] for k, v in values[a].items() if m in v}
+                xb = {k: v[m] for k, v in values[b].items() if m in v}
+                if len(xa) < 2 or len(xb) < 2:
+                    continue
+                va, vb = np.array(list(xa.values())), np.array(list(xb.values()))
+                welch = st.ttest_ind(va, vb, equal_var=False).pvalue
+                shared = sorted(set(xa) & set(xb))
+                paired = (
+                    st.ttest_rel([xa[k] for k in shared], [xb[k] for k in shared]).pvalue
+                    if len(shared) >= 2
+                    else float("nan")
+                )
+                p = paired if np.isfinite(paired) else welch
+                diff = float(va.mean() - vb.mean())
+                better = a if diff > 0 else b
+                verdict = (
+                    f"{better} higher (p={p:.3g})" if np.isfinite(p) and p < ALPHA
+                    else f"no significant difference (p={p:.3g})"
+                )  # fmt: skip
+                tests.append(
+                    {
+                        "group_a": a, "group_b": b, "metric": m,
+                        "mean_a": round(float(va.mean()), 4), "mean_b": round(float(vb.mean()), 4),
+                        "difference": round(diff, 4), "n_a": len(va), "n_b": len(vb),
+                        "p_welch": _round(float(welch)), "shared_seeds": len(shared),
+                        "p_paired": _round(float(paired)) if np.isfinite(paired) else None,
+                        "verdict": verdict,
+                    }
+                )  # fmt: skip
+    return rows, tests
+
+
+def group_markdown(rows: list[dict[str, Any]], tests: list[dict[str, Any]]) -> str:
+    """The seed-group section of compare.md (mean ± std per group, tests between groups)."""
+    header = ["group", "seeds", *(f"{m} mean ± std [min–max]" for m in GROUP_METRICS)]
+    cells = []
+    for r in rows:
+        cells.append(
+            [r["group"], r["seeds"]]
+            + [
+                f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f} [{r[f'{m}_min']:.3f}–{r[f'{m}_max']:.3f}]"
+                if f"{m}_mean" in r
+                else "—"
+                for m in GROUP_METRICS
+            ]
+        )
+    md = "\n## Seed groups (`cxr train --seeds`)\n\n" + md_table(header, cells)
+    md += "\nstd: sample standard deviation over the group's seeds (ddof 1).\n"
+    if tests:
+        theader = ["groups", "metric", "mean A", "mean B", "difference", "p Welch", "shared seeds",
+                   "p paired", "verdict"]  # fmt: skip
+        tcells = [
+            [f"{t['group_a']} vs {t['group_b']}", t["metric"], t["mean_a"], t["mean_b"],
+             f"{t['difference']:+.4f}", t["p_welch"], t["shared_seeds"], t["p_paired"], t["verdict"]]
+            for t in tests
+        ]  # fmt: skip
+        md += "\n" + md_table(theader, tcells)
+        md += (
+            "\nWelch's t-test (unequal variances) over the seeds of each group; paired t-test over the seeds "
+            "both groups ran (same seed: same initial draw and data order). The verdict uses the paired "
+            f"p-value when there is one, else Welch's; two-sided, α = {ALPHA}, not corrected for the "
+            "number of metrics and pairs. The seed runs' images are not McNemar-tested against each other.\n"
+        )
+    return md
+
+
 def compare_summaries(
-    summaries: list[RunSummary], out: Path, extra_outputs: tuple[str, ...] = ()
+    summaries: list[RunSummary],
+    out: Path,
+    extra_outputs: tuple[str, ...] = (),
+    groups: dict[str, dict[int, Path]] | None = None,
 ) -> dict[str, Any]:
     """Write compare.csv/.md/.html, pairwise.csv and plots for loaded runs; return what was written.
 
-    ``out`` must be new, empty or hold only these outputs (plus ``extra_outputs``, e.g. a sweep's)."""
+    ``out`` must be new, empty or hold only these outputs (plus ``extra_outputs``, e.g. a sweep's).
+    ``groups`` (seed groups, :func:`expand_groups`): their runs are summarised per group and tested
+    group against group (groups.csv, group_tests.csv), not McNemar-tested run against run."""
     check_out_folder(out, COMPARE_OUTPUTS + extra_outputs)
     check_writable(out)
     rows = [s.row() for s in summaries]
-    pairs = paired_tests(summaries)
+    by_path = {s.path: s for s in summaries}
+    members = {p for g in (groups or {}).values() for p in g.values()}
+    group_summaries = {g: {seed: by_path[p] for seed, p in m.items()} for g, m in (groups or {}).items()}
+    group_rows, group_tests = group_tables(group_summaries) if groups else ([], [])
+    if groups:
+        write_csv(out / "groups.csv", group_rows, GROUP_FIELDS)
+        write_csv(out / "group_tests.csv", group_tests, GROUP_TEST_FIELDS)
+    pairs = paired_tests([s for s in summaries if s.path not in members])
     auc_pairs = multilabel_paired_tests(summaries)
     caveats = notes(summaries)
     write_csv(out / "compare.csv", rows, COMPARE_FIELDS)
@@ -715,6 +864,11 @@ def compare_summaries(
         if pairs
         else "No pair of runs shares a test set with predictions; nothing to test.\n"
     )
+    if groups:
+        md += group_markdown(group_rows, group_tests)
+    aheader: list[str] = []
+    acells: list[list[Any]] = []
+    tested = 0
     if auc_pairs:
         aheader = ["runs", "finding", "n", "AUC A", "AUC B", "difference (95% CI)", "p (Holm)", "verdict"]
         acells = [
@@ -753,6 +907,9 @@ def compare_summaries(
         pair_header=pheader,
         pair_cells=pcells,
         alpha=ALPHA,
+        auc_header=aheader,  # multi-label: per-finding and macro AUC, paired bootstrap, Holm
+        auc_cells=acells,
+        auc_tested=tested,
         figures=[{"path": p, "caption": k.replace("_", " ")} for k, p in plots.items()],
     )
     return {
@@ -764,6 +921,8 @@ def compare_summaries(
         "plots": plots,
         "files": [out / "compare.csv", out / "compare.md", out / "compare.html", out / "pairwise.csv"],
         "markdown": md,
+        "groups": group_rows,
+        "group_tests": group_tests,
     }
 
 
@@ -772,4 +931,5 @@ def compare_runs(
 ) -> dict[str, Any]:
     """Compare finished run folders; writes ``out/compare.{csv,md,html}``, ``pairwise.csv``, plots."""
     check_out_folder(Path(out), COMPARE_OUTPUTS + extra_outputs)  # before reading any run
-    return compare_summaries(load_summaries(runs), Path(out), extra_outputs)
+    paths, groups = expand_groups(runs)
+    return compare_summaries(load_summaries(list(paths)), Path(out), extra_outputs, groups)
