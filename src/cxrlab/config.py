@@ -210,15 +210,6 @@ class TrainConfig(_Section):
         "val_loss", description="early stopping / best epoch: val_loss, val_acc or val_auc (macro)"
     )
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
-    scheduler: Literal["none", "cosine"] = Field(
-        "none", description="learning-rate schedule per step: none (constant) or cosine decay to 0"
-    )
-    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up from 0, in epochs")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of single-label targets")
-    ema_decay: float | None = Field(
-        None, gt=0, lt=1, description="EMA of the weights (per step) used for validation and the saved "
-        "model, e.g. 0.99; null: off",
-    )
     pos_weight: str | list[float] = Field(
         "none", description="multi-label BCE pos_weight per finding: none | balanced (neg/pos) | [list]"
     )

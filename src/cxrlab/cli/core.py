@@ -12,6 +12,7 @@ from cxrlab.cli import app
 from cxrlab.cli.options import (
     EVALUATE,
     TRAIN,
+    labels_config,
     overrides,
     parse_label_map,
     resolved,
@@ -147,19 +148,32 @@ def evaluate(
     """Evaluate a trained run (metrics with 95% CIs, plots, report) on its test split or on other data."""
     from cxrlab.pipeline.evaluate import evaluate_run
 
+    o = resolved(EVALUATE, flags)
     result = evaluate_run(
         run,
         data,
         split_list(classes, "--classes") if classes is not None else None,
         parse_label_map(label_map) if label_map is not None else {},
         out,
-        resolved(EVALUATE, flags)["device"],
+        o["device"],
+        labels_config(o),
     )
     t = result["test"]
     if result.get("multilabel"):
         from cxrlab.evaluation.multilabel import summary_line
 
         typer.echo(summary_line(t))
+        if "findings_match" in result:  # external validation: per finding, and what only one side has
+            internal = result.get("internal_auc", {})
+            for name, f in t["per_finding"].items():
+                auc = "undefined" if f["auc"] is None else f"{f['auc']:.3f}"
+                ci = f.get("auc_ci95")
+                inside = f" [95% CI {ci[0]:.3f}–{ci[1]:.3f}]" if f["auc"] is not None and ci else ""
+                own = internal.get(name, {}).get("auc")
+                typer.echo(f"  {name}: AUC {auc}{inside}, {f['positives']} positive of {f['n']}"
+                           + (f" (run's own test: {own:.3f})" if own is not None else ""))  # fmt: skip
+            for note in t.get("notes", []):  # one side only, renames, shared file names, undefined AUCs
+                typer.echo(f"note: {note}")
     else:
         lo, hi = t["accuracy_ci95"] or (float("nan"), float("nan"))
         auc = f"{t['auc']:.3f}" if t["auc"] == t["auc"] else "undefined (one class)"  # NaN != NaN
@@ -314,11 +328,10 @@ def _predict(
 @app.command()
 def demo(
     out: Annotated[Path, Opt(help="run folder to write")] = Path("runs/demo"),
-    epochs: Annotated[int, Opt(help="epochs [default: the recipe's]")] = None,
+    epochs: Annotated[int, Opt(help="epochs")] = 8,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Train a small CNN on the bundled PneumoniaMNIST (MedMNIST v2, CC BY 4.0) in under two minutes, with
-    the settings of configs/fast_pneumoniamnist.yaml."""
+    """Train a small CNN on the bundled PneumoniaMNIST (MedMNIST v2, CC BY 4.0) in about a minute."""
     from cxrlab.demo import run_demo
 
     metrics = run_demo(out, epochs=epochs, progress=not quiet)

@@ -246,8 +246,8 @@ AUDIT: tuple[ConfigFlag, ...] = (
 )  # fmt: skip
 """`cxr audit`: the data settings it shares with `cxr train`."""
 
-EVALUATE: tuple[ConfigFlag, ...] = (_F("device", "train.device", str, "auto | cpu | cuda"),)
-"""`cxr evaluate`: the device setting it shares with `cxr train`."""
+EVALUATE: tuple[ConfigFlag, ...] = (_F("device", "train.device", str, "auto | cpu | cuda"), *LABEL_FILE)
+"""`cxr evaluate`: the device setting it shares with `cxr train`, and the label-file flags for --data."""
 
 SUMMARY: tuple[ConfigFlag, ...] = (
     _IMAGE_SIZE,

@@ -297,6 +297,7 @@ def evaluate_multilabel(
         data.targets["test"], p_test, findings, thresholds, patient_groups(data, "test"),
         cfg.eval.bootstrap, cfg.train.seed,
     )  # fmt: skip
+    test_metrics["label_policy"] = ml.label_policy(cfg.data.labels)  # named in metrics.json and the report
     op = {"positive_class": None, "threshold": None, "method": "per finding, chosen on validation"}
     meta = model_meta(cfg, trained, op, 1.0)
     meta.update(task="multilabel", findings=findings,
@@ -330,6 +331,7 @@ def evaluate_multilabel(
         },
         "thresholds": thresholds,
         "pos_weight": trained.pos_weight,
+        "label_policy": test_metrics["label_policy"],
         "calibration": {"temperature": 1.0},
         **_run_facts(out, model, trained, timing, plot_paths, plot_notes),
     }

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from cxrlab.config import RunConfig, validate_model_meta
+from cxrlab.config import LabelsConfig, RunConfig, validate_model_meta
 from cxrlab.data.images import ImageReadError, load_gray
-from cxrlab.data.index import discover
-from cxrlab.data.prepare import PreparedData, _from_npz, from_codes
+from cxrlab.data.index import DatasetIndex, discover
+from cxrlab.data.prepare import PreparedData, _from_npz, apply_task, from_codes
 from cxrlab.errors import CxrError, DataError, ModelError
 from cxrlab.evaluation.evaluate import logits_to_probs, predict_images, thresholded
 from cxrlab.models import build_model
@@ -62,11 +62,21 @@ def prepare_eval_data(
     classes: list[str] | None,
     label_map: dict[str, str] | None,
     max_images: int | None = None,
+    labels: LabelsConfig | None = None,
 ) -> PreparedData:
     """The run's own test split, or another dataset's test split (all of it when it has no splits);
-    ``max_images`` keeps that many, taken in turn from each class (a quick sample)."""
+    ``max_images`` keeps that many, taken in turn from each class (a quick sample).
+
+    ``labels`` reads the other dataset from a label file (``data`` is then its image folder). For a
+    multi-label run the other data's findings are renamed by ``label_map`` (data name → model name) and
+    matched to the model's: :attr:`PreparedData.findings_match` lists those evaluated and those that exist
+    on only one side (:func:`match_findings`)."""
     cfg = loaded.cfg
     size = loaded.meta["image_size"]
+    multilabel = loaded.meta.get("task") == "multilabel"
+    match: dict[str, Any] | None = None
+    if labels is not None and labels.file and data is None:
+        raise DataError("--labels reads another dataset's label file: give its image folder with --data")
     if data is None:
         index = discover(
             cfg.data.path,
@@ -84,37 +94,46 @@ def prepare_eval_data(
             labels=cfg.data.labels,
             dicom_patient_ids=cfg.data.dicom_patient_ids,
         )
+        apply_task(
+            index, cfg.data.labels.task if cfg.data.labels.file else "auto", cfg.data.labels.no_finding
+        )
         index.samples = [s for s in index.samples if s.split == "test"]
     else:
+        labelled = labels is not None and bool(labels.file)
         index = discover(
-            data, None, label_map, group_pattern=cfg.data.group_pattern, require_test=False, val_fraction=0.5
-        )
+            data, None, None if multilabel else label_map, group_pattern=cfg.data.group_pattern,
+            require_test=False, val_fraction=0.5, labels=labels if labelled else None,
+        )  # fmt: skip
+        _match_task(loaded, index, data, labels.no_finding if labelled else "No Finding")
         if any(s.split == "test" for s in index.samples):
             index.samples = [s for s in index.samples if s.split == "test"]
         else:  # no test/ folder: every image is evaluation data
             for s in index.samples:
                 s.split = "test"
         index.split_origin = {"test": "all images of the external dataset" if data else ""}
-        wanted = classes or loaded.classes
-        missing = [c for c in wanted if c not in index.classes]
-        if missing:
-            raise DataError(
-                f"the model's class(es) {', '.join(map(repr, missing))} are not in {data} "
-                f"(it has: {', '.join(index.classes)}); map names with --label-map SRC=DST"
-            )
-        unknown = [c for c in wanted if c not in loaded.classes]
-        if unknown:
-            raise DataError(
-                f"--classes {', '.join(unknown)}: the model only knows {', '.join(loaded.classes)}"
-            )
-        old = index.classes
-        index.samples = [s for s in index.samples if old[s.label] in wanted]
-        for s in index.samples:
-            s.label = loaded.classes.index(old[s.label])
-        index.classes = loaded.classes
+        if multilabel:
+            match = match_findings(index, loaded.classes, label_map or {}, classes)
+        else:
+            wanted = classes or loaded.classes
+            missing = [c for c in wanted if c not in index.classes]
+            if missing:
+                raise DataError(
+                    f"the model's class(es) {', '.join(map(repr, missing))} are not in {data} "
+                    f"(it has: {', '.join(index.classes)}); map names with --label-map SRC=DST"
+                )
+            unknown = [c for c in wanted if c not in loaded.classes]
+            if unknown:
+                raise DataError(
+                    f"--classes {', '.join(unknown)}: the model only knows {', '.join(loaded.classes)}"
+                )
+            old = index.classes
+            index.samples = [s for s in index.samples if old[s.label] in wanted]
+            for s in index.samples:
+                s.label = loaded.classes.index(old[s.label])
+            index.classes = loaded.classes
     if max_images is not None:
         index.samples = _round_robin(index.samples, max_images)
-    prepared = PreparedData(index, size)
+    prepared = PreparedData(index, size, findings_match=match)
     start = time.perf_counter()
     if (index.layout == "codes") != (loaded.meta.get("input") == "codes"):
         raise DataError(
@@ -135,6 +154,78 @@ def prepare_eval_data(
     return prepared
 
 
+def _match_task(loaded: LoadedRun, index: DatasetIndex, data: str, no_finding: str) -> None:
+    """Bring another dataset's index to the run's task: class folders or a class column become findings
+    for a multi-label run; a multi-label file of one finding becomes a binary task for a single-label run."""
+    run_multi = loaded.meta.get("task") == "multilabel"
+    if run_multi and index.task != "multilabel":
+        if index.layout in ("npz", "codes"):
+            raise DataError(
+                f"{loaded.path} is a multi-label run; {data} holds single-label "
+                f"{'codes' if index.layout == 'codes' else 'MedMNIST arrays'}: give image files with a label "
+                "file (--labels FILE --labels-format …)"
+            )
+        apply_task(index, "multilabel", no_finding)  # each class a finding, a normal class none
+    elif not run_multi and index.task == "multilabel":
+        if len(index.findings) != 1:
+            raise DataError(
+                f"{loaded.path} is a single-label run ({', '.join(loaded.classes)}) but {data} has "
+                f"{len(index.findings)} findings per image; choose one with --findings NAME (it becomes "
+                f"'no NAME' vs 'NAME'; rename with --label-map)"
+            )
+        apply_task(index, "single", no_finding)
+
+
+def match_findings(
+    index: DatasetIndex,
+    model_findings: list[str],
+    label_map: dict[str, str],
+    chosen: list[str] | None = None,
+) -> dict[str, Any]:
+    """Rename the data's findings by ``label_map`` (data name → model name; findings renamed to one name
+    are merged: positive if any is, unknown only if all are) and keep the ones the model predicts, in its
+    order (``chosen``: only these). Returns ``{"evaluated", "only_in_model", "only_in_data", "renamed"}``;
+    one line (:class:`DataError`) when a map key is not a finding of the data or nothing is shared."""
+    have = list(index.findings)
+    unknown = [k for k in label_map if k not in have]
+    if unknown:
+        raise DataError(
+            f"--label-map names {', '.join(map(repr, unknown))}, not findings of {index.source} "
+            f"(it has: {', '.join(have)})"
+        )
+    if chosen:
+        bad = [c for c in chosen if c not in model_findings]
+        if bad:
+            raise DataError(f"--classes {', '.join(bad)}: the model only knows {', '.join(model_findings)}")
+    renamed = [label_map.get(f, f) for f in have]
+    names = list(dict.fromkeys(renamed))
+    only_in_data = [f for f in names if f not in model_findings]
+    wanted = [f for f in (chosen or model_findings) if f in names]
+    only_in_model = [f for f in model_findings if f not in names]
+    if not wanted:
+        raise DataError(
+            f"none of the model's findings ({', '.join(chosen or model_findings)}) is a finding of "
+            f"{index.source} (it has: {', '.join(have)}); map names with --label-map SRC=DST"
+        )
+    sources = [[j for j, r in enumerate(renamed) if r == f] for f in wanted]
+    for s in index.samples:
+        t = s.targets
+        if t is None:
+            continue
+        cols = []
+        for js in sources:
+            known = t[js][~np.isnan(t[js])]
+            cols.append(float(known.max()) if known.size else float("nan"))
+        s.targets = np.array(cols, dtype=np.float32)
+    index.findings, index.classes = wanted, list(wanted)
+    return {
+        "evaluated": wanted,
+        "only_in_model": only_in_model,
+        "only_in_data": only_in_data,
+        "renamed": {k: v for k, v in label_map.items() if k != v},
+    }
+
+
 def _round_robin(samples: list, n: int) -> list:
     by_class: dict[int, list] = {}
     for s in samples:
@@ -151,20 +242,22 @@ def _round_robin(samples: list, n: int) -> list:
 def _from_files_eval(prepared: PreparedData, size: int, data_cfg) -> None:
     # Like training's decoder, but a class may be absent from an external set.
     index = prepared.index
-    from cxrlab.data.cache import ImageCache, file_key
+    from cxrlab.data.cache import IMAGE_ENTRY_LIMIT, ImageCache
 
     cache = ImageCache(data_cfg.cache_dir)
     paths = [s.path for s in index.samples]
-    arrays, failures = cache.load_many(paths, size, data_cfg.resize)
+    # one memory-mapped store (as training's splits), not a list of arrays stacked into a second copy
+    images, keep, keys, failures = cache.store(
+        paths, size, data_cfg.resize, entries=len(paths) <= IMAGE_ENTRY_LIMIT
+    )
     index.skipped += sorted(failures.items())
-    keep = [i for i, a in enumerate(arrays) if a is not None]
     index.samples = [index.samples[i] for i in keep]
     if not keep:
         return
-    prepared.images["test"] = np.stack([arrays[i] for i in keep])
+    prepared.images["test"] = images
     prepared.labels["test"] = np.array([s.label for s in index.samples], dtype=np.int64)
     prepared.paths["test"] = [s.path for s in index.samples]
-    prepared.keys["test"] = [file_key(p, size, data_cfg.resize) for p in prepared.paths["test"]]
+    prepared.keys["test"] = keys
 
 
 def _not_a_file(path: str) -> str | None:

@@ -229,3 +229,47 @@ def summary_line(test: dict[str, Any]) -> str:
         f"of {k} findings{f' ({undefined} undefined: no positive or no negative)' if undefined else ''}, "
         f"micro AUC {with_ci(test['micro_auc'], test.get('micro_auc_ci95'))}, n={test['n']}"
     )
+
+
+def match_notes(match: dict[str, Any]) -> list[str]:
+    """What external validation of a multi-label run left out (``findings_match`` of `cxr evaluate
+    --data OTHER`): one line per side, and the renames."""
+    notes = []
+    if match.get("only_in_model"):
+        notes.append(
+            f"only in the model, not in the data (not evaluated): {', '.join(match['only_in_model'])}"
+        )
+    if match.get("only_in_data"):
+        notes.append(
+            "only in the data, not predicted by the model (not evaluated): "
+            f"{', '.join(match['only_in_data'])}; map names with --label-map DATA=MODEL if one is a model "
+            "finding under another name"
+        )
+    if match.get("renamed"):
+        notes.append(
+            "renamed by --label-map: " + ", ".join(f"{a} → {b}" for a, b in match["renamed"].items())
+        )
+    return notes
+
+
+UNCERTAINTY_TEXT = {
+    "ignore": "ignored: masked out of the loss and the metrics",
+    "zeros": "counted as negative (zeros)",
+    "ones": "counted as positive (ones)",
+}
+
+
+def label_policy(labels: Any) -> dict[str, Any]:
+    """How a multi-label run's label file was read (``data.labels``): the CheXpert uncertainty policy for
+    -1 cells and what blank cells mean, named in metrics.json and the report."""
+    text = (
+        f"uncertain (-1) labels {UNCERTAINTY_TEXT[labels.uncertainty]}; blank cells "
+        f"{'negative' if labels.blank == 'zeros' else 'ignored'}"
+    )
+    return {
+        "file": labels.file,
+        "format": labels.format,
+        "uncertainty": labels.uncertainty,
+        "blank": labels.blank,
+        "text": text,
+    }

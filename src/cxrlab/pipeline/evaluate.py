@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cxrlab.config import LabelsConfig
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.evaluate import (
     data_summary,
@@ -42,12 +43,18 @@ def evaluate_run(
     label_map: dict[str, str] | None = None,
     out: str | Path | None = None,
     device: str = "auto",
+    labels: LabelsConfig | None = None,
 ) -> dict[str, Any]:
-    """Score a run on its test split or on another dataset; writes metrics, plots and a report."""
+    """Score a run on its test split or on another dataset; writes metrics, plots and a report.
+
+    ``labels`` (``data.labels``: a label file, its preset and findings) reads the other dataset ``data``
+    from a label file. A multi-label run is scored per finding on the findings both sides share (renamed by
+    ``label_map``, data name → model name); ``findings_match`` in the result lists the findings that exist
+    on only one side."""
     _lock = run_lock(require_run(run), "wait for it to finish, then evaluate")  # held until we return
     settle_stale(run)  # a "running" status whose process is gone is recorded as interrupted
     loaded = load_run(run)
-    prepared = prepare_eval_data(loaded, data, classes, label_map)
+    prepared = prepare_eval_data(loaded, data, classes, label_map, labels=labels)
     target = Path(out) if out else loaded.path / ("evaluation" if data is None else "external")
     check_outside_inputs(target, (data,))
     check_out_folder(target, EVAL_OUTPUTS)  # never into a run folder or a folder of other files
@@ -68,7 +75,7 @@ def evaluate_run(
             progress="predicting",
         )
     if meta.get("task") == "multilabel":
-        result = _multilabel_result(loaded, prepared, logits, target)
+        result = _multilabel_result(loaded, prepared, logits, target, labels)
         write_eval_report(target, result)
         return result
     y = prepared.labels["test"]
@@ -127,9 +134,13 @@ def _warn(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _multilabel_result(loaded: Any, prepared: Any, logits: Any, target: Path) -> dict[str, Any]:
-    """`cxr evaluate` of a multi-label run on its test split: per-finding metrics at the saved thresholds
-    (chosen on validation when it was trained), plots and predictions.csv; writes metrics.json."""
+def _multilabel_result(
+    loaded: Any, prepared: Any, logits: Any, target: Path, labels: LabelsConfig | None = None
+) -> dict[str, Any]:
+    """`cxr evaluate` of a multi-label run on its test split or another dataset: per-finding metrics at the
+    saved thresholds (chosen on validation when it was trained) on the findings both sides share, plots
+    and predictions.csv; writes metrics.json (with ``findings_match`` and the run's own test AUC per
+    finding for another dataset)."""
     import numpy as np
 
     from cxrlab.errors import DataError
@@ -137,7 +148,8 @@ def _multilabel_result(loaded: Any, prepared: Any, logits: Any, target: Path) ->
     from cxrlab.evaluation.evaluate import patient_groups, write_multilabel_predictions
 
     index = prepared.index
-    if index.task != "multilabel" or index.findings != loaded.classes:
+    match = prepared.findings_match
+    if index.task != "multilabel" or (match is None and index.findings != loaded.classes):
         raise DataError(
             f"{loaded.path} predicts the findings {', '.join(loaded.classes)}; the data gives "
             f"{', '.join(index.findings) or 'single-label classes'}: evaluate with the run's label settings"
@@ -145,18 +157,20 @@ def _multilabel_result(loaded: Any, prepared: Any, logits: Any, target: Path) ->
     by_path = {s.path: s for s in index.samples}
     targets = np.stack([by_path[p].targets for p in prepared.paths["test"]]).astype(np.float32)
     prepared.targets = {"test": targets}
-    probs = ml.sigmoid(logits)
+    names = list(index.findings)  # the run's findings, or those another dataset shares with it
+    probs = ml.sigmoid(logits)[:, [loaded.classes.index(f) for f in names]]
     saved = loaded.meta.get("thresholds", {})
-    thresholds = {
-        f: {"threshold": float(saved.get(f, 0.5)), "method": "saved with the run"} for f in loaded.classes
-    }
+    thresholds = {f: {"threshold": float(saved.get(f, 0.5)), "method": "saved with the run"} for f in names}
     groups = patient_groups(prepared, "test")
     cfg = loaded.cfg
-    metrics = ml.multilabel_metrics(targets, probs, loaded.classes, thresholds, groups, cfg.eval.bootstrap,
+    metrics = ml.multilabel_metrics(targets, probs, names, thresholds, groups, cfg.eval.bootstrap,
                                     cfg.train.seed)  # fmt: skip
+    if match is not None:
+        overlap = _name_overlap(loaded, prepared.paths["test"])
+        metrics.setdefault("notes", [])[:0] = ml.match_notes(match) + overlap
+    metrics["label_policy"] = ml.label_policy(labels if labels and labels.file else cfg.data.labels)
     folder = target / "plots"
     per = metrics["per_finding"]
-    names = loaded.classes
     plot_paths = {
         "roc": plots.roc_grid(targets, probs, names, folder / "roc.png", per),
         "cooccurrence": plots.cooccurrence_matrix(
@@ -168,8 +182,10 @@ def _multilabel_result(loaded: Any, prepared: Any, logits: Any, target: Path) ->
         "run": str(loaded.path),
         "model": loaded.cfg.model.name,
         "multilabel": True,
-        "classes": loaded.classes,
-        "findings": loaded.classes,
+        "classes": names,
+        "findings": names,
+        **({"findings_match": match} if match is not None else {}),
+        **({"internal_auc": _internal_auc(loaded, names)} if match is not None else {}),
         "data": data_summary(prepared),
         "test": metrics,
         "thresholds": thresholds,
@@ -178,5 +194,32 @@ def _multilabel_result(loaded: Any, prepared: Any, logits: Any, target: Path) ->
     }
     write_json(target / "metrics.json", result)
     write_multilabel_predictions(target / "predictions.csv", prepared.paths["test"], groups, targets, probs,
-                                 loaded.classes, thresholds)  # fmt: skip
+                                 names, thresholds)  # fmt: skip
     return result
+
+
+def _name_overlap(loaded: Any, paths: list[str]) -> list[str]:
+    """A note when external images share file names with the run's training or validation images (label
+    files name images by unique ids, e.g. NIH's 00000001_000.png: the same radiograph, maybe resized)."""
+    import csv
+
+    splits = loaded.path / "splits.csv"
+    if not splits.is_file():
+        return []
+    with splits.open(newline="") as fh:
+        seen = {Path(r["path"]).name for r in csv.DictReader(fh) if r.get("split") in ("train", "val")}
+    shared = [Path(p).name for p in paths if Path(p).name in seen]
+    if not shared:
+        return []
+    return [
+        f"{len(shared)} of {len(paths)} evaluated images share a file name with the run's training or "
+        f"validation images (first: {', '.join(shared[:3])}): if they are the same radiographs this is not "
+        "an external test"
+    ]
+
+
+def _internal_auc(loaded: Any, names: list[str]) -> dict[str, Any]:
+    """The run's own test AUC (with CI) of each finding, next to the external one; {} without metrics."""
+    path = loaded.path / "metrics.json"
+    per = read_json(path).get("test", {}).get("per_finding", {}) if path.is_file() else {}
+    return {f: {"auc": per[f].get("auc"), "auc_ci95": per[f].get("auc_ci95")} for f in names if f in per}

@@ -381,9 +381,7 @@ def _trainer(
             monitor=cfg.train.monitor,
             mode=mode,
             save_top_k=1,
-            # only its weights are read back; last.ckpt carries the optimizer. With an EMA of the weights
-            # the full save runs the callback's hook that puts the averaged weights in state_dict.
-            save_weights_only=not cfg.train.ema_decay,
+            save_weights_only=True,  # only its weights are read back; last.ckpt carries the optimizer
             enable_version_counter=False,
         ),
         # last.ckpt after *every* epoch, for --resume. (Lightning's save_last=True only writes it when
@@ -400,12 +398,6 @@ def _trainer(
         history,
         *(extra or []),
     ]
-    if cfg.train.ema_decay:
-        from lightning.pytorch.callbacks import EMAWeightAveraging
-
-        # validation, best.ckpt and the final model use the averaged weights (Lightning's callback over
-        # torch.optim.swa_utils.AveragedModel; batch-norm buffers are averaged too)
-        callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
     if cfg.train.early_stopping:
         callbacks.append(EarlyStopping(cfg.train.monitor, patience=cfg.train.early_stopping, mode=mode))
     loggers: list[Any] = [CSVLogger(out, name="logs", version="")]
