@@ -174,7 +174,9 @@ class ModelConfig(_Section):
 
     name: str = Field("mobilenet_v2", description="a name from `cxr models`")
     pretrained: bool = Field(False, description="start from torchvision ImageNet weights")
-    freeze: str = Field("none", description="none | backbone | N (first N layers)")
+    freeze: str = Field(
+        "none", description="none | backbone | N (first N layers) | blocks:K (first K backbone blocks)"
+    )
     in_channels: int | None = Field(None, description="1 or 3; default: the model's")
     width: float = Field(1.0, gt=0, description="width multiplier for the small CNNs")
     conv_dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each conv block (small CNNs)")
@@ -191,8 +193,13 @@ class ModelConfig(_Section):
             return "backbone" if value else "none"
         if isinstance(value, int):
             return str(value)
-        if isinstance(value, str) and value not in ("none", "backbone") and not value.isdigit():
-            raise ValueError("must be 'none', 'backbone' or a number of layers")
+        if (
+            isinstance(value, str)
+            and value not in ("none", "backbone")
+            and not value.isdigit()
+            and not re.fullmatch(r"blocks:\d+", value)
+        ):
+            raise ValueError("must be 'none', 'backbone', a number of layers N or blocks:K (first K blocks)")
         return value
 
 
@@ -210,6 +217,15 @@ class TrainConfig(_Section):
         "val_loss", description="early stopping / best epoch: val_loss, val_acc or val_auc (macro)"
     )
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
+    scheduler: Literal["none", "cosine"] = Field(
+        "none", description="learning-rate schedule per step: none (constant) or cosine decay to 0"
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up from 0, in epochs")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of single-label targets")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="EMA of the weights (per step) used for validation and the saved "
+        "model, e.g. 0.99; null: off",
+    )
     pos_weight: str | list[float] = Field(
         "none", description="multi-label BCE pos_weight per finding: none | balanced (neg/pos) | [list]"
     )

@@ -160,7 +160,9 @@ _LABEL_MAP = _F(
     parse=parse_label_map,
 )  # fmt: skip
 _IMAGE_SIZE = _F("image_size", "data.image_size", int, "input size in pixels", unset="the model's")
-_FREEZE = _F("freeze", "model.freeze", str, "none | backbone | N (first N layers)")
+_FREEZE = _F(
+    "freeze", "model.freeze", str, "none | backbone | N (first N layers) | blocks:K (first K backbone blocks)"
+)
 _SEED = _F("seed", "train.seed", int, "random seed: same seed + data + machine = same metrics")
 _CACHE_DIR = _F("cache_dir", "data.cache_dir", str, "decoded-image cache", unset=_CACHE)
 LABEL_FILE: tuple[ConfigFlag, ...] = (

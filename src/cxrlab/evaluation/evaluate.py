@@ -66,8 +66,20 @@ def predict_images(
 
 
 @torch.inference_mode()
-def predict_features(model: Classifier, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and penultimate features from cached backbone features (fast path)."""
+def predict_features(
+    model: Classifier, features: np.ndarray, suffix: torch.nn.Module | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features from cached backbone features (fast path), or from a frozen
+    prefix's cached activations through ``suffix`` (suffix blocks + head; partial fine-tuning)."""
+    if suffix is not None:
+        net = suffix.eval()
+
+        def run(x: torch.Tensor):
+            feats = net.features(x)
+            return net.head.out(feats), feats
+
+        logits, feats = batched(run, lambda s: torch.from_numpy(features[s]), len(features), 128)
+        return logits, feats
     head = model.head.eval()
     x = torch.from_numpy(features)
     feats = head.features(x)
@@ -176,7 +188,7 @@ def evaluate_trained(
         if split not in data.labels:
             continue
         if trained.features is not None:
-            outputs[split] = predict_features(model, trained.features[split])
+            outputs[split] = predict_features(model, trained.features[split], trained.suffix)
         elif data.codes is not None:
             outputs[split] = predict_codes(model, data.codes[split])
         else:
@@ -396,7 +408,8 @@ def _run_facts(
     return {
         "params": param_counts(model),
         "timing": timing,
-        "fast_path": trained.features is not None,
+        "fast_path": trained.features is not None and trained.suffix is None,
+        "training_path": trained.training_path,
         "device": trained.device,
         "plots": {k: str(v.relative_to(out)) for k, v in plot_paths.items()},
         "plot_notes": plot_notes,

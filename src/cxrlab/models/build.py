@@ -10,6 +10,7 @@ from cxrlab.errors import ModelError
 from cxrlab.models.heads import Classifier, Head
 from cxrlab.models.layers import freeze_first_layers
 from cxrlab.models.registry import get_spec, resolve_channels
+from cxrlab.models.split import freeze_blocks, parse_blocks
 
 
 def build_model(
@@ -41,13 +42,18 @@ def build_model(
 
 
 def apply_freeze(model: Classifier, freeze: str) -> None:
-    """``none``: train everything; ``backbone``: train the head only; ``N``: freeze the first N layers."""
+    """``none``: train everything; ``backbone``: train the head only; ``N``: freeze the first N layers;
+    ``blocks:K``: freeze the first K backbone blocks (:mod:`cxrlab.models.split`)."""
     for p in model.parameters():
         p.requires_grad_(True)
     if freeze == "none" or freeze == "0":
         return
     if freeze == "backbone":
         model.backbone.requires_grad_(False)
+        return
+    k = parse_blocks(freeze)
+    if k is not None:
+        freeze_blocks(model, k)
         return
     freeze_first_layers(model, int(freeze))
 

@@ -44,6 +44,9 @@ class ModelSpec:
     #: Grad-CAM target: a module name of the built Classifier (``"backbone"``: its last feature map);
     #: None = the backbone's last Conv2d (:func:`cam_layer`)
     cam_layer: str | None = None
+    #: split function: backbone -> its blocks in order (their chain is the backbone), or None where the
+    #: family has no clean split; used by ``freeze: blocks:K`` and partial fine-tuning (models/split.py)
+    blocks: Callable[[nn.Module], list[nn.Module] | None] | None = None
 
 
 REGISTRY: dict[str, ModelSpec] = {}

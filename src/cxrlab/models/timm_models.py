@@ -18,6 +18,7 @@ from torch import nn
 from cxrlab.config import ModelConfig
 from cxrlab.errors import ModelError
 from cxrlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, register_resolver
+from cxrlab.models.split import timm_blocks
 from cxrlab.models.weights import network_reachable, torch_home
 
 HF_HOST = "huggingface.co"
@@ -157,6 +158,7 @@ def timm_spec(name: str) -> ModelSpec:
         mean=mean,
         std=std,
         family="timm",
+        blocks=timm_blocks,
         description=f"timm {arch}" + (f" (weights {cfg.hf_hub_id or cfg.url})" if cfg is not None else ""),
     )
 

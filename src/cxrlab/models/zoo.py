@@ -14,6 +14,7 @@ from torch import nn
 
 from cxrlab.config import ModelConfig
 from cxrlab.models.registry import ModelSpec, register
+from cxrlab.models.split import densenet_blocks, sequential_blocks
 from cxrlab.models.weights import load_torchvision_weights
 
 HALF = (0.5, 0.5, 0.5)
@@ -156,6 +157,7 @@ def _spec(
     input_size: int = 224,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    blocks=None,
 ) -> None:
     extra = {"mean": mean, "std": std} if mean else {}
     register(
@@ -167,6 +169,7 @@ def _spec(
             feature_dim=feature_dim,
             description=description,
             cam_layer="backbone",  # the last convolutional feature map (after its activation)
+            blocks=blocks,
             **extra,
         )
     )
@@ -178,6 +181,7 @@ _spec(
     "VGG16_Weights.IMAGENET1K_V1",
     512,
     "VGG-16 (Simonyan & Zisserman 2015) conv base, 512×7×7",
+    blocks=sequential_blocks,
 )
 _spec(
     "vgg19",
@@ -185,6 +189,7 @@ _spec(
     "VGG19_Weights.IMAGENET1K_V1",
     512,
     "VGG-19 conv base, 512×7×7",
+    blocks=sequential_blocks,
 )
 _spec(
     "resnet18",
@@ -192,6 +197,7 @@ _spec(
     "ResNet18_Weights.IMAGENET1K_V1",
     512,
     "ResNet-18 (He et al. 2016), 512×7×7",
+    blocks=sequential_blocks,
 )
 _spec(
     "resnet34",
@@ -199,6 +205,7 @@ _spec(
     "ResNet34_Weights.IMAGENET1K_V1",
     512,
     "ResNet-34, 512×7×7",
+    blocks=sequential_blocks,
 )
 _spec(
     "resnet50",
@@ -206,6 +213,7 @@ _spec(
     "ResNet50_Weights.IMAGENET1K_V1",
     2048,
     "ResNet-50, 2048×7×7",
+    blocks=sequential_blocks,
 )
 _spec(
     "densenet121",
@@ -213,6 +221,7 @@ _spec(
     "DenseNet121_Weights.IMAGENET1K_V1",
     1024,
     "DenseNet-121 (Huang et al. 2017), 1024×7×7",
+    blocks=densenet_blocks,
 )
 _spec(
     "inception_v3",
@@ -239,6 +248,7 @@ _spec(
     "MobileNet_V2_Weights.IMAGENET1K_V1",
     1280,
     "MobileNetV2 (Sandler et al. 2018), 1280×7×7",
+    blocks=sequential_blocks,
 )
 _spec(
     "mobilenet_v3_large",
@@ -246,6 +256,7 @@ _spec(
     "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
     960,
     "MobileNetV3-Large (Howard et al. 2019), 960×7×7",
+    blocks=sequential_blocks,
 )
 _spec(
     "mobilenet_v3_small",
@@ -253,6 +264,7 @@ _spec(
     "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
     576,
     "MobileNetV3-Small, 576×7×7",
+    blocks=sequential_blocks,
 )
 _spec(
     "efficientnet_b0",
@@ -260,6 +272,7 @@ _spec(
     "EfficientNet_B0_Weights.IMAGENET1K_V1",
     1280,
     "EfficientNet-B0 (Tan & Le 2019), 1280×7×7",
+    blocks=sequential_blocks,
 )
 _spec(
     "alexnet",

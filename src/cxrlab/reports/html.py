@@ -30,6 +30,7 @@ def run_report_context(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> di
         "params": metrics["params"],
         "timing": metrics["timing"],
         "fast_path": bool(metrics.get("fast_path")),
+        "training_path": metrics.get("training_path", ""),
         "device": metrics["device"],
         "warnings": metrics.get("audit", {}).get("warnings", []),
         "test": metrics["test"],

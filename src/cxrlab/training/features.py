@@ -82,3 +82,79 @@ def backbone_features(
     if path is not None:
         save_npy(path, feats.astype(np.float16 if mode == "map" else np.float32))
     return feats.astype(np.float32)
+
+
+# --- partial fine-tuning: the frozen prefix runs once, its activations are cached (fp16) ------------------
+
+
+def partial_freeze(cfg: RunConfig) -> bool:
+    """``model.freeze`` is N (layers) or ``blocks:K``: part of the backbone trains."""
+    return cfg.model.freeze not in ("none", "0", "backbone")
+
+
+def activation_path_note(cfg: RunConfig, k: int) -> str | None:
+    """Why a partial freeze does not use cached activations (None when it does, or does not apply)."""
+    if not partial_freeze(cfg):
+        return None
+    if k == 0:
+        return (
+            f"freeze {cfg.model.freeze}: no whole backbone block is frozen (or {cfg.model.name} has no block "
+            "split), so every epoch runs the full network"
+        )
+    if cfg.data.augment:
+        return (
+            f"freeze {cfg.model.freeze} with augmentation: the frozen prefix ({k} blocks) runs every epoch "
+            "on the augmented images (full path); cached activations need fixed inputs — turn augmentation "
+            "off to train the suffix on cached activations"
+        )
+    if not cfg.train.fast_path:
+        return f"freeze {cfg.model.freeze} with train.fast_path off: every epoch runs the full network"
+    return None
+
+
+def prefix_activations(
+    prefix: torch.nn.Module,
+    k: int,
+    images: np.ndarray,
+    keys: list[str],
+    cfg: RunConfig,
+    spec: ModelSpec,
+    channels: int,
+    device: str,
+    cache: ImageCache | None = None,
+    label: str | None = "activations",
+) -> np.ndarray:
+    """Output of the frozen prefix (backbone blocks ``1…k``, eval mode) for ``images`` (uint8 ``(N, H, W)``),
+    as fp16 ``(N, C, h, w)``, read from or written to the cache."""
+    dtype = inference_dtype(cfg.train.precision, device)
+    ident = [
+        "activations-v1",
+        spec.name,
+        str(cfg.model.pretrained),
+        str(channels),
+        f"blocks={k}",
+        f"size={cfg.data.image_size}",
+        str(dtype),
+        "" if cfg.model.pretrained else f"seed={cfg.train.seed}",
+        *keys,
+    ]
+    path = cache.features_path(digest(ident)) if cache is not None and cache.enabled else None
+    if path is not None:
+        hit = load_npy(path)
+        if hit is not None and len(hit) == len(images):
+            return hit
+    net = prepare_for_inference(prefix, device)
+    (acts,) = batched(
+        lambda x: net(x).to(torch.float16),
+        lambda s: to_tensor(images[s], channels, spec.mean, spec.std),
+        len(images),
+        64,
+        device,
+        dtype,
+        progress=label,
+    )
+    prefix.to(memory_format=torch.contiguous_format)
+    acts = np.ascontiguousarray(acts.astype(np.float16))
+    if path is not None:
+        save_npy(path, acts)
+    return acts

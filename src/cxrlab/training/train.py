@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from cxrlab.models import (
     resolve_channels,
 )
 from cxrlab.models.heads import Classifier
+from cxrlab.models.split import frozen_prefix, split_model
 from cxrlab.runs import (
     atomic_write,
     read_csv,
@@ -36,7 +38,13 @@ from cxrlab.runs import (
     write_status,
 )
 from cxrlab.runtime import resolve_precision
-from cxrlab.training.features import backbone_features, fast_path_applies
+from cxrlab.training.features import (
+    activation_path_note,
+    backbone_features,
+    fast_path_applies,
+    partial_freeze,
+    prefix_activations,
+)
 from cxrlab.training.module import ClassifierModule
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -63,6 +71,10 @@ class Trained:
     timing: dict[str, float]
     epochs_done: int = 0
     pos_weight: list[float] | None = None  # multi-label: the BCE pos_weight used, per finding
+    #: partial freeze on cached activations: the trained suffix + head (``features`` are then the prefix's
+    #: cached activations per split)
+    suffix: torch.nn.Module | None = None
+    training_path: str = ""  # what ran, in words (metrics.json, report)
 
 
 class HistoryCallback(L.Callback):
@@ -117,7 +129,14 @@ def fit(
     timing = {"decode_s": round(data.decode_s, 3)}
 
     features = None
+    suffix: torch.nn.Module | None = None
     t_feat = time.perf_counter()
+    k = frozen_prefix(model) if partial_freeze(cfg) and data.codes is None else 0
+    note = activation_path_note(cfg, k) if data.codes is None else None
+    path_text = "full training"
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+        path_text = f"full training ({note})"
     if data.codes is not None:  # autoencoder codes: the whole model trains on them, no pixels involved
         net: torch.nn.Module = model
         loaders = _code_loaders(cfg, data, channels, timing)
@@ -138,6 +157,35 @@ def fit(
             for split in data.images
         }
         net = model.head
+        path_text = "frozen-feature fast path"
+        loaders = {
+            split: _loader(
+                TensorDataset(torch.from_numpy(features[split]), torch.from_numpy(data.y(split))),
+                cfg,
+                shuffle=split == "train",
+            )
+            for split in ("train", "val")
+        }
+    elif k and note is None:  # partial freeze: the frozen prefix runs once, the suffix trains on its output
+        prefix, suffix = split_model(model, k)
+        cache = ImageCache(cfg.data.cache_dir)
+        features = {
+            split: prefix_activations(
+                prefix,
+                k,
+                data.images[split],
+                data.keys[split],
+                cfg,
+                spec,
+                channels,
+                device,
+                cache,
+                label=f"prefix activations ({split})" if progress else None,
+            )
+            for split in data.images
+        }
+        net = suffix
+        path_text = f"partial fine-tuning on cached activations (prefix: {k} frozen blocks, run once)"
         loaders = {
             split: _loader(
                 TensorDataset(torch.from_numpy(features[split]), torch.from_numpy(data.y(split))),
@@ -216,7 +264,9 @@ def fit(
         module.load_state_dict(load_checkpoint(best)["state_dict"])
     model.to("cpu")
     used = [round(float(v), 4) for v in pos_weight] if pos_weight is not None else None
-    return Trained(model, data, spec, channels, device, features, timing, trainer.current_epoch, used)
+    return Trained(
+        model, data, spec, channels, device, features, timing, trainer.current_epoch, used, suffix, path_text
+    )
 
 
 def _code_loaders(
@@ -381,7 +431,9 @@ def _trainer(
             monitor=cfg.train.monitor,
             mode=mode,
             save_top_k=1,
-            save_weights_only=True,  # only its weights are read back; last.ckpt carries the optimizer
+            # only its weights are read back; last.ckpt carries the optimizer. With an EMA of the weights
+            # the full save runs the callback's hook that puts the averaged weights in state_dict.
+            save_weights_only=not cfg.train.ema_decay,
             enable_version_counter=False,
         ),
         # last.ckpt after *every* epoch, for --resume. (Lightning's save_last=True only writes it when
@@ -398,6 +450,12 @@ def _trainer(
         history,
         *(extra or []),
     ]
+    if cfg.train.ema_decay:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        # validation, best.ckpt and the final model use the averaged weights (Lightning's callback over
+        # torch.optim.swa_utils.AveragedModel; batch-norm buffers are averaged too)
+        callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
     if cfg.train.early_stopping:
         callbacks.append(EarlyStopping(cfg.train.monitor, patience=cfg.train.early_stopping, mode=mode))
     loggers: list[Any] = [CSVLogger(out, name="logs", version="")]
