@@ -154,6 +154,7 @@ def test_predict_model_health_and_docs(servers, small_run, test_images, referenc
     assert model["metrics"]["auc"]["value"] == pytest.approx(metrics["test"]["auc"])
     assert model["metrics"]["auc"]["ci95"] == pytest.approx(metrics["test"]["auc_ci95"])
     assert model["warnings"]["audit"] == metrics["audit"]["warnings"]
+    assert model["warnings"]["lung_attention"] == metrics["lung_attention"]["warnings"]
     assert any("Not validated on any external dataset" in s for s in model["limitations"])
 
     assert open_.get("/healthz")[1]["status"] == "ok"

@@ -245,7 +245,12 @@ def model_card(loaded: LoadedRun, rid: str) -> dict[str, Any]:
     return {
         **info,
         "metrics": headline,
-        "warnings": {"audit": audit, "external_validation": external},
+        "warnings": {
+            "audit": audit,
+            # the run's lung-attention score (cxrlab.explain.report): a class whose heatmaps miss the lungs
+            "lung_attention": list((metrics.get("lung_attention") or {}).get("warnings") or []),
+            "external_validation": external,
+        },
         "limitations": limitations,
     }
 
