@@ -106,11 +106,12 @@ class ClassifierModule(L.LightningModule):
         if self.multilabel:
             return masked_bce(logits, y, self.pos_weight if self.pos_weight.numel() else None)
         weight = self.class_weights if self.class_weights.numel() else None
+        smooth = self.cfg.label_smoothing if self.training else 0.0  # validation/test loss: plain
         if logits.shape[1] == 1:
-            target = y.float()
+            target = y.float() * (1 - smooth) + 0.5 * smooth
             w = weight[y] if weight is not None else None
             return F.binary_cross_entropy_with_logits(logits[:, 0], target, weight=w)
-        return F.cross_entropy(logits, y, weight=weight)
+        return F.cross_entropy(logits, y, weight=weight, label_smoothing=smooth)
 
     def penalty(self) -> torch.Tensor | float:
         """Keras-style L2 penalty: l2 × sum of squared weights of the chosen layers."""
@@ -194,7 +195,31 @@ class ClassifierModule(L.LightningModule):
         params = [p for p in self.net.parameters() if p.requires_grad]
         c = self.cfg
         if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+            opt = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        elif c.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        if c.scheduler == "none" and not c.warmup_epochs:
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(total, round(c.warmup_epochs * total / max(1, c.epochs)))
+        schedule = lr_schedule(total, warmup, cosine=c.scheduler == "cosine")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_schedule(total: int, warmup: int, cosine: bool):
+    """Learning-rate factor per optimizer step: linear warm-up over ``warmup`` steps (from 1/(warmup+1)),
+    then constant or cosine decay to 0 at step ``total`` (max_epochs × steps per epoch)."""
+    import math
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if not cosine:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
