@@ -67,6 +67,29 @@ def resolve_layer(model: nn.Module, model_name: str, layer: str | None) -> tuple
     return name, modules[name]
 
 
+def cam_model(
+    model: nn.Module, model_name: str, layer: str | None = None
+) -> tuple[nn.Module, str, nn.Module]:
+    """``(net, layer name, layer module)`` ready for :func:`heatmaps`: an :func:`explainable_copy` on the CPU
+    whose gradients start at the target layer (:func:`resolve_layer`). No parameter requires gradients and a
+    forward hook makes the layer's output a fresh leaf that records them, so nothing below the layer enters
+    the autograd graph and no weight gradient is computed: the same maps as a whole-network backward (CAM
+    methods need only d(score)/d(layer output)) at about the cost of one forward pass."""
+    net = explainable_copy(model).cpu()
+    name, module = resolve_layer(net, model_name, layer)
+    net.requires_grad_(False)
+    module.register_forward_hook(_gradients_from_here)
+    return net, name, module
+
+
+def _gradients_from_here(module: nn.Module, inputs: Any, output: Any) -> Any:
+    """Forward hook: the layer's output as a leaf that records gradients (registered before pytorch-grad-cam's
+    own hooks, which then see this tensor)."""
+    if not isinstance(output, torch.Tensor) or not torch.is_grad_enabled():
+        return output
+    return output.detach().requires_grad_(True)
+
+
 class LogitTarget:
     """The score CAM explains: logit ``index`` (softmax/multi-label), or ± the single sigmoid logit."""
 

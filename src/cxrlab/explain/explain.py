@@ -51,7 +51,7 @@ def explain(
 
     from cxrlab.data.prepare import to_tensor
     from cxrlab.evaluation.inference import _decode, expand_inputs, image_run, predict_arrays
-    from cxrlab.explain.cam import explainable_copy, heatmaps, method_class, overlay, resolve_layer
+    from cxrlab.explain.cam import cam_model, heatmaps, method_class, overlay
     from cxrlab.explain.lungs import Segmenter, find_user_mask, user_mask
     from cxrlab.explain.score import lung_share, summarise, warnings_for
     from cxrlab.runs import check_out_path, claim_folder, write_csv, write_json
@@ -61,8 +61,7 @@ def explain(
     classes = loaded.classes
     if target is not None and target not in classes:
         raise CxrError(f"--class {target!r} is not a class of this model; it has: {', '.join(classes)}")
-    net = explainable_copy(loaded.model)
-    layer_name, layer_module = resolve_layer(net, loaded.cfg.model.name, layer)
+    net, layer_name, layer_module = cam_model(loaded.model, loaded.cfg.model.name, layer)
     masks_dir = Path(masks) if masks is not None else None
     if masks_dir is not None and not masks_dir.is_dir():
         raise CxrError(f"--masks {masks}: not a folder; give a folder of mask images named like the images")

@@ -26,13 +26,12 @@ class Explainer:
         layer: str | None = None,
         segmenter: str | Path | None = None,
     ):
-        from cxrlab.explain.cam import explainable_copy, method_class, resolve_layer
+        from cxrlab.explain.cam import cam_model, method_class
         from cxrlab.explain.lungs import Segmenter
 
         self.loaded = loaded
         self.method, _ = method_class(method)
-        self.net = explainable_copy(loaded.model)
-        self.layer_name, self.layer = resolve_layer(self.net, loaded.cfg.model.name, layer)
+        self.net, self.layer_name, self.layer = cam_model(loaded.model, loaded.cfg.model.name, layer)
         self.seg = Segmenter.load(segmenter)
         meta = loaded.meta
         self.size, self.resize = int(meta["image_size"]), meta.get("resize", "squash")

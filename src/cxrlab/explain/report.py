@@ -75,7 +75,7 @@ def attention_report(
     classifier's geometry) with true ``labels``, calibrated ``probs`` and thresholded ``preds``; gallery
     thumbnails are written to ``folder/plots/gallery/`` (paths in the result relative to ``folder``)."""
     from cxrlab.data.prepare import to_tensor
-    from cxrlab.explain.cam import explainable_copy, heatmaps, resolve_layer
+    from cxrlab.explain.cam import cam_model, heatmaps
     from cxrlab.explain.lungs import Segmenter
 
     started = time.perf_counter()
@@ -86,15 +86,10 @@ def attention_report(
     if not len(images):
         return skipped("no test images")
     try:
-        net = explainable_copy(loaded.model).cpu()  # `cxr evaluate` may have moved the model to a GPU
-        layer_name, layer = resolve_layer(net, loaded.cfg.model.name, None)
+        # on the CPU (`cxr evaluate` may have moved the model to a GPU), gradients from the layer up only
+        net, layer_name, layer = cam_model(loaded.model, loaded.cfg.model.name)
     except CxrError as exc:
         return skipped(f"no Grad-CAM target layer: {exc}")
-    # Gradients from the target layer up only: no weight gradients, nothing below the layer recorded.
-    # Grad-CAM needs d(score)/d(layer output) and nothing else, so the maps are the same, at about the cost
-    # of one forward pass instead of a full forward and backward through the whole network.
-    net.requires_grad_(False)
-    layer.register_forward_hook(_gradients_from_here)
     meta, classes = loaded.meta, loaded.classes
     size = int(meta["image_size"])
     sigmoid = loaded.model.head.out.out_features == 1
@@ -147,12 +142,6 @@ def attention_report(
     seconds = round(time.perf_counter() - started, 2)
     out["gallery"]["seconds"] = out["lung_attention"]["seconds"] = seconds
     return out
-
-
-def _gradients_from_here(module: Any, inputs: Any, output: Any) -> Any:
-    """Forward hook: the layer's output as a fresh leaf that records gradients (registered before
-    pytorch-grad-cam's own hooks, which then see this tensor)."""
-    return output.detach().requires_grad_(True)
 
 
 def _resize(gray: np.ndarray, side: int) -> np.ndarray:
