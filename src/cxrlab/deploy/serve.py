@@ -16,9 +16,9 @@ thread pool and inference on one thread that takes waiting images as one batch, 
 cannot oversubscribe the CPU; every failure is one line of JSON ``{"error": ...}`` and never stops the server.
 
 Heatmaps: ``create_app(..., explain=factory)`` plugs in an explainer (``cxr serve`` passes cxrlab.explain's
-Grad-CAM; deploy cannot import it): ``factory(loaded)`` is called once and returns ``fn(image, display,
-probs) -> dict`` with ``png`` (overlay bytes), ``lung_share``, ``lung_area``, ``class``, ``method``,
-``layer``.
+Grad-CAM, so a server without heatmaps never loads it): ``factory(loaded)`` is called once and returns
+``fn(image, display, probs) -> dict`` with ``png`` (overlay bytes), ``lung_share``, ``lung_area``, ``class``,
+``method``, ``layer``.
 ``POST /v1/predict?heatmap=true`` asks for one (``heatmap=false`` declines; the default is ``heatmaps``,
 ``cxr serve --heatmaps``); it runs on the inference thread right after its batch, so heatmaps share the
 inference bound and never run beside it.
