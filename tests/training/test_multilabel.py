@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,6 +146,11 @@ def test_report_shows_data_warnings_first_and_every_finding(ml_run):
         assert (run / m["plots"][plot]).is_file()
     assert "the data audit could not run" not in " ".join(m["audit"]["warnings"])
     assert "findings_baseline" in m["audit"]
+    # the label file's uncertainty policy is named (NIH has no -1 cells; the default policy is ignore)
+    policy = m["label_policy"]
+    assert policy == m["test"]["label_policy"] and policy["uncertainty"] == "ignore"
+    assert policy["file"].endswith("labels.csv") and policy["format"] == "nih"
+    assert "uncertainty policy <b>ignore</b>" in html and "masked out of the loss and the metrics" in html
 
 
 def test_evaluate_rescoring_matches_training(ml_run):
@@ -206,3 +212,180 @@ def test_compare_two_multilabel_runs_paired_auc_holm(ml_run, tmp_path, torch_hom
     assert lo <= float(macro["difference"]) <= hi
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "Multi-label: paired AUC differences" in md and "older run without predictions" not in md
+    from tests.browser import check_page
+
+    html = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "Multi-label: per-finding AUC, paired tests" in html and f"over {len(tested)}" in html
+    for f in findings + ["macro AUC"]:
+        assert f"<td>{f}</td>" in html
+    check_page(tmp_path / "cmp" / "compare.html", "compare")
+
+
+HIRES = DATA / "nih-hires"
+
+
+def test_external_validation_on_nih_hires_per_finding(ml_run, tmp_path):
+    """cxr evaluate RUN --data OTHER --labels OTHER.csv: 19 NIH images at 256-1024 px (resized to the run's
+    64 px), scored per finding at the saved thresholds; AUCs equal sklearn's on the written predictions."""
+    if not (HIRES / "labels.csv").is_file():
+        pytest.skip("nih-hires not available")
+    run, _ = ml_run
+    out = tmp_path / "ext"
+    proc = run_cli(*_external(run, HIRES / "images", HIRES / "labels.csv"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test"]["n"] == 19 and m["findings"] == _metrics(run)["findings"]
+    assert m["findings_match"]["only_in_model"] == [] and m["findings_match"]["only_in_data"] == []
+    assert set(m["internal_auc"]) == set(m["findings"])
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == 19
+    for f, entry in m["test"]["per_finding"].items():
+        y = np.array([int(r[f"true_{f}"]) for r in rows])
+        p = np.array([float(r[f"p_{f}"]) for r in rows])
+        if 0 < y.sum() < len(y):
+            assert entry["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-3)
+            assert entry["auc_ci95"][0] <= entry["auc"] <= entry["auc_ci95"][1]
+            assert f"  {f}: AUC {entry['auc']:.3f}" in proc.stdout
+        else:
+            assert entry["auc"] is None
+    assert m["test"]["label_policy"]["file"] == str(HIRES / "labels.csv")
+    assert "macro ROC AUC" in (out / "report.html").read_text()
+
+
+def _renamed_test_rows(run, path):
+    """nih-1000's label rows of the run's own test images, with Effusion spelled 'Pleural effusion'."""
+    test = {r["path"].rsplit("/", 1)[-1] for r in csv.DictReader((run / "splits.csv").open())
+            if r["split"] == "test"}  # fmt: skip
+    with (NIH / "labels.csv").open() as src, path.open("w", newline="") as dst:
+        reader = csv.DictReader(src)
+        writer = csv.DictWriter(dst, reader.fieldnames or [])
+        writer.writeheader()
+        for r in reader:
+            if r["Image Index"] in test:
+                r["Finding Labels"] = r["Finding Labels"].replace("Effusion", "Pleural effusion")
+                writer.writerow(r)
+    return len(test)
+
+
+def _external(run, images, labels):
+    return ["evaluate", str(run), "--data", str(images), "--labels", str(labels), "--labels-format", "nih"]
+
+
+def test_external_label_map_and_findings_on_one_side(ml_run, tmp_path):
+    """A label file naming Effusion differently: --label-map renames it to the model's finding; findings
+    only the model (or only the data) has are listed in metrics.json, the report and the terminal. On the
+    run's own test images the mapped AUCs equal the run's own."""
+    run, _ = ml_run
+    labels = tmp_path / "renamed.csv"
+    n = _renamed_test_rows(run, labels)
+    args = _external(run, NIH / "images", labels)
+    proc = run_cli(*args, "--findings", "Pleural effusion,Cardiomegaly", "--label-map",
+                   "Pleural effusion=Effusion", "--out", str(tmp_path / "mapped"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "mapped" / "metrics.json").read_text())
+    own = _metrics(run)
+    match = m["findings_match"]
+    assert match["evaluated"] == m["findings"] == ["Cardiomegaly", "Effusion"]  # the model's order
+    assert match["only_in_model"] == [f for f in own["findings"] if f not in ("Cardiomegaly", "Effusion")]
+    assert match["only_in_data"] == [] and match["renamed"] == {"Pleural effusion": "Effusion"}
+    assert m["test"]["n"] == n == own["test"]["n"]
+    for f in ("Cardiomegaly", "Effusion"):
+        assert m["test"]["per_finding"][f]["positives"] == own["test"]["per_finding"][f]["positives"]
+        got, want = m["test"]["per_finding"][f]["auc"], own["test"]["per_finding"][f]["auc"]
+        assert got == pytest.approx(want, abs=1e-4)
+    assert "note: only in the model, not in the data (not evaluated): Atelectasis" in proc.stdout
+    html = (tmp_path / "mapped" / "report.html").read_text()
+    assert "only in the model, not in the data" in html and "renamed by --label-map" in html
+    # without the map, the renamed finding is on the data's side only
+    proc = run_cli(*args, "--findings", "Pleural effusion,Cardiomegaly", "--out", str(tmp_path / "plain"))
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert m["findings"] == ["Cardiomegaly"] and m["findings_match"]["only_in_data"] == ["Pleural effusion"]
+    assert "only in the data, not predicted by the model (not evaluated): Pleural effusion" in proc.stdout
+
+
+def test_external_bad_inputs_are_one_line(ml_run, tmp_path):
+    from tests.trust.conftest import one_line_error
+
+    run, _ = ml_run
+    labels = tmp_path / "renamed.csv"
+    _renamed_test_rows(run, labels)
+    args = _external(run, NIH / "images", labels)
+    line = one_line_error(run_cli(*args, "--findings", "Pleural effusion", "--out", str(tmp_path / "a")))
+    assert "none of the model's findings" in line and "--label-map SRC=DST" in line
+    line = one_line_error(run_cli(*args, "--label-map", "Effusions=Effusion", "--out", str(tmp_path / "b")))
+    assert "--label-map names 'Effusions', not findings of" in line and "Pleural effusion" in line
+    line = one_line_error(run_cli(*_external(run, NIH / "images", labels)[:2], "--labels", str(labels),
+                                  "--out", str(tmp_path / "c")))  # fmt: skip
+    assert "give its image folder with --data" in line
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_sweep_ranks_on_validation_macro_auc_and_tensorboard_logs_per_finding(ml_run, tmp_path, torch_home):
+    """cxr sweep on the fixture's multi-label config (train.monitor=val_auc; cached features, 2 epochs, a
+    2-value grid): each trial's objective is its run's validation macro AUC, the best is the highest; each
+    trial's TensorBoard log has val_auc per epoch (= history.csv) and val_auc/<finding>, whose mean over
+    the defined findings is val_auc."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cxrlab.config import RunConfig
+
+    run, _ = ml_run
+    cfg = RunConfig.load(run / "config.yaml")
+    cfg.train.epochs, cfg.train.tensorboard = 2, True
+    base = tmp_path / "base.yaml"
+    cfg.save(base)
+    out = tmp_path / "sweep"
+    proc = run_cli("sweep", "--config", str(base), "--param", "lr=1e-2,1e-3", "--out", str(out),
+                   env={"TORCH_HOME": str(torch_home.parents[2])})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["direction"] == "maximize" and summary["trials"] == {"complete": 2}
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    values = []
+    for row in rows:
+        trial = Path(row["run"])
+        m = _metrics(trial)
+        assert m["val"]["auc"] == m["val"]["macro_auc"]
+        assert float(row["value"]) == pytest.approx(m["val"]["macro_auc"], abs=1e-6)
+        values.append(float(row["value"]))
+        history = list(csv.DictReader((trial / "history.csv").open()))
+        ea = EventAccumulator(str(trial / "tensorboard"), size_guidance={"scalars": 0})
+        ea.Reload()
+        logged = ea.Scalars("val_auc")
+        assert [e.step for e in logged] == [1, 2]
+        assert [e.value for e in logged] == pytest.approx([float(h["val_auc"]) for h in history], abs=1e-5)
+        per = [t for t in ea.Tags()["scalars"] if t.startswith("val_auc/")]
+        assert per and {t.split("/", 1)[1] for t in per} <= set(m["findings"])
+        for epoch in (1, 2):
+            mean = np.mean([e.value for t in per for e in ea.Scalars(t) if e.step == epoch])
+            assert mean == pytest.approx(logged[epoch - 1].value, abs=1e-4)
+    assert summary["best"]["value"] == pytest.approx(max(values))
+
+
+def test_audit_page_has_per_finding_baselines_and_prevalence(ml_run, tmp_path):
+    """audit.html of the run's real audit (cxr train's): prevalence per split and finding, and the
+    metadata-only shortcut baseline per finding with its CI and strongest columns, in Chromium."""
+    from cxrlab.audit import write_audit
+    from cxrlab.pages import fmt
+    from tests.browser import check_page
+
+    run, _ = ml_run
+    audit = _metrics(run)["audit"]
+    _, page = write_audit(audit, tmp_path / "audit")
+    check_page(page, "audit")
+    html = page.read_text()
+    assert "Shortcut baseline per finding: metadata only" in html
+    assert "Prevalence per split and finding" in html
+    per = audit["findings_baseline"]["per_finding"]
+    assert set(per) == set(audit["findings"])
+    for f, b in per.items():
+        row = html[html.index(f"<tr><td>{f}</td>", html.index("findings-baseline")) :].split("</tr>")[0]
+        if "skipped" in b:
+            assert b["skipped"] in row
+        else:
+            lo, hi = b["auc_ci95"]
+            assert f"{fmt(b['auc'])} [{fmt(lo)}, {fmt(hi)}]" in row and b["signal"][0]["column"] in row
+        k, n = audit["counts"]["test"][f], audit["images"]["test"]
+        prev = html[html.index(f"<tr><td>{f}</td>", html.index("finding-prevalence")) :].split("</tr>")[0]
+        assert f"{k} / {n} ({fmt(k / n)})" in prev
