@@ -3,7 +3,7 @@
 PneumoniaMNIST is part of MedMNIST v2 (Yang et al., Scientific Data 2023), CC BY 4.0: 5,856
 pediatric chest X-rays from Kermany et al. (2018) at 28×28, official train/val/test split.
 The settings are the recipe ``configs/fast_pneumoniamnist.yaml`` (measured over 5 seeds against the
-earlier demo settings in docs/benchmarks.md §11).
+earlier demo settings in docs/benchmarks.md §12).
 """
 
 from __future__ import annotations
