@@ -27,6 +27,11 @@ def demo_config(epochs: int | None = None) -> RunConfig:
     cfg.data.path = str(bundled_pneumoniamnist())
     if epochs is not None:
         cfg.train.epochs = epochs
+        if epochs < 3:
+            # a 1–2 epoch demo is all warm-up, and the weight average (decay 0.99, 37 steps per epoch) would
+            # still be mostly the random initial weights: plain AdamW + cosine then
+            cfg.train.warmup_epochs = 0
+            cfg.train.ema_decay = None
     return cfg
 
 
