@@ -20,7 +20,7 @@ from tests.trust.conftest import copy_subset, one_line_error
 # Options of these commands that are deliberately not run-config keys (a new flag must go in the table
 # or here, consciously).
 NOT_CONFIG = {
-    "train": {"out", "config", "set_", "resume", "overwrite", "quiet", "help"},
+    "train": {"out", "config", "set_", "resume", "overwrite", "quiet", "seeds", "help"},  # seeds: many runs
     "audit": {"data", "out", "max_distance", "help"},
     "summary": {"model", "config", "num_classes", "set_", "layers", "as_json", "help"},
     "evaluate": {"run", "data", "classes", "label_map", "out", "help"},
