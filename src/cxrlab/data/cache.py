@@ -149,14 +149,10 @@ class ImageCache:
     ) -> tuple[list[np.ndarray | None], dict[str, str]]:
         """Return one array per path (``None`` for unreadable files) and the reasons for failures."""
         results: list[np.ndarray | None] = [None] * len(paths)
-        failures: dict[str, str] = {}
         todo: list[int] = []
-        keys: list[str | None] = [None] * len(paths)
+        keys, failures = _file_keys(paths, size, resize)
         for i, path in enumerate(paths):
-            try:
-                keys[i] = file_key(path, size, resize)
-            except OSError as exc:
-                failures[path] = f"cannot read file: {exc.strerror or exc}"
+            if keys[i] is None:
                 continue
             if self.enabled:
                 hit = load_npy(self._entry(keys[i]))
@@ -206,15 +202,9 @@ class ImageCache:
         reasons for the unreadable files (left out). ``entries``: also write one cache entry per image.
         ``self.decoded`` counts the images decoded by this call."""
         self.decoded = 0
-        keys: list[str] = []
-        valid: list[int] = []
-        failures: dict[str, str] = {}
-        for i, path in enumerate(paths):
-            try:
-                keys.append(file_key(path, size, resize))
-                valid.append(i)
-            except OSError as exc:
-                failures[path] = f"cannot read file: {exc.strerror or exc}"
+        all_keys, failures = _file_keys(paths, size, resize)
+        valid = [i for i, key in enumerate(all_keys) if key is not None]
+        keys = [all_keys[i] for i in valid]
         if progress and failures:
             progress(len(failures))
         name = digest([f"store|v{STORE_VERSION}|{size}|{resize}", *keys])
@@ -440,6 +430,18 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _file_keys(paths: Sequence[str], size: int, resize: str) -> tuple[list[str | None], dict[str, str]]:
+    """The cache key of each path (``None`` where the file cannot be read) and why those failed."""
+    keys: list[str | None] = [None] * len(paths)
+    failures: dict[str, str] = {}
+    for i, path in enumerate(paths):
+        try:
+            keys[i] = file_key(path, size, resize)
+        except OSError as exc:
+            failures[path] = f"cannot read file: {exc.strerror or exc}"
+    return keys, failures
 
 
 def _decode_all(jobs: list[tuple[str, int, str]], progress: Callable[[int], None] | None):

@@ -8,6 +8,8 @@ with ``flatten`` pooling or batch norm on the feature map the whole map is store
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -43,13 +45,43 @@ def backbone_features(
 ) -> np.ndarray:
     """Backbone outputs for ``images`` (uint8 ``(N, H, W)``), read from or written to the cache."""
     mode = feature_mode(cfg)
+
+    def pool(fmap: torch.Tensor) -> torch.Tensor:
+        if mode == "avg":
+            return fmap.float().mean(dim=(2, 3), keepdim=True)
+        if mode == "max":
+            return fmap.float().amax(dim=(2, 3), keepdim=True)
+        return fmap
+
+    store = np.float16 if mode == "map" else np.float32
+    feats = _cached_outputs(model.backbone, pool, ["features-v1", mode], images, keys, cfg, spec, channels,
+                            device, cache, label, store)  # fmt: skip
+    return feats.astype(np.float32)
+
+
+def _cached_outputs(
+    module: torch.nn.Module,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    what: list[str],
+    images: np.ndarray,
+    keys: list[str],
+    cfg: RunConfig,
+    spec: ModelSpec,
+    channels: int,
+    device: str,
+    cache: ImageCache | None,
+    label: str | None,
+    store_dtype: type,
+) -> np.ndarray:
+    """``transform(module(x))`` over ``images`` in inference batches, or its earlier result from the cache,
+    keyed by ``what`` (a kind, then its settings), the model, weights, channels, dtype and image keys."""
     dtype = inference_dtype(cfg.train.precision, device)
     ident = [
-        "features-v1",
+        what[0],
         spec.name,
         str(cfg.model.pretrained),
         str(channels),
-        mode,
+        *what[1:],
         str(dtype),
         "" if cfg.model.pretrained else f"seed={cfg.train.seed}",
         *keys,
@@ -58,19 +90,10 @@ def backbone_features(
     if path is not None:
         hit = load_npy(path)
         if hit is not None and len(hit) == len(images):
-            return hit.astype(np.float32)
-    net = prepare_for_inference(model.backbone, device)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        fmap = net(x)
-        if mode == "avg":
-            return fmap.float().mean(dim=(2, 3), keepdim=True)
-        if mode == "max":
-            return fmap.float().amax(dim=(2, 3), keepdim=True)
-        return fmap
-
-    (feats,) = batched(
-        run,
+            return hit
+    net = prepare_for_inference(module, device)
+    (out,) = batched(
+        lambda x: transform(net(x)),
         lambda s: to_tensor(images[s], channels, spec.mean, spec.std),
         len(images),
         64,
@@ -78,10 +101,11 @@ def backbone_features(
         dtype,
         progress=label,
     )
-    model.backbone.to(memory_format=torch.contiguous_format)
+    module.to(memory_format=torch.contiguous_format)
+    out = np.ascontiguousarray(out.astype(store_dtype))
     if path is not None:
-        save_npy(path, feats.astype(np.float16 if mode == "map" else np.float32))
-    return feats.astype(np.float32)
+        save_npy(path, out)
+    return out
 
 
 # --- partial fine-tuning: the frozen prefix runs once, its activations are cached (fp16) ------------------
@@ -126,35 +150,6 @@ def prefix_activations(
 ) -> np.ndarray:
     """Output of the frozen prefix (backbone blocks ``1…k``, eval mode) for ``images`` (uint8 ``(N, H, W)``),
     as fp16 ``(N, C, h, w)``, read from or written to the cache."""
-    dtype = inference_dtype(cfg.train.precision, device)
-    ident = [
-        "activations-v1",
-        spec.name,
-        str(cfg.model.pretrained),
-        str(channels),
-        f"blocks={k}",
-        f"size={cfg.data.image_size}",
-        str(dtype),
-        "" if cfg.model.pretrained else f"seed={cfg.train.seed}",
-        *keys,
-    ]
-    path = cache.features_path(digest(ident)) if cache is not None and cache.enabled else None
-    if path is not None:
-        hit = load_npy(path)
-        if hit is not None and len(hit) == len(images):
-            return hit
-    net = prepare_for_inference(prefix, device)
-    (acts,) = batched(
-        lambda x: net(x).to(torch.float16),
-        lambda s: to_tensor(images[s], channels, spec.mean, spec.std),
-        len(images),
-        64,
-        device,
-        dtype,
-        progress=label,
-    )
-    prefix.to(memory_format=torch.contiguous_format)
-    acts = np.ascontiguousarray(acts.astype(np.float16))
-    if path is not None:
-        save_npy(path, acts)
-    return acts
+    what = ["activations-v1", f"blocks={k}", f"size={cfg.data.image_size}"]
+    return _cached_outputs(prefix, lambda x: x.to(torch.float16), what, images, keys, cfg, spec, channels,
+                           device, cache, label, np.float16)  # fmt: skip

@@ -142,58 +142,29 @@ def fit(
         loaders = _code_loaders(cfg, data, channels, timing)
     elif fast_path_applies(cfg):
         cache = ImageCache(cfg.data.cache_dir)
-        features = {
-            split: backbone_features(
-                model,
-                data.images[split],
-                data.keys[split],
-                cfg,
-                spec,
-                channels,
-                device,
-                cache,
-                label=f"features ({split})" if progress else None,
-            )
-            for split in data.images
-        }
+        features = _per_split(
+            lambda images, keys, label: backbone_features(
+                model, images, keys, cfg, spec, channels, device, cache, label=label
+            ),
+            data,
+            "features" if progress else None,
+        )
         net = model.head
         path_text = "frozen-feature fast path"
-        loaders = {
-            split: _loader(
-                TensorDataset(torch.from_numpy(features[split]), torch.from_numpy(data.y(split))),
-                cfg,
-                shuffle=split == "train",
-            )
-            for split in ("train", "val")
-        }
+        loaders = _tensor_loaders(features, data, cfg)
     elif k and note is None:  # partial freeze: the frozen prefix runs once, the suffix trains on its output
         prefix, suffix = split_model(model, k)
         cache = ImageCache(cfg.data.cache_dir)
-        features = {
-            split: prefix_activations(
-                prefix,
-                k,
-                data.images[split],
-                data.keys[split],
-                cfg,
-                spec,
-                channels,
-                device,
-                cache,
-                label=f"prefix activations ({split})" if progress else None,
-            )
-            for split in data.images
-        }
+        features = _per_split(
+            lambda images, keys, label: prefix_activations(
+                prefix, k, images, keys, cfg, spec, channels, device, cache, label=label
+            ),
+            data,
+            "prefix activations" if progress else None,
+        )
         net = suffix
         path_text = f"partial fine-tuning on cached activations (prefix: {k} frozen blocks, run once)"
-        loaders = {
-            split: _loader(
-                TensorDataset(torch.from_numpy(features[split]), torch.from_numpy(data.y(split))),
-                cfg,
-                shuffle=split == "train",
-            )
-            for split in ("train", "val")
-        }
+        loaders = _tensor_loaders(features, data, cfg)
     else:
         net = model
         loaders = {}
@@ -267,6 +238,26 @@ def fit(
     return Trained(
         model, data, spec, channels, device, features, timing, trainer.current_epoch, used, suffix, path_text
     )
+
+
+def _per_split(compute, data: PreparedData, label: str | None) -> dict[str, np.ndarray]:
+    """``compute(images, keys, label)`` for every split (cached backbone features or prefix activations)."""
+    return {
+        split: compute(data.images[split], data.keys[split], f"{label} ({split})" if label else None)
+        for split in data.images
+    }
+
+
+def _tensor_loaders(features: dict[str, np.ndarray], data: PreparedData, cfg: RunConfig) -> dict:
+    """Train/val loaders over precomputed tensors (features or activations) and the targets."""
+    return {
+        split: _loader(
+            TensorDataset(torch.from_numpy(features[split]), torch.from_numpy(data.y(split))),
+            cfg,
+            shuffle=split == "train",
+        )
+        for split in ("train", "val")
+    }
 
 
 def _code_loaders(
