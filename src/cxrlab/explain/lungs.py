@@ -328,8 +328,14 @@ class Segmenter:
     def mask_for_array(self, gray: np.ndarray, size: int) -> np.ndarray:
         """The lung mask ``(size, size)`` of an image already decoded to a square in the classifier's
         geometry (``gray``, uint8, any side): the segmenter sees it resized to :attr:`size`."""
-        small = np.array(Image.fromarray(gray).resize((self.size, self.size), Image.BILINEAR))
-        return _resized(self.predict(small[None])[0], size, size) > 0.5
+        return _resized(self.predict(square_gray(gray, self.size)[None])[0], size, size) > 0.5
+
+
+def square_gray(gray: np.ndarray, side: int) -> np.ndarray:
+    """A square uint8 grey image resized (bilinear) to ``side`` × ``side``; as it is when it already is."""
+    if gray.shape[0] == side and gray.shape[1] == side:
+        return gray
+    return np.asarray(Image.fromarray(gray).resize((side, side), Image.BILINEAR))
 
 
 def _resized(prob: np.ndarray, w: int, h: int) -> np.ndarray:

@@ -76,7 +76,7 @@ def attention_report(
     thumbnails are written to ``folder/plots/gallery/`` (paths in the result relative to ``folder``)."""
     from cxrlab.data.prepare import to_tensor
     from cxrlab.explain.cam import cam_model, heatmaps
-    from cxrlab.explain.lungs import Segmenter
+    from cxrlab.explain.lungs import Segmenter, square_gray
 
     started = time.perf_counter()
     shutil.rmtree(folder / GALLERY, ignore_errors=True)  # an earlier evaluation's thumbnails
@@ -107,7 +107,7 @@ def attention_report(
         part = wanted[start : start + CHUNK]
         x = to_tensor(images[part], meta["channels"], tuple(meta["mean"]), tuple(meta["std"]))
         maps = heatmaps(net, layer, "gradcam", x, [int(preds[i]) for i in part], sigmoid)
-        small = np.stack([_resize(images[i], seg.size) for i in part])
+        small = np.stack([square_gray(images[i], seg.size) for i in part])
         for i, cam, lung in zip(part, maps, seg.predict(small), strict=True):
             cams[i], lungs[i] = cam, lung
 
@@ -144,14 +144,6 @@ def attention_report(
     return out
 
 
-def _resize(gray: np.ndarray, side: int) -> np.ndarray:
-    from PIL import Image
-
-    if gray.shape[0] == side and gray.shape[1] == side:
-        return gray
-    return np.asarray(Image.fromarray(gray).resize((side, side), Image.BILINEAR))
-
-
 def _gallery_picks(
     labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, k: int
 ) -> list[tuple[int | None, int | None]]:
@@ -185,6 +177,7 @@ def _gallery(picks, images, paths, labels, probs, classes, cams, lungs, folder, 
     from PIL import Image
 
     from cxrlab.explain.cam import overlay
+    from cxrlab.explain.lungs import square_gray
 
     (folder / GALLERY).mkdir(parents=True, exist_ok=True)
     rows = []
@@ -195,7 +188,8 @@ def _gallery(picks, images, paths, labels, probs, classes, cams, lungs, folder, 
                 row[kind] = None
                 continue
             thumb = GALLERY / f"class{c}_{kind}.png"
-            Image.fromarray(overlay(_resize(images[i], THUMB), cams[i], lungs[i] > 0.5)).save(folder / thumb)
+            thumbnail = overlay(square_gray(images[i], THUMB), cams[i], lungs[i] > 0.5)
+            Image.fromarray(thumbnail).save(folder / thumb)
             share, _ = share_of(i)
             row[kind] = {
                 "image": str(paths[i]),
