@@ -75,3 +75,13 @@ def test_hidden_layer_width_must_be_positive():
     """A zero-width dense layer is refused in one line naming the key (a sweep once trained one)."""
     with pytest.raises(ConfigError, match=r"model\.head\.hidden.*at least 1, got 0"):
         RunConfig().override(["model.head.hidden=[16, 0]"])
+
+
+def test_yaml_off_and_on_mean_the_words_for_explain(tmp_path):
+    assert RunConfig().override(["eval.explain=off"]).eval.explain == "off"
+    assert RunConfig().override(["eval.explain=on"]).eval.explain == "auto"
+    path = tmp_path / "run.yaml"
+    path.write_text("eval:\n  explain: off\n")
+    assert RunConfig.load(path).eval.explain == "off"
+    with pytest.raises(ConfigError):
+        RunConfig().override(["eval.explain=sometimes"])

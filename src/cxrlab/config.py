@@ -223,7 +223,10 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up from 0, in epochs")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of single-label targets")
     ema_decay: float | None = Field(
-        None, gt=0, lt=1, description="EMA of the weights (per step) used for validation and the saved "
+        None,
+        gt=0,
+        lt=1,
+        description="EMA of the weights (per step) used for validation and the saved "
         "model, e.g. 0.99; null: off",
     )
     pos_weight: str | list[float] = Field(
@@ -238,7 +241,6 @@ class TrainConfig(_Section):
     fast_path: bool = Field(True, description="frozen backbone + no augmentation → cache features")
     num_workers: int = Field(0, ge=0)
     tensorboard: bool = True
-
 
     @field_validator("pos_weight")
     @classmethod
@@ -268,6 +270,12 @@ class EvalConfig(_Section):
     explain_images: int = Field(
         100, ge=1, le=10000, description="lung-attention score: at most this many test images (seeded sample)"
     )
+
+    @field_validator("explain", mode="before")
+    @classmethod
+    def _yaml_off_is_off(cls, value: object) -> object:
+        # YAML reads a bare `off` / `on` (in a file or in --set) as a boolean
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
 class RunConfig(_Section):

@@ -205,8 +205,20 @@ def test_demo_npz_quick(tmp_path, pneumoniamnist_npz):
 def test_missing_pretrained_weights_fail_fast_and_leave_nothing(tmp_path, covid_dir):
     out = tmp_path / "pt"
     env = {"TORCH_HOME": str(tmp_path / "empty-torch-home"), "CXRLAB_OFFLINE": "1"}
-    proc = run_cli("train", "--data", str(covid_dir), "--model", "resnet18", "--pretrained", "--freeze",
-                   "backbone", "--out", str(out), env=env, timeout=120)
+    proc = run_cli(
+        "train",
+        "--data",
+        str(covid_dir),
+        "--model",
+        "resnet18",
+        "--pretrained",
+        "--freeze",
+        "backbone",
+        "--out",
+        str(out),
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "resnet18-f37072fd.pth" in proc.stderr and "hub/checkpoints" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -239,8 +239,9 @@ def test_garbage_and_unsupported_syntax_refused(tmp_path, base):
     ds.PixelData = encapsulate([base.tobytes()])
     ds.save_as(path)
     reason = _refused(path)
-    assert reason == "transfer syntax MPEG2 Main Profile / Main Level is not supported (no pixel-data " \
-        "decoder)"
+    assert (
+        reason == "transfer syntax MPEG2 Main Profile / Main Level is not supported (no pixel-data decoder)"
+    )
 
 
 def test_detection_by_extension_and_preamble(tmp_path, dicom_dir, base):

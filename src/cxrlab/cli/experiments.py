@@ -137,9 +137,7 @@ def bench(
         str, Opt(help="fp32,bf16,fp16 (autocast for bf16/fp16) [default: fp32,bf16, or the config's]")
     ] = None,
     batch_size: Annotated[int, Opt(help="images per step [default: 32, or the config's]")] = None,
-    image_size: Annotated[
-        int, Opt(help="input size [default: each model's own, or the config's]")
-    ] = None,
+    image_size: Annotated[int, Opt(help="input size [default: each model's own, or the config's]")] = None,
     steps: Annotated[int, Opt(help="timed steps per measurement (after the warm-up)")] = 10,
     warmup: Annotated[int, Opt(help="untimed warm-up steps")] = 2,
     dataset_size: Annotated[

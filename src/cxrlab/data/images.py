@@ -26,9 +26,10 @@ from cxrlab.data.dicom import DICOM_SUFFIXES, DicomError, is_dicom, read_dicom, 
 MAX_PIXELS = int(os.environ.get("CXRLAB_MAX_PIXELS", 100_000_000))
 
 #: File endings considered images; everything else in a class folder is ignored.
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm", ".jfif"}
-) | DICOM_SUFFIXES
+IMAGE_SUFFIXES = (
+    frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm", ".jfif"})
+    | DICOM_SUFFIXES
+)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # We enforce our own limit (below) before decoding; PIL's own check would only warn.

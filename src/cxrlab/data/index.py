@@ -270,7 +270,6 @@ def _index_codes(path: Path) -> DatasetIndex:
     return index
 
 
-
 def _index_npz(root: Path) -> DatasetIndex:
     """A MedMNIST-style file, its arrays checked and normalised by :mod:`cxrlab.data.npz`."""
     from cxrlab.data import npz as npz_check

@@ -401,7 +401,11 @@ def write_multilabel_predictions(
 
 
 def _run_facts(
-    out: Path, model: Classifier, trained: Trained, timing: dict[str, Any], plot_paths: dict[str, Path],
+    out: Path,
+    model: Classifier,
+    trained: Trained,
+    timing: dict[str, Any],
+    plot_paths: dict[str, Path],
     plot_notes: dict[str, str],
 ) -> dict[str, Any]:
     """What metrics.json says about the trained network and the run, single- and multi-label alike."""

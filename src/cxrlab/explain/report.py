@@ -220,7 +220,8 @@ def _lung_summary(
         "status": "done",
         "n": len(rows),
         "of": n_test,
-        "sample": "all test images" if len(rows) == n_test
+        "sample": "all test images"
+        if len(rows) == n_test
         else f"{len(rows)} of {n_test} test images, seeded sample (seed {seed}, in turn per true class; "
         f"eval.explain_images={max_images})",
         "seed": seed,

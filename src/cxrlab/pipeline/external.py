@@ -110,7 +110,6 @@ def _sentence(name: str, row: dict[str, Any]) -> str:
     ).replace("  ", " ")
 
 
-
 def training_overlap(loaded: LoadedRun, external: dict[str, Any], target: Path) -> dict[str, Any]:
     """External images that are exact or near duplicates of the run's training/validation images."""
     from cxrlab.audit.duplicates import NEAR_DISTANCE, THUMBNAIL, close_pairs, perceptual_hashes

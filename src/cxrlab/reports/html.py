@@ -55,8 +55,10 @@ def attention_context(folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         gallery = {
             **gallery,
             "classes": [
-                {k: ({**v, "path": folder / v["thumbnail"]} if isinstance(v, dict) else v)
-                 for k, v in r.items()}
+                {
+                    k: ({**v, "path": folder / v["thumbnail"]} if isinstance(v, dict) else v)
+                    for k, v in r.items()
+                }
                 for r in gallery["classes"]
             ],
         }

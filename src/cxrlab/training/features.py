@@ -89,7 +89,9 @@ def _cached_outputs(
     path = cache.features_path(digest(ident)) if cache is not None and cache.enabled else None
     if path is not None:
         hit = load_npy(path)
-        if hit is not None and len(hit) == len(images):
+        # an fp16 entry holding inf was written before storage_dtype existed: compute it again
+        stale = hit is not None and hit.dtype == np.float16 and not np.isfinite(hit).all()
+        if hit is not None and len(hit) == len(images) and not stale:
             return hit
     net = prepare_for_inference(module, device)
     (out,) = batched(
@@ -102,10 +104,19 @@ def _cached_outputs(
         progress=label,
     )
     module.to(memory_format=torch.contiguous_format)
-    out = np.ascontiguousarray(out.astype(store_dtype))
+    out = np.ascontiguousarray(out.astype(storage_dtype(out, store_dtype)))
     if path is not None:
         save_npy(path, out)
     return out
+
+
+def storage_dtype(values: np.ndarray, preferred: type) -> type:
+    """``preferred``, unless it is fp16 and a value lies beyond fp16's range (e.g. the activations of a
+    randomly initialised network): then float32, so the cache never turns a number into inf."""
+    if preferred is not np.float16 or not values.size:
+        return preferred
+    largest = max(float(values.max()), -float(values.min()))
+    return np.float32 if largest > np.finfo(np.float16).max else preferred
 
 
 # --- partial fine-tuning: the frozen prefix runs once, its activations are cached (fp16) ------------------
@@ -149,7 +160,7 @@ def prefix_activations(
     label: str | None = "activations",
 ) -> np.ndarray:
     """Output of the frozen prefix (backbone blocks ``1…k``, eval mode) for ``images`` (uint8 ``(N, H, W)``),
-    as fp16 ``(N, C, h, w)``, read from or written to the cache."""
+    as fp16 ``(N, C, h, w)`` (float32 when a value exceeds fp16), read from or written to the cache."""
     what = ["activations-v1", f"blocks={k}", f"size={cfg.data.image_size}"]
-    return _cached_outputs(prefix, lambda x: x.to(torch.float16), what, images, keys, cfg, spec, channels,
+    return _cached_outputs(prefix, lambda x: x, what, images, keys, cfg, spec, channels,
                            device, cache, label, np.float16)  # fmt: skip
