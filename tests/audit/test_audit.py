@@ -46,6 +46,25 @@ def test_near_duplicate_threshold_separates_copies_from_other_radiographs(kerman
     assert max(d for *_, d in pairs) <= NEAR_DISTANCE
 
 
+@pytest.mark.parametrize("chunk_cells", [1, 7, 50, 1 << 24])
+def test_close_pairs_equals_all_pairs_hamming_at_every_chunk_size(chunk_cells):
+    """The chunked dot-product search finds exactly the pairs an all-pairs XOR count finds."""
+    rng = np.random.default_rng(3)
+    base = rng.random((30, 256)) < 0.5
+    near = base[:8] ^ (rng.random((8, 256)) < 0.06)  # ~15 bits flipped: near copies of rows 0-7
+    hashes = np.concatenate([base, near, base[:2]])  # and two exact copies
+    dist = (hashes[:, None, :] != hashes[None, :, :]).sum(-1)
+    want = [(i, j, int(dist[i, j])) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+            if dist[i, j] <= NEAR_DISTANCE]  # fmt: skip
+    assert len(want) >= 10
+    assert close_pairs(hashes, chunk_cells=chunk_cells) == want
+    cross = [
+        (i, j, int(dist[i, 30 + j])) for i in range(30) for j in range(10) if dist[i, 30 + j] <= NEAR_DISTANCE
+    ]
+    assert close_pairs(hashes[:30], hashes[30:], chunk_cells=chunk_cells) == cross
+    assert close_pairs(hashes, max_distance=-1) == [] and close_pairs(hashes[:0]) == []
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, kermany_dir) -> dict[str, Path]:
     """Real Kermany images with planted problems: NORMAL re-saved as 256 px PNG (an acquisition

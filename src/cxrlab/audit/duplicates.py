@@ -48,24 +48,31 @@ def perceptual_hashes(thumbs: np.ndarray) -> np.ndarray:
 
 
 def close_pairs(
-    a: np.ndarray, b: np.ndarray | None = None, max_distance: int = NEAR_DISTANCE, chunk: int = 1024
+    a: np.ndarray, b: np.ndarray | None = None, max_distance: int = NEAR_DISTANCE, chunk_cells: int = 1 << 24
 ) -> list[tuple[int, int, int]]:
     """``(i, j, distance)`` for hash pairs (boolean rows) within ``max_distance`` differing bits: all
-    pairs ``i < j`` of ``a``, or every pair between ``a`` and ``b``. Hamming distances come from one
-    matrix product of ±1 codes (exact in float32), in row chunks."""
+    pairs ``i < j`` of ``a``, or every pair between ``a`` and ``b``.
+
+    Exhaustive and exact: for ±1 codes the dot product is ``bits − 2·distance`` (exact in float32),
+    so one matrix product per row chunk finds every pair; within ``a`` only the columns right of the
+    chunk are multiplied. A chunk holds at most ``chunk_cells`` products (64 MB), so memory stays
+    bounded whatever the size; time grows as n² at BLAS speed (docs/benchmarks.md: the audit at scale)."""
     bits = a.shape[1]
+    found: list[tuple[int, int, int]] = []
+    if max_distance < 0 or not len(a):
+        return found
     sa = np.where(a, 1.0, -1.0).astype(np.float32)
     sb = sa if b is None else np.where(b, 1.0, -1.0).astype(np.float32)
-    found: list[tuple[int, int, int]] = []
-    if max_distance < 0:
-        return found
-    for start in range(0, len(sa), chunk):
-        dist = np.rint((bits - sa[start : start + chunk] @ sb.T) / 2).astype(np.int32)
-        if b is None:
-            rows = np.arange(start, start + len(dist))[:, None]
-            dist = np.where(np.arange(len(sb))[None, :] > rows, dist, max_distance + 1)
-        for i, j in zip(*np.nonzero(dist <= max_distance), strict=True):
-            found.append((start + int(i), int(j), int(dist[i, j])))
+    rows = max(1, min(len(sa), chunk_cells // max(1, len(sb))))
+    least_dot = bits - 2 * max_distance - 0.5
+    for start in range(0, len(sa), rows):
+        stop = min(len(sa), start + rows)
+        first = start + 1 if b is None else 0  # within a: only pairs i < j
+        dots = sa[start:stop] @ sb[first:].T
+        for i, j in zip(*np.nonzero(dots >= least_dot), strict=True):
+            if b is None and first + j <= start + i:
+                continue
+            found.append((start + int(i), first + int(j), int(round((bits - float(dots[i, j])) / 2))))
     return found
 
 
