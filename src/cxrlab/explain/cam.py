@@ -117,11 +117,12 @@ def heatmaps(
     return np.nan_to_num(np.maximum(maps, 0.0)).astype(np.float32)
 
 
-def upsample(a: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
-    """A 2-D array resized to ``size × size``."""
+def upsample(a: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """A 2-D array resized to ``size × size`` (or ``(height, width)``)."""
     t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
     kw: dict[str, Any] = {"align_corners": False} if mode == "bilinear" else {}
-    return torch.nn.functional.interpolate(t, size=(size, size), mode=mode, **kw)[0, 0].numpy()
+    hw = (size, size) if isinstance(size, int) else size
+    return torch.nn.functional.interpolate(t, size=hw, mode=mode, **kw)[0, 0].numpy()
 
 
 def overlay(gray: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from cxrlab.data.images import ImageReadError, is_image_file, load_gray, resize_square
 from cxrlab.errors import CxrError, DataError, ModelError
+from cxrlab.explain.cam import upsample
 from cxrlab.explain.unet import TinyUNet
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -320,15 +321,15 @@ class Segmenter:
         """The lung mask of image ``path`` in a classifier's input geometry (``size``, ``resize``)."""
         prob = self.predict(load_gray(path, self.size)[None])[0]
         if resize == "squash":
-            return _resized(prob, size, size) > 0.5
+            return upsample(prob, size) > 0.5
         w, h = _original_size(path)
-        full = Image.fromarray(_resized(prob, w, h) > 0.5)
+        full = Image.fromarray(upsample(prob, (h, w)) > 0.5)
         return resize_square(full.convert("L"), size, resize) > 127
 
     def mask_for_array(self, gray: np.ndarray, size: int) -> np.ndarray:
         """The lung mask ``(size, size)`` of an image already decoded to a square in the classifier's
         geometry (``gray``, uint8, any side): the segmenter sees it resized to :attr:`size`."""
-        return _resized(self.predict(square_gray(gray, self.size)[None])[0], size, size) > 0.5
+        return upsample(self.predict(square_gray(gray, self.size)[None])[0], size) > 0.5
 
 
 def square_gray(gray: np.ndarray, side: int) -> np.ndarray:
@@ -336,11 +337,6 @@ def square_gray(gray: np.ndarray, side: int) -> np.ndarray:
     if gray.shape[0] == side and gray.shape[1] == side:
         return gray
     return np.asarray(Image.fromarray(gray).resize((side, side), Image.BILINEAR))
-
-
-def _resized(prob: np.ndarray, w: int, h: int) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def _original_size(path: str | Path) -> tuple[int, int]:

@@ -9,6 +9,7 @@ deviation (ddof = 1), min and max; ``OUT/seeds.csv`` the same as a table and ``O
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,8 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
 def spread(values: list[float]) -> dict[str, float | int]:
     """mean, sample std (ddof = 1; 0 for one value), min, max and n of ``values``."""
     n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": n}
+    std = statistics.stdev(values) if n > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values), "n": n}
 
 
 def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, float | int]]:
