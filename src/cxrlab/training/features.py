@@ -54,7 +54,7 @@ def backbone_features(
         return fmap
 
     store = np.float16 if mode == "map" else np.float32
-    feats = _cached_outputs(model.backbone, pool, ["features-v1", mode], images, keys, cfg, spec, channels,
+    feats = _cached_outputs(model.backbone, pool, ["features-v2", mode], images, keys, cfg, spec, channels,
                             device, cache, label, store)  # fmt: skip
     return feats.astype(np.float32)
 
@@ -89,9 +89,7 @@ def _cached_outputs(
     path = cache.features_path(digest(ident)) if cache is not None and cache.enabled else None
     if path is not None:
         hit = load_npy(path)
-        # an fp16 entry holding inf was written before storage_dtype existed: compute it again
-        stale = hit is not None and hit.dtype == np.float16 and not np.isfinite(hit).all()
-        if hit is not None and len(hit) == len(images) and not stale:
+        if hit is not None and len(hit) == len(images):
             return hit
     net = prepare_for_inference(module, device)
     (out,) = batched(
@@ -112,7 +110,8 @@ def _cached_outputs(
 
 def storage_dtype(values: np.ndarray, preferred: type) -> type:
     """``preferred``, unless it is fp16 and a value lies beyond fp16's range (e.g. the activations of a
-    randomly initialised network): then float32, so the cache never turns a number into inf."""
+    randomly initialised network): then float32, so the cache never turns a number into inf. (The cache
+    keys' ``-v2`` retires entries written before this check, which could hold inf.)"""
     if preferred is not np.float16 or not values.size:
         return preferred
     largest = max(float(values.max()), -float(values.min()))
@@ -161,6 +160,6 @@ def prefix_activations(
 ) -> np.ndarray:
     """Output of the frozen prefix (backbone blocks ``1…k``, eval mode) for ``images`` (uint8 ``(N, H, W)``),
     as fp16 ``(N, C, h, w)`` (float32 when a value exceeds fp16), read from or written to the cache."""
-    what = ["activations-v1", f"blocks={k}", f"size={cfg.data.image_size}"]
+    what = ["activations-v2", f"blocks={k}", f"size={cfg.data.image_size}"]
     return _cached_outputs(prefix, lambda x: x, what, images, keys, cfg, spec, channels,
                            device, cache, label, np.float16)  # fmt: skip
