@@ -31,6 +31,7 @@ def test_phash_is_imagehash_phash(covid_dir):
     thumbs = thumbnails([load_gray(f, 64) for f in files])
     ref = np.stack([imagehash.phash(Image.fromarray(t), hash_size=16).hash.reshape(-1) for t in thumbs])
     assert (perceptual_hashes(thumbs) == ref).all()
+    assert (perceptual_hashes(thumbs, chunk=5) == ref).all()  # chunks of 5, 5 and 2: the same bits
 
 
 def test_near_duplicate_threshold_separates_copies_from_other_radiographs(kermany_dir, tmp_path):

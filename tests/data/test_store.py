@@ -3,13 +3,15 @@ interruption, identical to a fresh build, unreadable files still reported (real 
 
 from __future__ import annotations
 
+import re
 import shutil
+import time
 
 import numpy as np
 import pytest
 
 from cxrlab.config import DataConfig
-from cxrlab.data.cache import ImageCache
+from cxrlab.data.cache import STORE_RELEASE_S, ImageCache, release_pages
 from cxrlab.data.prepare import ImageArrayDataset, prepare_data
 
 SIZE = 64
@@ -105,3 +107,36 @@ def test_without_a_usable_cache_the_images_are_decoded_into_ram(tmp_path, files)
     assert not isinstance(array, np.memmap) and np.array_equal(array, fresh)
     assert rows == list(range(1, 12)) and list(failures) == [files[0]]
     assert not (tmp_path / "off" / "store").exists()
+
+
+def _resident_kb(array: np.ndarray) -> int:
+    """Resident kB of the mapping that holds ``array``'s first byte (/proc/self/smaps)."""
+    address, inside, total = array.ctypes.data, False, 0
+    with open("/proc/self/smaps", encoding="utf-8") as fh:
+        for line in fh:
+            span = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
+            if span:
+                inside = int(span[1], 16) <= address < int(span[2], 16)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_rows_read_from_a_store_do_not_stay_in_resident_memory(tmp_path, files):
+    # a mapped page that was read counts in the process's RSS until it is released: without release a
+    # pass over a 100,000-image store would hold all of it (docs/benchmarks.md §11.4)
+    array, *_ = ImageCache(tmp_path / "cache").store(files, 256, entries=False)
+    checksum = int(array.sum(dtype=np.int64))
+    unwatched = np.load(array.filename, mmap_mode="c")  # the same file, mapped outside the releaser
+    assert int(unwatched.sum(dtype=np.int64)) == checksum
+    assert _resident_kb(unwatched) >= unwatched.nbytes // 1024 - 4
+    assert release_pages(unwatched) and _resident_kb(unwatched) == 0
+    assert np.array_equal(unwatched, array)  # the rows come back from the page cache, unchanged
+    assert _resident_kb(unwatched) >= unwatched.nbytes // 1024 - 4
+    # the store opened by the cache is released by the background thread, with no call from the reader
+    deadline = time.monotonic() + 20 * STORE_RELEASE_S
+    while _resident_kb(array) and time.monotonic() < deadline:
+        time.sleep(STORE_RELEASE_S / 4)
+    assert _resident_kb(array) == 0
+    assert int(array.sum(dtype=np.int64)) == checksum
+    assert not release_pages(np.zeros(3, np.uint8))  # not a mapping: nothing to release

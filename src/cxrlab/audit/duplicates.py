@@ -35,16 +35,18 @@ def thumbnails(images: np.ndarray | list[np.ndarray], size: int = THUMBNAIL) -> 
     return out
 
 
-def perceptual_hashes(thumbs: np.ndarray) -> np.ndarray:
+def perceptual_hashes(thumbs: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """256-bit pHash of each 64×64 thumbnail as ``(N, 256)`` booleans: bit for bit what
-    ``imagehash.phash(image, hash_size=16)`` computes, vectorised over the batch (tests check it)."""
+    ``imagehash.phash(image, hash_size=16)`` computes, vectorised over ``chunk`` images at a time (memory
+    bounded at any N; tests check both)."""
     from scipy.fftpack import dct
 
-    if not len(thumbs):
-        return np.zeros((0, HASH_SIZE * HASH_SIZE), dtype=bool)
-    coeffs = dct(dct(thumbs.astype(np.float64), axis=1), axis=2)[:, :HASH_SIZE, :HASH_SIZE]
-    coeffs = coeffs.reshape(len(thumbs), -1)
-    return coeffs > np.median(coeffs, axis=1, keepdims=True)
+    out = np.zeros((len(thumbs), HASH_SIZE * HASH_SIZE), dtype=bool)
+    for start in range(0, len(thumbs), chunk):  # float64 DCTs of a chunk only: 32 KB per image each
+        coeffs = dct(dct(thumbs[start : start + chunk].astype(np.float64), axis=1), axis=2)
+        coeffs = coeffs[:, :HASH_SIZE, :HASH_SIZE].reshape(len(coeffs), -1)
+        out[start : start + chunk] = coeffs > np.median(coeffs, axis=1, keepdims=True)
+    return out
 
 
 def close_pairs(
