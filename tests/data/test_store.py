@@ -3,6 +3,7 @@ interruption, identical to a fresh build, unreadable files still reported (real 
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import shutil
 import time
@@ -140,3 +141,19 @@ def test_rows_read_from_a_store_do_not_stay_in_resident_memory(tmp_path, files):
     assert _resident_kb(array) == 0
     assert int(array.sum(dtype=np.int64)) == checksum
     assert not release_pages(np.zeros(3, np.uint8))  # not a mapping: nothing to release
+
+    # a forked child (a DataLoader worker with num_workers > 0) gets its own releasing thread
+    ctx = multiprocessing.get_context("fork")
+    result = ctx.Queue()
+    child = ctx.Process(target=_read_and_wait, args=(array, checksum, result))
+    child.start()
+    child.join(60)
+    assert result.get(timeout=5) == (True, 0)
+
+
+def _read_and_wait(array: np.ndarray, checksum: int, result) -> None:
+    same = int(array.sum(dtype=np.int64)) == checksum
+    deadline = time.monotonic() + 20 * STORE_RELEASE_S
+    while _resident_kb(array) and time.monotonic() < deadline:
+        time.sleep(STORE_RELEASE_S / 4)
+    result.put((same, _resident_kb(array)))

@@ -73,11 +73,18 @@ class _StoreReleaser:
         self._arrays: list[weakref.ref] = []
         self._lock = threading.Lock()
         self._pid: int | None = None
-        os.register_at_fork(after_in_child=self._forget)
+        os.register_at_fork(after_in_child=self._after_fork)
 
-    def _forget(self) -> None:  # a forked child starts without the parent's thread and lock state
+    def _after_fork(self) -> None:
+        """A forked child (a DataLoader worker) inherits the maps but not the thread: start its own."""
         self._lock = threading.Lock()
-        self._arrays, self._pid = [], None
+        self._pid = None
+        if self._arrays:
+            self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        threading.Thread(target=self._run, name="cxrlab-store-release", daemon=True).start()
 
     def watch(self, array: np.ndarray) -> None:
         if STORE_RELEASE_S <= 0 or getattr(array, "_mmap", None) is None:
@@ -85,8 +92,7 @@ class _StoreReleaser:
         with self._lock:
             self._arrays.append(weakref.ref(array))
             if self._pid != os.getpid():
-                self._pid = os.getpid()
-                threading.Thread(target=self._run, name="cxrlab-store-release", daemon=True).start()
+                self._start()
 
     def release(self) -> int:
         """Release every open store's pages now; the number of stores released."""
