@@ -55,6 +55,18 @@ def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 10)
     return float(ece)
 
 
+#: Resampled entries per block of bootstrap replicates (≈ 32 MB per int64 array): memory stays bounded at
+#: any n. The generator's stream does not depend on the blocks, so the intervals are those of one draw.
+BOOTSTRAP_CELLS = 1 << 22
+
+
+def _replicate_blocks(rng: np.random.Generator, n: int, n_boot: int):
+    """Row blocks of the ``(n_boot, n)`` bootstrap index matrix, at most :data:`BOOTSTRAP_CELLS` each."""
+    rows = max(1, BOOTSTRAP_CELLS // max(n, 1))
+    for start in range(0, n_boot, rows) or [0]:  # n_boot = 0: one empty block, as one draw would give
+        yield rng.integers(0, n, size=(min(rows, n_boot - start), n))
+
+
 def bootstrap_ci(
     y: np.ndarray, probs: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, list[float]]:
@@ -63,7 +75,13 @@ def bootstrap_ci(
     if n_boot <= 0 or n == 0:
         return {}
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
+    blocks = [_bootstrap_replicates(y, probs, pred, idx, k) for idx in _replicate_blocks(rng, n, n_boot)]
+    return {key: percentile_ci(np.concatenate([b[key] for b in blocks])) for key in blocks[0]}
+
+
+def _bootstrap_replicates(
+    y: np.ndarray, probs: np.ndarray, pred: np.ndarray, idx: np.ndarray, k: int
+) -> dict[str, np.ndarray]:
     yb, pb = y[idx], pred[idx]
     correct = yb == pb
     out: dict[str, np.ndarray] = {"accuracy": correct.mean(axis=1)}
@@ -82,7 +100,7 @@ def bootstrap_ci(
         out["auc"] = _auc_rows(probs[idx, 1], yb == 1)
     else:
         out["auc"] = np.nanmean(np.stack([_auc_rows(probs[idx, c], yb == c) for c in range(k)]), axis=0)
-    return {key: percentile_ci(values) for key, values in out.items()}
+    return out
 
 
 def percentile_ci(values: np.ndarray) -> list[float]:
@@ -99,8 +117,8 @@ def paired_bootstrap_difference(
 ) -> list[float]:
     """95% CI of accuracy(a) - accuracy(b) on the same images, resampling images (pairs kept together)."""
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(correct_a), size=(n_boot, len(correct_a)))
-    return percentile_ci(correct_a[idx].mean(1) - correct_b[idx].mean(1))
+    blocks = _replicate_blocks(rng, len(correct_a), n_boot)
+    return percentile_ci(np.concatenate([correct_a[idx].mean(1) - correct_b[idx].mean(1) for idx in blocks]))
 
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:

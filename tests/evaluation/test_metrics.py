@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score
 
+import cxrlab.stats
 from cxrlab.stats import (
     _auc_rows,
+    bootstrap_ci,
     classification_metrics,
     expected_calibration_error,
+    paired_bootstrap_difference,
     youden_threshold,
 )
 
@@ -101,3 +104,18 @@ def test_inception_v3_aux_classifier_is_not_in_the_parameter_totals():
     assert counts["keras"]["total"] == 21_802_784 + 2048 * 4 + 4
     # Keras' InceptionV3 has no batch-norm γ (17,216 of them in torchvision's, all trainable here)
     assert counts["keras"]["trainable"] == counts["trainable"] - 17_216
+
+
+def test_bootstrap_in_blocks_gives_the_same_intervals(monkeypatch):
+    # 100,000 test images × 1,000 replicates would be 10⁸ resampled entries per array at once (GBs); drawn
+    # in blocks of BOOTSTRAP_CELLS entries, the generator's stream and so the intervals are the same
+    y, probs = _fake(3000, 3, seed=4)
+    pred = probs.argmax(1)
+    whole = bootstrap_ci(y, probs, pred, 400, seed=0)  # 1.2M entries: one block
+    correct_a, correct_b = pred == y, np.roll(pred, 1) == y
+    diff_whole = paired_bootstrap_difference(correct_a, correct_b, 400, seed=0)
+    monkeypatch.setattr(cxrlab.stats, "BOOTSTRAP_CELLS", 3000 * 7)  # blocks of 7 replicates, the last of 1
+    assert bootstrap_ci(y, probs, pred, 400, seed=0) == whole
+    assert paired_bootstrap_difference(correct_a, correct_b, 400, seed=0) == diff_whole
+    assert whole["accuracy"][0] < (pred == y).mean() < whole["accuracy"][1]
+    assert np.isnan(paired_bootstrap_difference(correct_a, correct_b, 0)).all()  # no replicates: NaN
