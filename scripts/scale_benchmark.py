@@ -11,7 +11,8 @@ fast path).
 
 Sources: kermany-224 (NORMAL / PNEUMONIA) and covid-challenge (normal → NORMAL, pneumonia_* → PNEUMONIA),
 cycled; image i uses a generator seeded with i. Output: OUT/NORMAL/*.png, OUT/PNEUMONIA/*.png (cxr carves
-val/test by its defaults). Peak RSS comes from /usr/bin/time -v (maximum resident set size).
+val/test by its defaults). Peak RSS: the process's ru_maxrss, with its anonymous and file-backed peaks
+sampled from /proc.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -78,50 +80,120 @@ def build(n: int, out: Path, workers: int) -> None:
     print(f"built {n} images from {len(src)} sources in {time.perf_counter() - start:.0f} s → {out}")
 
 
+def subset(n: int, source: Path, out: Path) -> None:
+    """Hard-link the first ``n`` images of a larger build (image i is the same file in every build, its
+    generator being seeded with i), so 10k ⊂ 30k ⊂ 100k without writing the images again."""
+    made = 0
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (out / cls).mkdir(parents=True, exist_ok=True)
+        for f in sorted((source / cls).glob("img*.png")):
+            if int(f.stem[3:]) < n and not (out / cls / f.name).exists():
+                os.link(f, out / cls / f.name)
+                made += 1
+    print(f"linked {made} images of {source} → {out}")
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    """RssAnon / RssFile / VmHWM of a live process, in kB (empty once it has gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return {k: int(v) for k, v in re.findall(r"^(RssAnon|RssFile|RssShmem|VmHWM):\s+(\d+) kB", text, re.M)}
+
+
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run under /usr/bin/time -v: wall seconds, peak RSS (MB), return code."""
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})  # fmt: skip
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    wall = re.search(
-        r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", proc.stderr
-    )
-    secs = (int(wall[1] or 0) * 3600 + int(wall[2]) * 60 + float(wall[3])) if wall else float("nan")
-    if proc.returncode:
-        print(proc.stderr[-3000:], file=sys.stderr)
+    """Run ``cmd``: wall seconds, return code, peak RSS (the kernel's ru_maxrss of the process: anonymous
+    and file-backed pages, e.g. the mapped store's rows it has read) and, sampled every 0.5 s from
+    /proc/PID/status, the peaks of its anonymous (RssAnon) and file-backed (RssFile) parts."""
+    start = time.perf_counter()
+    with open(os.devnull, "w") as null, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=null, stderr=err, text=True, env={**os.environ, **(env or {})})
+        peak: dict[str, int] = {}
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            for k, v in _status_kb(proc.pid).items():
+                peak[k] = max(peak.get(k, 0), v)
+            time.sleep(0.5)
+        rc = os.waitstatus_to_exitcode(status)
+        proc.returncode = rc
+        if rc:
+            err.seek(0)
+            print(err.read()[-3000:], file=sys.stderr)
     return {
-        "rc": proc.returncode,
-        "wall_s": round(secs, 1),
-        "peak_rss_mb": int(rss[1]) // 1024 if rss else None,
+        "rc": rc,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_rss_mb": usage.ru_maxrss // 1024,
+        "peak_anon_mb": peak.get("RssAnon", 0) // 1024,
+        "peak_file_mb": peak.get("RssFile", 0) // 1024,
     }
 
 
-def measure(data: Path, work: Path, size: int, epochs: int, baseline_src: str | None) -> dict:
+STEPS = ("index", "prepare", "finetune", "frozen", "audit")
+
+
+def _run_summary(run: Path) -> dict:
+    """Timing from a run's metrics.json, with training images/s (train_s covers the epochs' training
+    steps and their validation passes, the same on either side of a comparison)."""
+    m = run / "metrics.json"
+    if not m.exists():
+        return {}
+    metrics = json.loads(m.read_text())
+    timing = metrics.get("timing") or {}
+    n_train = sum(metrics["data"]["counts"]["train"].values())
+    epochs = timing.get("epochs") or 1
+    out = {"timing": timing, "n_train": n_train, "test_accuracy": metrics.get("test", {}).get("accuracy")}
+    if timing.get("train_s"):
+        out["train_img_s"] = round(n_train * epochs / timing["train_s"], 1)
+    return out
+
+
+def measure(data: Path, work: Path, size: int, epochs: int, baseline_src: str | None,
+            steps: tuple[str, ...]) -> dict:  # fmt: skip
     n = sum(1 for _ in data.rglob("*.png"))
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     res: dict = {"n": n, "image_size": size}
-    code = ("import time,sys; from cxrlab.data.index import discover; t=time.perf_counter(); "
-            f"ix=discover({str(data)!r}); print(len(ix.samples), time.perf_counter()-t)")  # fmt: skip
-    out = subprocess.run([py, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    res["index_s"] = round(float(out[1]), 2)
     cache = work / "cache"
-    prep = timed([py, "-m", "cxrlab", "prepare", "--data", str(data), "--image-size", str(size),
-                  "--cache-dir", str(cache), "-q"])  # fmt: skip
-    res["prepare"] = {**prep, "decode_img_s": round(n / prep["wall_s"], 1) if prep["wall_s"] else None}
-    train = [py, "-m", "cxrlab", "train", "--data", str(data), "--image-size", str(size),
-             "--model", "mobilenet_v2", "--pretrained", "--freeze", "backbone", "--epochs", str(epochs),
-             "-q", "--set", "eval.tsne=false", "--set", "eval.bootstrap=200"]  # fmt: skip
-    res["train_store"] = timed([*train, "--cache-dir", str(cache), "--out", str(work / "run-store")])
-    if baseline_src:  # the in-RAM path: its own cache, so it decodes (all images in a list, then np.stack)
-        res["train_baseline_cold"] = timed(
-            [*train, "--cache-dir", str(work / "cache-base"), "--out", str(work / "run-base")],
-            env={"PYTHONPATH": baseline_src},
+    if "index" in steps:
+        code = ("import time,sys; from cxrlab.data.index import discover; t=time.perf_counter(); "
+                f"ix=discover({str(data)!r}); print(len(ix.samples), time.perf_counter()-t)")  # fmt: skip
+        out = subprocess.run([py, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        res["index_s"] = round(float(out[1]), 2)
+    if "prepare" in steps:
+        prep = timed([py, "-m", "cxrlab", "prepare", "--data", str(data), "--image-size", str(size),
+                      "--cache-dir", str(cache), "-q"])  # fmt: skip
+        res["prepare"] = {**prep, "decode_img_s": round(n / prep["wall_s"], 1) if prep["wall_s"] else None}
+    common = ["--data", str(data), "--image-size", str(size), "-q", "--set", "eval.tsne=false",
+              "--set", "eval.bootstrap=200"]  # fmt: skip
+    quiet_eval = ["--set", "eval.explain=off"]  # the store side only: the baseline commit has no explain step
+    if "finetune" in steps:  # a small model trained end to end: every epoch reads every training image
+        finetune = [py, "-m", "cxrlab", "train", *common, "--model", "alexnet_improved", "--epochs", "1"]
+        res["finetune_store"] = timed(
+            [*finetune, *quiet_eval, "--cache-dir", str(cache), "--out", str(work / "ft-store")]
         )
-    for key in ("run-store", "run-base"):
-        m = work / key / "metrics.json"
-        if m.exists():
-            res[f"{key}_timing"] = json.loads(m.read_text()).get("timing")
+        res["finetune_store"].update(_run_summary(work / "ft-store"))
+        if baseline_src:  # the in-RAM path: its own cache, so it decodes (all images in a list, np.stack)
+            res["finetune_inram"] = timed(
+                [*finetune, "--cache-dir", str(work / "cache-base"), "--out", str(work / "ft-inram")],
+                env={"PYTHONPATH": baseline_src},
+            )
+            res["finetune_inram"].update(_run_summary(work / "ft-inram"))
+    if "frozen" in steps:
+        frozen = [py, "-m", "cxrlab", "train", *common, "--model", "mobilenet_v2", "--pretrained",
+                  "--freeze", "backbone", "--epochs", str(epochs)]  # fmt: skip
+        res["frozen_store"] = timed(
+            [*frozen, *quiet_eval, "--cache-dir", str(cache), "--out", str(work / "frozen-store")]
+        )
+        res["frozen_store"].update(_run_summary(work / "frozen-store"))
+    if "audit" in steps:
+        res["audit"] = timed([py, "-m", "cxrlab", "audit", str(data), "--cache-dir", str(cache),
+                              "--out", str(work / "audit")])  # fmt: skip
+        report = work / "audit" / "audit.json"
+        if report.exists():
+            res["audit"]["seconds_inside"] = json.loads(report.read_text()).get("seconds")
     return res
 
 
@@ -132,6 +204,10 @@ def main() -> None:
     b.add_argument("--n", type=int, required=True)
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--workers", type=int, default=2)
+    k = sub.add_parser("subset")
+    k.add_argument("--n", type=int, required=True)
+    k.add_argument("--source", type=Path, required=True)
+    k.add_argument("--out", type=Path, required=True)
     m = sub.add_parser("measure")
     m.add_argument("--data", type=Path, required=True)
     m.add_argument("--work", type=Path, required=True)
@@ -139,15 +215,20 @@ def main() -> None:
     m.add_argument("--epochs", type=int, default=2)
     m.add_argument("--baseline-src")
     m.add_argument("--json", type=Path)
+    m.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     a = ap.parse_args()
     if a.cmd == "build":
         build(a.n, a.out, a.workers)
         return
-    res = measure(a.data, a.work, a.image_size, a.epochs, a.baseline_src)
+    if a.cmd == "subset":
+        subset(a.n, a.source, a.out)
+        return
+    res = measure(a.data, a.work, a.image_size, a.epochs, a.baseline_src, tuple(a.steps.split(",")))
     text = json.dumps(res, indent=2)
     print(text)
-    if a.json:
-        a.json.write_text(text)
+    if a.json:  # one file per size: the steps of several invocations merge into it
+        old = json.loads(a.json.read_text()) if a.json.exists() else {}
+        a.json.write_text(json.dumps({**old, **res}, indent=2))
 
 
 if __name__ == "__main__":
