@@ -135,10 +135,7 @@ def test_rows_read_from_a_store_do_not_stay_in_resident_memory(tmp_path, files):
     assert np.array_equal(unwatched, array)  # the rows come back from the page cache, unchanged
     assert _resident_kb(unwatched) >= unwatched.nbytes // 1024 - 4
     # the store opened by the cache is released by the background thread, with no call from the reader
-    deadline = time.monotonic() + 20 * STORE_RELEASE_S
-    while _resident_kb(array) and time.monotonic() < deadline:
-        time.sleep(STORE_RELEASE_S / 4)
-    assert _resident_kb(array) == 0
+    assert _resident_after_release(array) == 0
     assert int(array.sum(dtype=np.int64)) == checksum
     assert not release_pages(np.zeros(3, np.uint8))  # not a mapping: nothing to release
 
@@ -151,9 +148,14 @@ def test_rows_read_from_a_store_do_not_stay_in_resident_memory(tmp_path, files):
     assert result.get(timeout=5) == (True, 0)
 
 
-def _read_and_wait(array: np.ndarray, checksum: int, result) -> None:
-    same = int(array.sum(dtype=np.int64)) == checksum
+def _resident_after_release(array: np.ndarray) -> int:
+    """``array``'s resident kB once the releasing thread has run (waits up to 20 of its intervals)."""
     deadline = time.monotonic() + 20 * STORE_RELEASE_S
     while _resident_kb(array) and time.monotonic() < deadline:
         time.sleep(STORE_RELEASE_S / 4)
-    result.put((same, _resident_kb(array)))
+    return _resident_kb(array)
+
+
+def _read_and_wait(array: np.ndarray, checksum: int, result) -> None:
+    same = int(array.sum(dtype=np.int64)) == checksum
+    result.put((same, _resident_after_release(array)))
