@@ -45,6 +45,19 @@ class AugmentConfig(_Section):
     shear: float = Field(5.0, description="max shear angle in degrees")
     zoom: float = Field(0.1, description="zoom range: scale drawn from [1-zoom, 1+zoom]")
     horizontal_flip: bool = Field(True, description="flip left-right with probability 0.5")
+    stretch: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="aspect-ratio jitter: one axis scaled by up to 1+s against the other (0: off); "
+        "for images squashed to a square from various aspect ratios",
+    )
+    brightness: float = Field(
+        0.0, ge=0, lt=1, description="brightness factor drawn from [1-b, 1+b] (0: off; not in Keras)"
+    )
+    contrast: float = Field(
+        0.0, ge=0, lt=1, description="contrast factor drawn from [1-c, 1+c] (0: off; not in Keras)"
+    )
 
 
 class LabelsConfig(_Section):

@@ -3,6 +3,7 @@ datasets."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -293,8 +294,27 @@ def normalize(
     return (x - m) / s
 
 
+class RandomStretch(torch.nn.Module):
+    """Scale height and width by ``sqrt(r)`` and ``1/sqrt(r)``, ``log r`` uniform in ``±log(1+stretch)``,
+    then centre-crop / zero-pad back to the input size: the aspect-ratio change a source's squash to a
+    square made, in either direction."""
+
+    def __init__(self, stretch: float):
+        super().__init__()
+        self.log_max = math.log1p(stretch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        from torchvision.transforms.v2 import functional as F
+
+        h, w = x.shape[-2:]
+        r = math.exp((torch.rand(()).item() * 2 - 1) * self.log_max)
+        size = [max(1, round(h * math.sqrt(r))), max(1, round(w / math.sqrt(r)))]
+        return F.center_crop(F.resize(x, size, antialias=True), [h, w])
+
+
 def keras_augmentation(cfg: AugmentConfig, size: int):
-    """torchvision v2 transform equivalent to Keras ImageDataGenerator's affine options."""
+    """torchvision v2 transform equivalent to Keras ImageDataGenerator's affine options, plus optional
+    brightness/contrast jitter (scanners and exposure differ between sites)."""
     from torchvision.transforms import v2
 
     steps = [
@@ -305,8 +325,12 @@ def keras_augmentation(cfg: AugmentConfig, size: int):
             shear=cfg.shear,
         )
     ]
+    if cfg.stretch:
+        steps.append(RandomStretch(cfg.stretch))
     if cfg.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
+    if cfg.brightness or cfg.contrast:
+        steps.append(v2.ColorJitter(brightness=cfg.brightness or None, contrast=cfg.contrast or None))
     return v2.Compose(steps)
 
 
