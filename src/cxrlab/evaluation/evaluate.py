@@ -536,15 +536,25 @@ def tsne_plot(
     path: Path,
     seed: int,
     notes: dict[str, str] | None = None,
+    max_points: int | None = None,
 ) -> Path | None:
-    """The t-SNE plot, or None with the reason in ``notes["tsne"]`` when the features cannot be embedded
-    (identical, non-finite or too few: see :func:`plots.tsne_problem`)."""
-    problem = plots.tsne_problem(feats)
+    """The t-SNE plot of at most ``max_points`` (default :data:`plots.TSNE_MAX_POINTS`) test images, a
+    stratified sample of larger splits (said in ``notes["tsne"]``); None with the reason in
+    ``notes["tsne"]`` when the features cannot be embedded (identical, non-finite or too few: see
+    :func:`plots.tsne_problem`)."""
+    limit = plots.TSNE_MAX_POINTS if max_points is None else max_points
+    rows = plots.tsne_sample(y, limit, seed)
+    problem = plots.tsne_problem(np.asarray(feats)[rows])
     if problem is not None:
         if notes is not None:
             notes["tsne"] = f"t-SNE skipped: {problem}"
         return None
-    return plots.tsne(feats, y, classes, path, seed)
+    if len(rows) < len(feats) and notes is not None:
+        notes["tsne"] = (
+            f"t-SNE of a stratified sample of {len(rows):,} of the {len(feats):,} test images "
+            "(its time grows faster than the number of points)"
+        )
+    return plots.tsne(feats, y, classes, path, seed, max_points=limit)
 
 
 def describe_task(classes: list[str]) -> str:

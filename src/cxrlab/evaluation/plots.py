@@ -81,6 +81,25 @@ def roc(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path, auc: f
 
 #: Fewest points t-SNE is run on (perplexity needs a few neighbours per point).
 TSNE_MIN_POINTS = 5
+#: Most points t-SNE embeds: larger test splits are sampled, stratified by class (scikit-learn's t-SNE
+#: takes minutes beyond a few thousand points, and a plot of more points shows no more).
+TSNE_MAX_POINTS = 5000
+
+
+def tsne_sample(y: np.ndarray, max_points: int = TSNE_MAX_POINTS, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` rows, each class keeping its share (at least one row of every
+    class present); all rows when there are no more than ``max_points``."""
+    y = np.asarray(y)
+    n = len(y)
+    if n <= max_points:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        take = max(1, int(round(len(rows) * max_points / n)))
+        keep.append(rng.choice(rows, size=min(take, len(rows)), replace=False))
+    return np.sort(np.concatenate(keep))
 
 
 def tsne_problem(features: np.ndarray) -> str | None:
@@ -113,11 +132,22 @@ def _tsne_input(features: np.ndarray) -> np.ndarray:
     return (x / x.std()).astype(np.float32)
 
 
-def tsne(features: np.ndarray, y: np.ndarray, classes: list[str], path: Path, seed: int = 0) -> Path | None:
-    """2-D t-SNE of penultimate-layer features, coloured by true class; None (no plot) when
-    :func:`tsne_problem` finds the features unusable."""
+def tsne(
+    features: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    path: Path,
+    seed: int = 0,
+    max_points: int = TSNE_MAX_POINTS,
+) -> Path | None:
+    """2-D t-SNE of penultimate-layer features, coloured by true class, of at most ``max_points`` test
+    images (a stratified sample: :func:`tsne_sample`); None (no plot) when :func:`tsne_problem` finds the
+    features unusable."""
     from sklearn.manifold import TSNE
 
+    total = len(features)
+    rows = tsne_sample(y, max_points, seed)
+    features, y = np.asarray(features)[rows], np.asarray(y)[rows]
     if tsne_problem(features) is not None:
         return None
     n = len(features)
@@ -129,7 +159,8 @@ def tsne(features: np.ndarray, y: np.ndarray, classes: list[str], path: Path, se
     for c, name in enumerate(classes):
         m = y == c
         ax.scatter(emb[m, 0], emb[m, 1], s=10, alpha=0.75, label=f"{name} ({m.sum()})")
-    ax.set_title("t-SNE of penultimate features (test)")
+    sampled = f", a stratified sample of {n:,} of {total:,}" if n < total else ""
+    ax.set_title(f"t-SNE of penultimate features (test{sampled})", **({"fontsize": 9} if sampled else {}))
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=8, markerscale=1.5)
