@@ -10,10 +10,10 @@ import argparse
 import time
 
 import torch
+from cxrlab.training.runtime import cpu_has_native_bf16
 
 from cxrlab.config import ModelConfig
 from cxrlab.models.registry import build_model
-from cxrlab.training.runtime import cpu_has_native_bf16
 
 
 def measure(model, x: torch.Tensor, batch: int, channels_last: bool, dtype) -> float:

@@ -60,7 +60,7 @@ def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 10)
 BOOTSTRAP_CELLS = 1 << 22
 
 
-def _replicate_blocks(rng: np.random.Generator, n: int, n_boot: int):
+def bootstrap_index_blocks(rng: np.random.Generator, n: int, n_boot: int):
     """Row blocks of the ``(n_boot, n)`` bootstrap index matrix, at most :data:`BOOTSTRAP_CELLS` each."""
     rows = max(1, BOOTSTRAP_CELLS // max(n, 1))
     for start in range(0, n_boot, rows) or [0]:  # n_boot = 0: one empty block, as one draw would give
@@ -75,7 +75,7 @@ def bootstrap_ci(
     if n_boot <= 0 or n == 0:
         return {}
     rng = np.random.default_rng(seed)
-    blocks = [_bootstrap_replicates(y, probs, pred, idx, k) for idx in _replicate_blocks(rng, n, n_boot)]
+    blocks = [_bootstrap_replicates(y, probs, pred, idx, k) for idx in bootstrap_index_blocks(rng, n, n_boot)]
     return {key: percentile_ci(np.concatenate([b[key] for b in blocks])) for key in blocks[0]}
 
 
@@ -117,7 +117,7 @@ def paired_bootstrap_difference(
 ) -> list[float]:
     """95% CI of accuracy(a) - accuracy(b) on the same images, resampling images (pairs kept together)."""
     rng = np.random.default_rng(seed)
-    blocks = _replicate_blocks(rng, len(correct_a), n_boot)
+    blocks = bootstrap_index_blocks(rng, len(correct_a), n_boot)
     return percentile_ci(np.concatenate([correct_a[idx].mean(1) - correct_b[idx].mean(1) for idx in blocks]))
 
 

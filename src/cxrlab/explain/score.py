@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrlab.stats import percentile_ci
+from cxrlab.stats import bootstrap_index_blocks, percentile_ci
 
 #: Warn when a group's mean lung share is below this (documented in docs/explain.md).
 MIN_LUNG_SHARE = 0.5
@@ -35,7 +35,10 @@ def mean_ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[flo
     if not len(v):
         return float("nan"), [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
-    boots = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1) if n_boot > 0 else v[:0]
+    if n_boot <= 0:
+        return float(v.mean()), percentile_ci(v[:0])
+    # in blocks: n_boot x n indices at once is GBs for a large gallery; the generator's stream is the same
+    boots = np.concatenate([v[idx].mean(axis=1) for idx in bootstrap_index_blocks(rng, len(v), n_boot)])
     return float(v.mean()), percentile_ci(boots)
 
 
