@@ -387,7 +387,7 @@ class ImageCache:
                 )
                 for j in range(0, len(kept), 512):
                     out[j : j + 512] = array[kept[j : j + 512]]  # type: ignore[index]
-                    if j % (512 * 16) == 0:
+                    if (j // 512 + 1) % 16 == 0:  # after every 16th chunk (8,192 rows)
                         out.flush()  # type: ignore[union-attr]
                         release_pages(out)  # type: ignore[arg-type]
                         release_pages(array)
