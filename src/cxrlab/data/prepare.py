@@ -314,7 +314,8 @@ class RandomStretch(torch.nn.Module):
 
 def keras_augmentation(cfg: AugmentConfig, size: int):
     """torchvision v2 transform equivalent to Keras ImageDataGenerator's affine options, plus optional
-    brightness/contrast jitter (scanners and exposure differ between sites)."""
+    aspect-ratio jitter (:class:`RandomStretch`) and brightness/contrast jitter (exposure differs between
+    sites)."""
     from torchvision.transforms import v2
 
     steps = [

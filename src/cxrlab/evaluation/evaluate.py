@@ -538,7 +538,7 @@ def tsne_plot(
     notes: dict[str, str] | None = None,
     max_points: int | None = None,
 ) -> Path | None:
-    """The t-SNE plot of at most ``max_points`` (default :data:`plots.TSNE_MAX_POINTS`) test images, a
+    """The t-SNE plot of about ``max_points`` at most (default :data:`plots.TSNE_MAX_POINTS`) test images, a
     stratified sample of larger splits (said in ``notes["tsne"]``); None with the reason in
     ``notes["tsne"]`` when the features cannot be embedded (identical, non-finite or too few: see
     :func:`plots.tsne_problem`)."""

@@ -81,13 +81,13 @@ def roc(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path, auc: f
 
 #: Fewest points t-SNE is run on (perplexity needs a few neighbours per point).
 TSNE_MIN_POINTS = 5
-#: Most points t-SNE embeds: larger test splits are sampled, stratified by class (scikit-learn's t-SNE
-#: takes minutes beyond a few thousand points, and a plot of more points shows no more).
+#: About the most points t-SNE embeds: larger test splits are sampled, stratified by class
+#: (scikit-learn's t-SNE takes minutes beyond a few thousand points; a plot of more shows no more).
 TSNE_MAX_POINTS = 5000
 
 
 def tsne_sample(y: np.ndarray, max_points: int = TSNE_MAX_POINTS, seed: int = 0) -> np.ndarray:
-    """Sorted indices of at most ``max_points`` rows, each class keeping its share (at least one row of every
+    """Sorted indices of about ``max_points`` rows (each class's share rounded, at least one row of every
     class present); all rows when there are no more than ``max_points``."""
     y = np.asarray(y)
     n = len(y)
@@ -140,9 +140,9 @@ def tsne(
     seed: int = 0,
     max_points: int = TSNE_MAX_POINTS,
 ) -> Path | None:
-    """2-D t-SNE of penultimate-layer features, coloured by true class, of at most ``max_points`` test
-    images (a stratified sample: :func:`tsne_sample`); None (no plot) when :func:`tsne_problem` finds the
-    features unusable."""
+    """2-D t-SNE of penultimate-layer features, coloured by true class, of about ``max_points`` test
+    images at most (a stratified sample: :func:`tsne_sample`); None (no plot) when :func:`tsne_problem`
+    finds the features unusable."""
     from sklearn.manifold import TSNE
 
     total = len(features)
