@@ -544,7 +544,8 @@ def tsne_plot(
     :func:`plots.tsne_problem`)."""
     limit = plots.TSNE_MAX_POINTS if max_points is None else max_points
     rows = plots.tsne_sample(y, limit, seed)
-    problem = plots.tsne_problem(np.asarray(feats)[rows])
+    sample, sample_y = np.asarray(feats)[rows], np.asarray(y)[rows]
+    problem = plots.tsne_problem(sample)
     if problem is not None:
         if notes is not None:
             notes["tsne"] = f"t-SNE skipped: {problem}"
@@ -554,7 +555,7 @@ def tsne_plot(
             f"t-SNE of a stratified sample of {len(rows):,} of the {len(feats):,} test images "
             "(its time grows faster than the number of points)"
         )
-    return plots.tsne(feats, y, classes, path, seed, max_points=limit)
+    return plots.tsne(sample, sample_y, classes, path, seed, total=len(feats))
 
 
 def describe_task(classes: list[str]) -> str:

@@ -138,16 +138,14 @@ def tsne(
     classes: list[str],
     path: Path,
     seed: int = 0,
-    max_points: int = TSNE_MAX_POINTS,
+    total: int | None = None,
 ) -> Path | None:
-    """2-D t-SNE of penultimate-layer features, coloured by true class, of about ``max_points`` test
-    images at most (a stratified sample: :func:`tsne_sample`); None (no plot) when :func:`tsne_problem`
-    finds the features unusable."""
+    """2-D t-SNE of penultimate-layer features, coloured by true class; None (no plot) when
+    :func:`tsne_problem` finds the features unusable. ``total``: the size of the split these rows were
+    sampled from (:func:`tsne_sample`), said in the title when larger."""
     from sklearn.manifold import TSNE
 
-    total = len(features)
-    rows = tsne_sample(y, max_points, seed)
-    features, y = np.asarray(features)[rows], np.asarray(y)[rows]
+    features, y = np.asarray(features), np.asarray(y)
     if tsne_problem(features) is not None:
         return None
     n = len(features)
@@ -159,7 +157,7 @@ def tsne(
     for c, name in enumerate(classes):
         m = y == c
         ax.scatter(emb[m, 0], emb[m, 1], s=10, alpha=0.75, label=f"{name} ({m.sum()})")
-    sampled = f", a stratified sample of {n:,} of {total:,}" if n < total else ""
+    sampled = f", a stratified sample of {n:,} of {total:,}" if total and n < total else ""
     ax.set_title(f"t-SNE of penultimate features (test{sampled})", **({"fontsize": 9} if sampled else {}))
     ax.set_xticks([])
     ax.set_yticks([])
