@@ -85,3 +85,19 @@ def test_yaml_off_and_on_mean_the_words_for_explain(tmp_path):
     assert RunConfig.load(path).eval.explain == "off"
     with pytest.raises(ConfigError):
         RunConfig().override(["eval.explain=sometimes"])
+
+
+def test_precision_32_written_as_a_number_is_the_word(tmp_path):
+    assert RunConfig().override(["train.precision=32"]).train.precision == "32"
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  precision: 32\n")
+    assert RunConfig.load(path).train.precision == "32"
+    with pytest.raises(ConfigError, match="precision"):
+        RunConfig().override(["train.precision=64"])
+
+
+def test_tta_shift_is_a_fraction_of_the_side_up_to_a_quarter():
+    assert RunConfig().eval.tta_shift == 0
+    assert RunConfig().override(["eval.tta_shift=0.07"]).eval.tta_shift == 0.07
+    with pytest.raises(ConfigError, match="tta_shift"):
+        RunConfig().override(["eval.tta_shift=0.5"])

@@ -255,6 +255,12 @@ class TrainConfig(_Section):
     num_workers: int = Field(0, ge=0)
     tensorboard: bool = True
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml_number_is_text(cls, value: object) -> object:
+        # `precision: 32` in YAML (or --set train.precision=32) reads as the number 32
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @field_validator("pos_weight")
     @classmethod
     def _pos_weight(cls, value: str | list[float]) -> str | list[float]:
@@ -275,6 +281,14 @@ class EvalConfig(_Section):
     )
     target_sensitivity: float | None = Field(None, gt=0, le=1)
     temperature_scaling: bool = False
+    tta_shift: float = Field(
+        0.0,
+        ge=0,
+        le=0.25,
+        description="test-time augmentation: average the model over the image and four copies shifted by "
+        "this fraction of its side (up, down, left, right; edges repeated), in evaluation, predict, serve "
+        "and export alike; 0 = off",
+    )
     explain: Literal["auto", "off"] = Field(
         "auto",
         description="report's Grad-CAM gallery and lung-attention score (auto: when the model has a CAM "
@@ -386,6 +400,7 @@ class ModelMeta(BaseModel):
     operating_point: OperatingPoint | None = None
     temperature: float = Field(1.0, gt=0)
     input: Literal["images", "codes"] = "images"
+    tta_shift_px: int = Field(0, ge=0, le=1024)
 
     @field_validator("classes")
     @classmethod
@@ -430,6 +445,11 @@ def validate_model_meta(raw: Any, path: str | Path) -> dict[str, Any]:
         values = getattr(meta, key)
         if values is not None and len(values) != meta.channels:
             raise ConfigError(f"{path}: '{key}' has {len(values)} values for {meta.channels} channel(s)")
+    if meta.tta_shift_px > meta.image_size // 4:
+        raise ConfigError(
+            f"{path}: 'tta_shift_px' {meta.tta_shift_px} is over a quarter of the {meta.image_size}-pixel "
+            "image; retrain or restore it"
+        )
     return raw
 
 

@@ -157,6 +157,8 @@ def test_bad_input_is_one_line(codes_dir, tiny_kermany, synth_dir, tmp_path):
     assert not (tmp_path / "r1").exists()
     assert "--extra-train" in code_cnn_error(codes_dir, "r2", "--extra-train", str(synth_dir))
     assert "codes are 256x8x8" in code_cnn_error(codes_dir, "r3", "--image-size", "16")
+    assert "eval.tta_shift=0" in code_cnn_error(codes_dir, "r5", "--set", "eval.tta_shift=0.1")
+    assert not (tmp_path / "r5").exists()
     msg = _one_line_error(run_cli("autoencoder", "encode", str(tiny_kermany), "--out", str(tmp_path / "c")))
     assert "not an autoencoder folder" in msg
     with pytest.raises(ConfigError, match="divisible"):

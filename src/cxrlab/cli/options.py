@@ -229,6 +229,9 @@ TRAIN: tuple[ConfigFlag, ...] = (
     _F("temperature_scaling", "eval.temperature_scaling", bool,
        "fit a softmax temperature on validation data (calibration)",
        decls=("--temperature-scaling/--no-temperature-scaling",)),
+    _F("tta_shift", "eval.tta_shift", float,
+       "test-time augmentation: average the model over the image and 4 copies shifted by this fraction of "
+       "its side (0.07 = 2 px at 28 px); kept in the run and applied by predict, serve and export; 0 = off"),
 )  # fmt: skip
 """`cxr train`: every flag that sets a run-config key."""
 

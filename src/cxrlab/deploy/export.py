@@ -31,6 +31,7 @@ from cxrlab._version import __version__
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.evaluate import logits_to_probs, predict_images
 from cxrlab.evaluation.inference import LoadedRun, image_run, sample_test_images
+from cxrlab.models.tta import with_tta
 from cxrlab.runs import atomic_write
 
 FORMATS = ("onnx", "torchscript")
@@ -52,7 +53,7 @@ class Exported(nn.Module):
         # the same rule as cxrlab.data.prepare.normalize
         mean = mean[:channels] if len(mean) >= channels else mean * channels
         std = std[:channels] if len(std) >= channels else std * channels
-        self.model = loaded.model.eval()
+        self.model = with_tta(loaded.model.eval(), loaded.tta_shift)
         self.channels = channels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -99,6 +100,12 @@ def contract(loaded: LoadedRun, rid: str | None = None) -> dict[str, Any]:
             "mean": list(meta["mean"]),
             "std": list(meta["std"]),
             "normalisation": "inside the graph: grey replicated to `channels`, then (x - mean) / std",
+            "test_time_shift_px": loaded.tta_shift,
+            "test_time_augmentation": (
+                f"inside the graph: the mean over the image and four copies shifted by {loaded.tta_shift} px"
+                if loaded.tta_shift
+                else "none"
+            ),
         },
         "output": {"name": "probabilities", "shape": ["N", len(meta["classes"])], "calibrated": True},
         "temperature": float(meta.get("temperature", 1.0)),
@@ -211,8 +218,9 @@ def parity(loaded: LoadedRun, data: bytes, fmt: str, n: int = PARITY_IMAGES) -> 
     images, paths = sample_test_images(loaded, n)
     meta = loaded.meta
     logits, _ = predict_images(
-        loaded.model, images, meta["channels"], tuple(meta["mean"]), tuple(meta["std"]), "cpu", "32"
-    )
+        loaded.model, images, meta["channels"], tuple(meta["mean"]), tuple(meta["std"]), "cpu", "32",
+        tta_shift=loaded.tta_shift,
+    )  # fmt: skip
     reference = logits_to_probs(logits, meta.get("temperature", 1.0))
     x = (images.astype(np.float32) / 255.0)[:, None]
     got = run_exported(data, fmt, x)

@@ -139,9 +139,10 @@ class Predictor:
     batches: int = 0
 
     def __post_init__(self) -> None:
+        from cxrlab.models.tta import with_tta
         from cxrlab.runtime import inference_dtype, prepare_for_inference
 
-        self.net = prepare_for_inference(self.loaded.model, self.device)
+        self.net = with_tta(prepare_for_inference(self.loaded.model, self.device), self.loaded.tta_shift)
         self.dtype = inference_dtype(self.loaded.cfg.train.precision, self.device)
         self._thread = threading.Thread(target=self._loop, name="cxrlab-inference", daemon=True)
         self._thread.start()

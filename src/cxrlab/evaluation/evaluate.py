@@ -15,6 +15,7 @@ from cxrlab.data.prepare import PreparedData, to_tensor
 from cxrlab.evaluation import plots
 from cxrlab.figures import sample_grid
 from cxrlab.models.heads import Classifier
+from cxrlab.models.tta import shift_pixels, with_tta
 from cxrlab.runs import read_csv, save_model
 from cxrlab.runtime import batched, inference_dtype, prepare_for_inference
 from cxrlab.stats import classification_metrics, operating_threshold, to_number
@@ -44,9 +45,11 @@ def predict_images(
     device: str = "cpu",
     precision: str = "auto",
     progress: str | None = None,
+    tta_shift: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and penultimate features for uint8 images ``(N, H, W)``."""
-    net = prepare_for_inference(model, device)
+    """Logits and penultimate features for uint8 images ``(N, H, W)``; ``tta_shift`` > 0 averages both
+    over the image and four copies shifted by that many pixels (:mod:`cxrlab.models.tta`)."""
+    net = with_tta(prepare_for_inference(model, device), tta_shift)
 
     def run(x: torch.Tensor):
         feats = net.features(x)
@@ -184,10 +187,11 @@ def evaluate_trained(
     t_eval = time.perf_counter()
     data, model = trained.data, trained.model
     outputs = {}
+    tta = shift_pixels(cfg.eval.tta_shift, cfg.data.image_size) if data.codes is None else 0
     for split in ("val", "test"):
         if split not in data.labels:
             continue
-        if trained.features is not None:
+        if trained.features is not None and not tta:  # shifted copies need the images, not the cache
             outputs[split] = predict_features(model, trained.features[split], trained.suffix)
         elif data.codes is not None:
             outputs[split] = predict_codes(model, data.codes[split])
@@ -201,6 +205,7 @@ def evaluate_trained(
                 trained.device,
                 cfg.train.precision,
                 progress=f"predicting ({split})" if progress else None,
+                tta_shift=tta,
             )
     if data.multilabel:
         return evaluate_multilabel(cfg, out, trained, outputs, t0, t_eval)
@@ -252,6 +257,7 @@ def evaluate_trained(
             if k in val_metrics
         },
         "calibration": {"temperature": temperature, "ece": test_metrics["ece"]},
+        "test_time_shift_px": tta,
         **_run_facts(out, model, trained, timing, plot_paths, plot_notes),
     }
     return metrics
@@ -345,6 +351,7 @@ def evaluate_multilabel(
         "pos_weight": trained.pos_weight,
         "label_policy": test_metrics["label_policy"],
         "calibration": {"temperature": 1.0},
+        "test_time_shift_px": shift_pixels(cfg.eval.tta_shift, cfg.data.image_size),
         **_run_facts(out, model, trained, timing, plot_paths, plot_notes),
     }
 
@@ -484,6 +491,10 @@ def model_meta(cfg: RunConfig, trained: Trained, op: dict[str, Any], temperature
         "operating_point": op,
         "temperature": temperature,
         "input": "codes" if trained.data.codes is not None else "images",
+        # test-time augmentation in pixels (cxrlab.models.tta): every use of the model applies it
+        "tta_shift_px": 0
+        if trained.data.codes is not None
+        else shift_pixels(cfg.eval.tta_shift, cfg.data.image_size),
     }
 
 

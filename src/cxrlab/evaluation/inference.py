@@ -35,6 +35,11 @@ class LoadedRun:
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
 
+    @property
+    def tta_shift(self) -> int:
+        """Pixels of the run's test-time shift averaging (0: none; runs before it existed have none)."""
+        return int(self.meta.get("tta_shift_px", 0))
+
 
 def load_run(run: str | Path) -> LoadedRun:
     """Rebuild the network from config.yaml and load model.safetensors (no pickle is ever read)."""
@@ -376,6 +381,7 @@ def predict_arrays(
         tuple(meta["std"]),
         device,
         loaded.cfg.train.precision,
+        tta_shift=loaded.tta_shift,
     )
     if meta.get("task") == "multilabel":  # one sigmoid per finding; above[i, j]: at or over its threshold
         from cxrlab.evaluation.multilabel import sigmoid

@@ -73,6 +73,7 @@ def evaluate_run(
             dev,
             loaded.cfg.train.precision,
             progress="predicting",
+            tta_shift=loaded.tta_shift,
         )
     if meta.get("task") == "multilabel":
         result = _multilabel_result(loaded, prepared, logits, target, labels)

@@ -32,6 +32,7 @@ def run_report_context(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> di
         "fast_path": bool(metrics.get("fast_path")),
         "training_path": metrics.get("training_path", ""),
         "device": metrics["device"],
+        "tta_shift_px": metrics.get("test_time_shift_px", 0),
         "warnings": metrics.get("audit", {}).get("warnings", []),
         "test": metrics["test"],
         "classes": metrics["classes"],

@@ -124,6 +124,10 @@ def fit(
             "model.head.output=sigmoid is for binary tasks; a multi-label run has one sigmoid "
             "output per finding already: leave model.head.output at softmax"
         )
+    if data.codes is not None and cfg.eval.tta_shift:
+        raise CxrError(
+            "eval.tta_shift shifts images; a run on autoencoder codes has none: set eval.tta_shift=0"
+        )
     model = build_model(cfg.model, len(data.classes), cfg.data.image_size)
     channels = resolve_channels(spec, cfg.model)
     timing = {"decode_s": round(data.decode_s, 3)}
