@@ -48,6 +48,8 @@ def _by_hand(run: Path, images: list[Path]) -> np.ndarray:
 def test_the_run_records_the_shift_and_predict_averages_the_views(tta_run, test_images):
     meta = json.loads((tta_run / "model.json").read_text())
     assert meta["tta_shift_px"] == SHIFT
+    assert json.loads((tta_run / "metrics.json").read_text())["test_time_shift_px"] == SHIFT
+    assert "four copies shifted by 4 px" in (tta_run / "report.html").read_text()
     images = test_images[:12]
     proc = run_cli("predict", str(tta_run), *map(str, images), "--json", check=True)
     got = np.array([[r["probabilities"][c] for c in meta["classes"]] for r in json.loads(proc.stdout)])
@@ -96,3 +98,24 @@ def test_an_edited_shift_in_model_json_is_one_line(tta_run, test_images, tmp_pat
     (copy / "model.json").write_text(json.dumps(meta))
     line = one_line_error(run_cli("predict", str(copy), str(test_images[0])))
     assert "tta_shift_px" in line and "quarter" in line
+
+
+@pytest.mark.parametrize("freeze", ["backbone", "blocks:14"])
+def test_cached_feature_paths_score_the_whole_network_on_shifted_images(freeze, covid_dir, torch_home,
+                                                                        tmp_path):  # fmt: skip
+    """The frozen fast path and partial fine-tuning train on cached features; with a shift the evaluation
+    runs the saved network on the images instead, and `cxr evaluate` (images only) agrees with it."""
+    out = tmp_path / "run"
+    run_cli(
+        "train", "--data", str(covid_dir), "--classes", "covid,normal", "--model", "mobilenet_v2",
+        "--pretrained", "--freeze", freeze, "--image-size", "64", "--epochs", "2", "--out", str(out), "-q",
+        "--no-tensorboard", "--set", "eval.tsne=false", "--set", "eval.bootstrap=0",
+        "--set", "train.precision=32", "--set", "eval.tta_shift=0.0625", "--set", "eval.explain=off",
+        check=True,
+    )  # fmt: skip
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["test_time_shift_px"] == SHIFT and trained["fast_path"] == (freeze == "backbone")
+    run_cli("evaluate", str(out), check=True)
+    again = json.loads((out / "evaluation" / "metrics.json").read_text())["test"]
+    assert again["auc"] == pytest.approx(trained["test"]["auc"], abs=1e-6)
+    assert again["accuracy"] == pytest.approx(trained["test"]["accuracy"])
