@@ -55,6 +55,7 @@ def test_cached_activations_give_the_full_models_logits(tmp_path, covid_dir, tor
         {
             "data": {"image_size": SIZE},
             "model": {"name": "mobilenet_v2", "pretrained": True, "freeze": "blocks:14"},
+            "train": {"precision": "32"},  # auto = bf16 compute on a CPU with native bf16 (docs/models.md)
         }
     )
     model = build_model(cfg.model, 4, SIZE)
