@@ -187,7 +187,7 @@ def evaluate_trained(
     t_eval = time.perf_counter()
     data, model = trained.data, trained.model
     outputs = {}
-    tta = shift_pixels(cfg.eval.tta_shift, cfg.data.image_size) if data.codes is None else 0
+    tta = shift_pixels(cfg.eval.tta_shift, cfg.data.image_size)  # 0 for codes: fit() refuses a shift there
     for split in ("val", "test"):
         if split not in data.labels:
             continue
@@ -257,7 +257,7 @@ def evaluate_trained(
             if k in val_metrics
         },
         "calibration": {"temperature": temperature, "ece": test_metrics["ece"]},
-        "test_time_shift_px": tta,
+        "test_time_shift_px": meta["tta_shift_px"],
         **_run_facts(out, model, trained, timing, plot_paths, plot_notes),
     }
     return metrics
@@ -351,7 +351,7 @@ def evaluate_multilabel(
         "pos_weight": trained.pos_weight,
         "label_policy": test_metrics["label_policy"],
         "calibration": {"temperature": 1.0},
-        "test_time_shift_px": shift_pixels(cfg.eval.tta_shift, cfg.data.image_size),
+        "test_time_shift_px": meta["tta_shift_px"],
         **_run_facts(out, model, trained, timing, plot_paths, plot_notes),
     }
 
@@ -492,9 +492,7 @@ def model_meta(cfg: RunConfig, trained: Trained, op: dict[str, Any], temperature
         "temperature": temperature,
         "input": "codes" if trained.data.codes is not None else "images",
         # test-time augmentation in pixels (cxrlab.models.tta): every use of the model applies it
-        "tta_shift_px": 0
-        if trained.data.codes is not None
-        else shift_pixels(cfg.eval.tta_shift, cfg.data.image_size),
+        "tta_shift_px": shift_pixels(cfg.eval.tta_shift, cfg.data.image_size),
     }
 
 
