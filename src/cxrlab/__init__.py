@@ -3,7 +3,7 @@
 The Python API mirrors the CLI::
 
     from cxrlab import RunConfig, train, evaluate_run, predict
-    cfg = RunConfig.load("configs/covid_binary_mobilenet.yaml")
+    cfg = RunConfig.load("configs/fast_covid4.yaml")  # a recipe, as `cxr train --config` takes it
     cfg.data.path = "../shared/data/covid-challenge"
     metrics = train(cfg, "runs/covid")
 """

@@ -15,11 +15,13 @@
     RUN/report.html       one self-contained page
     RUN/status.json       running (pid, host, start) | finished | interrupted | failed, with the reason
     RUN/.cxrlab-run       marker: this folder was created by cxrlab (``--overwrite`` needs it)
-    RUN/.cxrlab-lock      advisory lock held by the one process writing the folder
+    RUN/.cxrlab-lock      advisory lock held by the one process writing the folder (removed when it is
+                          released: a finished folder has none)
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -367,30 +369,42 @@ class RunInUse(CxrError):
 
 class RunLock:
     """An advisory lock on a folder (``fcntl.flock`` on ``FOLDER/.cxrlab-lock``), released by
-    :meth:`release` or when the process ends (also after kill -9)."""
+    :meth:`release` or when the process ends (also after kill -9).
+
+    :meth:`release` removes the lock file (a finished run folder keeps none), while still holding the lock;
+    a process that opened the file before it was removed finds, once it gets the lock, that the path no
+    longer names the file it locked, and starts again on a new one — so two processes never both hold it.
+    A kill -9 leaves the file behind, unlocked: the next command takes it as usual."""
 
     def __init__(self, folder: str | Path, hint: str = "wait for it or choose another --out"):
         import fcntl
 
         self.folder = Path(folder)
         self.fd: int | None = None
+        self._writable, self._pid = False, os.getpid()
         path = self.folder / LOCK
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            writable = True
-        except OSError:
-            try:  # a read-only run: lock its existing file if there is one (nobody can write it anyway)
-                fd, writable = os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
+        for _ in range(100):  # another holder removing the file as we open it: open the new one
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                writable = True
             except OSError:
-                return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = self.holder()
-            os.close(fd)
-            who = f" (pid {holder.get('pid')} on {holder.get('host')})" if holder else ""
-            raise RunInUse(f"{self.folder} is in use by another cxr process{who}; {hint}") from None
-        self.fd = fd
+                try:  # a read-only run: lock its existing file if there is one (nobody can write it anyway)
+                    fd, writable = os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
+                except OSError:
+                    return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = self.holder()
+                os.close(fd)
+                who = f" (pid {holder.get('pid')} on {holder.get('host')})" if holder else ""
+                raise RunInUse(f"{self.folder} is in use by another cxr process{who}; {hint}") from None
+            if _same_file(fd, path):
+                break
+            os.close(fd)  # locked a file its holder removed on release: lock the one now at the path
+        else:
+            raise RunInUse(f"{self.folder} is in use by another cxr process; {hint}")
+        self.fd, self._writable, self._pid = fd, writable, os.getpid()
         if writable:
             info = json.dumps({"pid": os.getpid(), "host": _host()}).encode()
             try:
@@ -408,19 +422,37 @@ class RunLock:
         return data if isinstance(data, dict) else {}
 
     def release(self) -> None:
-        """Unlock (idempotent)."""
+        """Remove the lock file and unlock (idempotent)."""
         if self.fd is not None:
+            # a forked child (decoding workers) closes its copy only: the parent still holds the lock
+            if self._writable and self._pid == os.getpid() and _same_file(self.fd, self.folder / LOCK):
+                # removed while still locked (see the class docstring); a read-only or vanished folder:
+                # the lock is released all the same
+                with contextlib.suppress(OSError):
+                    (self.folder / LOCK).unlink()
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
 
     def __del__(self) -> None:
-        self.release()
+        try:  # noqa: SIM105 - no contextlib here: at interpreter exit the modules it uses may be gone
+            self.release()
+        except Exception:  # noqa: BLE001
+            pass
 
     def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """``path`` still names the file open as ``fd``."""
+    try:
+        st, open_st = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (open_st.st_dev, open_st.st_ino)
 
 
 def run_lock(folder: str | Path, hint: str = "wait for it or choose another --out") -> RunLock:
@@ -433,6 +465,8 @@ def _lock_free(folder: Path) -> bool:
 
     try:
         fd = os.open(folder / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True  # released (a holder removes the file as it lets go)
     except OSError:
         return False
     try:

@@ -54,7 +54,7 @@ class DiskFull(CxrError):
     """No space left on the device holding the run folder."""
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (status interrupted, run resumable) but exiting with 143."""
 
 
@@ -82,7 +82,7 @@ def prepare_out(
 
 
 @contextmanager
-def _sigterm_as_interrupt(state: dict[str, Any]) -> Iterator[None]:
+def sigterm_as_interrupt(state: dict[str, Any]) -> Iterator[None]:
     """For the duration (main thread only; the old handlers are restored): SIGTERM raises like Ctrl-C, and
     both record themselves in ``state["signal"]``, so that an error raised while unwinding from the signal
     (e.g. ``ImportError: initialization failed`` from an extension module interrupted while loading) is
@@ -93,7 +93,7 @@ def _sigterm_as_interrupt(state: dict[str, Any]) -> Iterator[None]:
 
     def on_term(signum, frame) -> None:
         state["signal"] = signum
-        raise _Terminated()
+        raise Terminated()
 
     def on_int(signum, frame) -> None:
         state["signal"] = signum
@@ -133,7 +133,7 @@ def _ended(
 ) -> BaseException:
     """Record truthfully how the run ended (status.json, or the half-made folder removed) and return the
     exception to raise: a one-line :class:`CxrError` where there is one."""
-    term = isinstance(exc, _Terminated) or state.get("signal") == signal.SIGTERM
+    term = isinstance(exc, Terminated) or state.get("signal") == signal.SIGTERM
     if state.get("signal") is not None and not isinstance(exc, KeyboardInterrupt | TrainingInterrupted):
         exc = KeyboardInterrupt()  # whatever the signal's unwinding raised, the run was interrupted
     word, code = ("terminated (SIGTERM)", 143) if term else ("interrupted", 130)
@@ -215,7 +215,7 @@ def train(
         check_outside_inputs(out, (cfg.data.path, cfg.data.extra_train))
     lock, created = prepare_out(out, resume, overwrite, tuple(p for p in inputs if p))
     try:
-        with _sigterm_as_interrupt(state):
+        with sigterm_as_interrupt(state):
             try:
                 return _run(cfg, out, resume, progress, state, list(callbacks or []))
             except BaseException as exc:

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from cxrlab._version import __version__
-from cxrlab.errors import ConfigError, DataError
+from cxrlab.errors import ConfigError, CxrError, DataError
 from cxrlab.reproduce.catalog import Report, load_catalog, select_reports
 from cxrlab.reproduce.document import build_context, write_html, write_markdown
-from cxrlab.reproduce.runner import BUDGETS, Runner
+from cxrlab.reproduce.runner import BUDGETS, ExperimentInterrupted, Runner
 from cxrlab.runs import (
     check_out_folder,
     check_outside_inputs,
@@ -86,7 +87,12 @@ def reproduce(
 ) -> dict[str, Any]:
     """Run the chosen reports' experiments into ``out``; write the document; return reproduce.json's content.
 
-    Running again into the same ``out`` reuses every experiment that finished with the same plan."""
+    Running again into the same ``out`` reuses every experiment that finished with the same plan. The first
+    Ctrl-C or SIGTERM stops it (:class:`ReproduceInterrupted`, exit 130 or 143): the running experiment is
+    recorded as interrupted and none after it starts (a failed experiment, by contrast, lets the others go
+    on)."""
+    from cxrlab.pipeline.train import sigterm_as_interrupt  # torch and Lightning: not for `--list`
+
     if budget not in BUDGETS:
         raise ConfigError(f"--budget {budget!r}: give quick or full")
     reports = select_reports(which)
@@ -96,24 +102,66 @@ def reproduce(
     check_out_folder(out, OUTPUTS)
     check_writable(out)  # creates it
     lock = run_lock(out, "another `cxr reproduce` is writing it; wait for it or choose another --out")
+    state: dict[str, Any] = {}
     try:
-        previous = read_json(out / "reproduce.json") if (out / "reproduce.json").is_file() else {}
-        results: dict[str, Any] = {}
-        if previous.get("budget") == budget and previous.get("data_root") == str(data_root):
-            results = dict(previous.get("results", {}))
-        runner = Runner(data_root, out, budget, seed, progress, previous=results)
-        t0 = time.perf_counter()
+        with sigterm_as_interrupt(state):  # SIGTERM raises like Ctrl-C; both are recorded in state
+            runner = Runner(data_root, out, budget, seed, progress)
+            return _run_all(runner, reports, state)
+    finally:
+        lock.release()
+
+
+class ReproduceInterrupted(CxrError):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) during `cxr reproduce`."""
+
+    exit_code = 130
+
+
+def _run_all(runner: Runner, reports: list[Report], state: dict[str, Any]) -> dict[str, Any]:
+    data_root, out, budget, progress = runner.data_root, runner.out, runner.budget, runner.progress
+    previous = read_json(out / "reproduce.json") if (out / "reproduce.json").is_file() else {}
+    results: dict[str, Any] = {}
+    if previous.get("budget") == budget and previous.get("data_root") == str(data_root):
+        results = dict(previous.get("results", {}))
+    runner.previous = results
+    t0 = time.perf_counter()
+    current = ""
+    try:
         for report in reports:
             for exp in report.experiments:
+                current = exp.key
                 if progress:
                     print(f"report {report.id} · {exp.id} ({exp.kind})", flush=True)
-                results[exp.key] = runner.run(report, exp)
+                try:
+                    results[exp.key] = runner.run(report, exp)
+                except ExperimentInterrupted as stop:
+                    results[exp.key] = stop.result
+                    _write(out, reports, results, budget, data_root, time.perf_counter() - t0)
+                    raise _stopped(stop.cause, state, exp.key, out) from None
                 if results[exp.key]["status"] == "failed" and progress:
                     print(f"  failed: {results[exp.key]['error']}", flush=True)
                 _write(out, reports, results, budget, data_root, time.perf_counter() - t0)
         return _write(out, reports, results, budget, data_root, time.perf_counter() - t0)
-    finally:
-        lock.release()
+    except KeyboardInterrupt as exc:  # between two experiments, or while writing the document
+        raise _stopped(exc, state, current, out) from None
+
+
+def _stopped(cause: BaseException, state: dict[str, Any], key: str, out: Path) -> ReproduceInterrupted:
+    """The one line that ends an interrupted reproduction, with SIGTERM's exit status 143."""
+    from cxrlab.pipeline.train import Terminated
+
+    term = (
+        isinstance(cause, Terminated)
+        or state.get("signal") == signal.SIGTERM
+        or getattr(cause, "exit_code", None) == 143
+    )
+    word = "terminated (SIGTERM)" if term else "interrupted"
+    where = f" during {key}, recorded as interrupted" if key else ""
+    err = ReproduceInterrupted(
+        f"{word}{where}; the finished experiments are kept in {out}: run the same command again to continue"
+    )
+    err.exit_code = 143 if term else 130
+    return err
 
 
 def _write(

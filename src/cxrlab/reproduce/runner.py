@@ -148,6 +148,25 @@ def weighted_prf(predictions: Path, classes: list[str], seed: int = 0, n_boot: i
     }
 
 
+class ExperimentInterrupted(Exception):
+    """Ctrl-C or SIGTERM while an experiment ran: ``result`` is its record (status "interrupted"),
+    ``cause`` what stopped it. `cxr reproduce` stops there (:func:`cxrlab.reproduce.reproduce`)."""
+
+    def __init__(self, result: dict[str, Any], cause: BaseException):
+        super().__init__(result["key"])
+        self.result, self.cause = result, cause
+
+
+def _interruptions() -> tuple[type[BaseException], ...]:
+    """What a signal turns into below an experiment: KeyboardInterrupt (SIGTERM too, as
+    :class:`cxrlab.pipeline.train.Terminated`), or the one-line errors of an interrupted training run or
+    autoencoder (the folder is kept, the status says interrupted)."""
+    from cxrlab.generative.autoencoder import Interrupted
+    from cxrlab.training.train import TrainingInterrupted
+
+    return KeyboardInterrupt, TrainingInterrupted, Interrupted
+
+
 class Runner:
     """Runs experiments into ``out`` with the given data root and budget."""
 
@@ -196,8 +215,11 @@ class Runner:
             }[exp.kind]
             result.update(handler(report, exp, folder))
             result["status"] = "finished"
-        except KeyboardInterrupt:
-            raise
+        except _interruptions() as exc:  # Ctrl-C / SIGTERM: this experiment is interrupted, and the rest
+            result["status"] = "interrupted"
+            result["notes"].append("interrupted (Ctrl-C or SIGTERM); running the same command again runs it")
+            result["wall_s"] = round(time.perf_counter() - t0, 1)
+            raise ExperimentInterrupted(result, exc) from None
         except CxrError as exc:
             result.update(status="failed", error=str(exc))
         result["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -244,7 +266,7 @@ class Runner:
         plan = fingerprint(cfg.model_dump(mode="json"), exp.params)
         if not self._reuse(exp, plan, folder):
             self.say(f"  sweeping {folder} ({'; '.join(exp.params)})")
-            run_sweep(cfg, exp.params, folder, prune=False, progress=False)
+            run_sweep(cfg, exp.params, folder, prune=False, progress=self.progress)
         summary = load_sweep_summary(folder)
         plots = (
             {p.stem: str(p) for p in sorted((folder / "plots").glob("*.png"))}
