@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import platform
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,42 @@ def inference_dtype(precision: str, device: str) -> torch.dtype | None:
     return None
 
 
+def show_progress(quiet: bool = False) -> bool:
+    """Progress bars are for a person at a terminal: shown unless ``quiet`` (``-q``) or stderr is not a
+    TTY (a pipe, a file, a CI log, a batch job). Every bar cxrlab draws goes through this decision."""
+    if quiet:
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def progress(
+    iterable: Iterable[Any] | None = None,
+    desc: str = "",
+    total: int | None = None,
+    quiet: bool = False,
+    unit: str = "img",
+    leave: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """cxrlab's one progress bar: tqdm on stderr, disabled by :func:`show_progress` (``quiet`` or no TTY).
+
+    Wraps ``iterable`` like ``tqdm(iterable)``, or (without one) counts ``update(n)`` calls up to ``total``.
+    A disabled bar still takes every call (``update``, ``set_postfix`` and ``close`` then draw nothing), so
+    callers need not ask :func:`show_progress` themselves."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        iterable, desc=desc, total=total, unit=unit, leave=leave, dynamic_ncols=True, file=sys.stderr,
+        disable=not show_progress(quiet), **kwargs,
+    )  # fmt: skip
+
+
+_bar = progress  # for the functions below whose parameter is named ``progress``
+
+
 @torch.inference_mode()
 def batched(
     fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
@@ -74,12 +111,9 @@ def batched(
     channels_last: bool = True,
     progress: str | None = None,
 ) -> list[np.ndarray]:
-    """Run ``fn`` over ``n`` inputs in batches; returns each output concatenated as float32 numpy."""
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc=progress, unit="img", leave=False, dynamic_ncols=True, disable=None)
+    """Run ``fn`` over ``n`` inputs in batches; returns each output concatenated as float32 numpy.
+    ``progress``: the label of a progress bar (:func:`progress`), or None for none."""
+    bar = _bar(desc=progress, total=n) if progress else None
     chunks: list[list[np.ndarray]] = []
     for start in range(0, n, batch_size):
         x = make_batch(slice(start, min(n, start + batch_size))).to(device)
@@ -89,9 +123,9 @@ def batched(
             out = fn(x)
         outs = out if isinstance(out, tuple) else (out,)
         chunks.append([o.float().cpu().numpy() for o in outs])
-        if bar:
+        if bar is not None:
             bar.update(x.shape[0])
-    if bar:
+    if bar is not None:
         bar.close()
     if not chunks:
         return []

@@ -53,12 +53,15 @@ def audit_dataset(
     max_distance: int = NEAR_DISTANCE,
     cache_dir: str | None = None,
     labels: Any = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Audit a dataset folder or ``.npz`` with the splits training would use (same seed and fractions);
-    ``labels``: a :class:`~cxrlab.config.LabelsConfig` when DATA is the image folder of a label file."""
+    ``labels``: a :class:`~cxrlab.config.LabelsConfig` when DATA is the image folder of a label file;
+    ``progress``: progress bars over reading and hashing the files (drawn on a terminal only)."""
     from cxrlab.config import DataConfig
     from cxrlab.data.cache import ImageCache
     from cxrlab.data.index import discover
+    from cxrlab.runtime import progress as progress_bar
 
     start = time.perf_counter()
     defaults = DataConfig()
@@ -86,12 +89,16 @@ def audit_dataset(
         paths = [s.path for s in index.samples]
         header, unreadable = read_properties(paths)
         unreadable.update(index.skipped)  # files the index already refused (e.g. names not valid UTF-8)
-        decoded, failures = ImageCache(cache_dir).load_many(paths, THUMBNAIL)
+        bar = progress_bar(desc="reading images", total=len(paths), quiet=not progress)
+        try:
+            decoded, failures = ImageCache(cache_dir).load_many(paths, THUMBNAIL, progress=bar.update)
+        finally:
+            bar.close()
         unreadable.update({p: r for p, r in failures.items() if p not in unreadable})
         keep = [i for i, p in enumerate(paths) if p not in unreadable]
         samples = [index.samples[i] for i in keep]
         props = [header[i] for i in keep]  # type: ignore[misc]
-        hashes = [content_hash(paths[i]) for i in keep]
+        hashes = [content_hash(paths[i]) for i in progress_bar(keep, "hashing files", quiet=not progress)]
         # filled row by row, each decoded thumbnail let go once copied: one copy at a time (at 100k images
         # a list plus np.stack held two, 2 x 400 MB)
         thumbs = np.empty((len(keep), THUMBNAIL, THUMBNAIL), np.uint8)

@@ -59,6 +59,7 @@ def audit(
     max_distance: Annotated[
         int, Opt(help="near duplicate: at most this many of 256 perceptual-hash bits differ")
     ] = 24,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
     **flags: Any,
 ) -> None:
     """Audit a dataset: counts, unreadable files, exact and near duplicates within and across splits,
@@ -105,6 +106,7 @@ def audit(
             max_distance,
             o["cache_dir"],
             labels_config(o),
+            progress=not quiet,
         )
     except BaseException:
         if not existed:

@@ -116,9 +116,7 @@ def _train_seeds(
 def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
     if not metrics:  # a DDP worker process (rank > 0): rank 0 prints the summary
         return
-    t = metrics["test"]
-    for w in metrics.get("audit", {}).get("warnings", []):
-        typer.secho(f"warning: {w}", fg="yellow", err=True)
+    t = metrics["test"]  # (the audit's warnings were printed before training started)
     if metrics.get("multilabel"):
         from cxrlab.evaluation.multilabel import summary_line
 
@@ -143,6 +141,7 @@ def evaluate(
     classes: Annotated[str, Opt(help="comma-separated classes to evaluate (default: the model's)")] = None,
     label_map: Annotated[str, Opt(help="map the dataset's class names to the model's: SRC=DST,…")] = None,
     out: Annotated[Path, Opt(help="where to write [default: RUN/evaluation or RUN/external]")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
     **flags: Any,
 ) -> None:
     """Evaluate a trained run (metrics with 95% CIs, plots, report) on its test split or on other data."""
@@ -157,6 +156,7 @@ def evaluate(
         out,
         o["device"],
         labels_config(o),
+        progress=not quiet,
     )
     t = result["test"]
     if result.get("multilabel"):
@@ -257,11 +257,9 @@ def _predict(
     used: set[str] = set()
     bar = None
     if not quiet and len(paths) > 1:
-        from tqdm.auto import tqdm
+        from cxrlab.runtime import progress
 
-        bar = tqdm(
-            total=len(paths), desc="predicting", unit="img", leave=False, dynamic_ncols=True, disable=None
-        )
+        bar = progress(desc="predicting", total=len(paths))
 
     held: list[dict[str, Any]] = []  # unreadable before the first prediction: if none follows, one error line
     good = 0

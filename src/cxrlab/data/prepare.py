@@ -9,6 +9,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -223,12 +224,12 @@ def _from_files(out: PreparedData, size: int, cfg: DataConfig, progress: bool) -
                 continue
             paths = [s.path for s in samples]
             array, rows, keys, bad = cache.store(
-                paths, size, cfg.resize, progress=bar.update if bar else None, entries=entries
+                paths, size, cfg.resize, progress=bar.update if bar is not None else None, entries=entries
             )
             failures.update(bad)
             kept[split] = (array, [samples[i] for i in rows], keys)
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
     if failures:
         index.skipped += sorted(failures.items())
@@ -255,21 +256,11 @@ def _from_files(out: PreparedData, size: int, cfg: DataConfig, progress: bool) -
             out.targets[split] = np.stack([s.targets for s in samples]).astype(np.float32)  # type: ignore[misc]
 
 
-class _Bar:
-    def __init__(self, total: int, desc: str):
-        from tqdm.auto import tqdm
+def _progress_bar(total: int, desc: str) -> Any:
+    """:func:`cxrlab.runtime.progress` (drawn on a terminal only), or None when there is nothing to count."""
+    from cxrlab.runtime import progress
 
-        self._bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True, disable=None)
-
-    def update(self, n: int) -> None:
-        self._bar.update(n)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-def _progress_bar(total: int, desc: str) -> _Bar | None:
-    return _Bar(total, desc) if total else None
+    return progress(desc=desc, total=total) if total else None
 
 
 # --------------------------------------------------------------------------- tensors

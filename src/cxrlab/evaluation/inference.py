@@ -68,6 +68,7 @@ def prepare_eval_data(
     label_map: dict[str, str] | None,
     max_images: int | None = None,
     labels: LabelsConfig | None = None,
+    progress: bool = False,
 ) -> PreparedData:
     """The run's own test split, or another dataset's test split (all of it when it has no splits);
     ``max_images`` keeps that many, taken in turn from each class (a quick sample).
@@ -152,7 +153,7 @@ def prepare_eval_data(
         _from_npz(prepared, size)
     else:
         data_cfg = cfg.data.model_copy(update={"path": data or cfg.data.path})
-        _from_files_eval(prepared, size, data_cfg)
+        _from_files_eval(prepared, size, data_cfg, progress)
     prepared.decode_s = time.perf_counter() - start
     if "test" not in (prepared.images if prepared.codes is None else prepared.codes):
         raise DataError("no readable evaluation images found")
@@ -244,17 +245,22 @@ def _round_robin(samples: list, n: int) -> list:
     return out
 
 
-def _from_files_eval(prepared: PreparedData, size: int, data_cfg) -> None:
+def _from_files_eval(prepared: PreparedData, size: int, data_cfg, progress: bool = False) -> None:
     # Like training's decoder, but a class may be absent from an external set.
     index = prepared.index
     from cxrlab.data.cache import IMAGE_ENTRY_LIMIT, ImageCache
+    from cxrlab.runtime import progress as progress_bar
 
     cache = ImageCache(data_cfg.cache_dir)
     paths = [s.path for s in index.samples]
     # one memory-mapped store (as training's splits), not a list of arrays stacked into a second copy
-    images, keep, keys, failures = cache.store(
-        paths, size, data_cfg.resize, entries=len(paths) <= IMAGE_ENTRY_LIMIT
-    )
+    bar = progress_bar(desc="decoding images", total=len(paths), quiet=not progress)
+    try:
+        images, keep, keys, failures = cache.store(
+            paths, size, data_cfg.resize, progress=bar.update, entries=len(paths) <= IMAGE_ENTRY_LIMIT
+        )
+    finally:
+        bar.close()
     index.skipped += sorted(failures.items())
     index.samples = [index.samples[i] for i in keep]
     if not keep:

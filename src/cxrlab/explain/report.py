@@ -70,13 +70,16 @@ def attention_report(
     seed: int = 0,
     n_boot: int = 1000,
     min_share: float = MIN_LUNG_SHARE,
+    progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """metrics.json's ``gallery`` and ``lung_attention`` for the test images ``images`` (uint8, the
     classifier's geometry) with true ``labels``, calibrated ``probs`` and thresholded ``preds``; gallery
-    thumbnails are written to ``folder/plots/gallery/`` (paths in the result relative to ``folder``)."""
+    thumbnails are written to ``folder/plots/gallery/`` (paths in the result relative to ``folder``).
+    ``progress``: a progress bar over the heatmaps (on a terminal only), once they are being computed."""
     from cxrlab.data.prepare import to_tensor
     from cxrlab.explain.cam import cam_model, heatmaps
     from cxrlab.explain.lungs import Segmenter, square_gray
+    from cxrlab.runtime import progress as progress_bar
 
     started = time.perf_counter()
     shutil.rmtree(folder / GALLERY, ignore_errors=True)  # an earlier evaluation's thumbnails
@@ -103,6 +106,8 @@ def attention_report(
 
     cams: dict[int, np.ndarray] = {}
     lungs: dict[int, np.ndarray] = {}  # lung probability at the segmenter's size
+    what = "explaining test images (Grad-CAM" + (", lung attention)" if score_lungs else ")")
+    bar = progress_bar(desc=what, total=len(wanted), quiet=not progress)
     for start in range(0, len(wanted), CHUNK):
         part = wanted[start : start + CHUNK]
         x = to_tensor(images[part], meta["channels"], tuple(meta["mean"]), tuple(meta["std"]))
@@ -110,6 +115,8 @@ def attention_report(
         small = np.stack([square_gray(images[i], seg.size) for i in part])
         for i, cam, lung in zip(part, maps, seg.predict(small), strict=True):
             cams[i], lungs[i] = cam, lung
+        bar.update(len(part))
+    bar.close()
 
     def share_of(i: int) -> tuple[float | None, float]:
         from cxrlab.explain.cam import upsample
@@ -244,11 +251,12 @@ def _lung_summary(
 
 
 def for_run(
-    loaded: LoadedRun, images: np.ndarray | None, folder: Path, warn: Any = None
+    loaded: LoadedRun, images: np.ndarray | None, folder: Path, warn: Any = None, progress: bool = True
 ) -> dict[str, dict[str, Any]]:
     """The gallery and lung-attention score of ``folder`` (a run folder after training, or a ``cxr evaluate``
     output folder): ``folder/predictions.csv`` gives each test image's path, true class, probabilities and
-    thresholded prediction, in the order of ``images``; settings come from the run's ``eval`` section.
+    thresholded prediction, in the order of ``images``; settings come from the run's ``eval`` section;
+    ``progress``: the heatmaps' progress bar (on a terminal only).
 
     Never fails the command it ends: an unexpected error becomes a note (and a line to ``warn``)."""
     from cxrlab.runs import read_csv
@@ -268,7 +276,7 @@ def for_run(
         preds = np.array([classes.index(r["pred"]) for r in rows], dtype=np.int64)
         return attention_report(
             loaded, images, [r["path"] for r in rows], labels, probs, preds, folder, cfg.eval.explain,
-            cfg.eval.explain_images, cfg.train.seed, cfg.eval.bootstrap or 1000,
+            cfg.eval.explain_images, cfg.train.seed, cfg.eval.bootstrap or 1000, progress=progress,
         )  # fmt: skip
     except Exception as exc:  # the run is trained and scored: a failed gallery must not fail it
         note = f"failed: {exc.__class__.__name__}: {exc}"

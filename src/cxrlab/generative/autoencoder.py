@@ -205,15 +205,18 @@ def train_autoencoder(
         save_last=True,
         enable_version_counter=False,
     )
+    from cxrlab.training.progress import progress_bar
+
+    bar, bar_callbacks = progress_bar(progress)  # "Epoch 3/20" on stderr, at a terminal only
     trainer = L.Trainer(
         accelerator="gpu" if dev == "cuda" else "cpu",
         devices=1,
         precision=resolve_precision("auto", dev),
         max_epochs=epochs,
-        callbacks=[ckpt, history],
+        callbacks=[ckpt, history, *bar_callbacks],
         logger=False,
         deterministic="warn",
-        enable_progress_bar=progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=out,

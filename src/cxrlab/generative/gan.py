@@ -256,9 +256,9 @@ def train_gan(
 
 
 def _bar(total: int, desc: str):
-    from tqdm.auto import tqdm
+    from cxrlab.runtime import progress
 
-    return tqdm(total=total, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+    return progress(desc=desc, total=total, unit="epoch")
 
 
 def load_generator(folder: str | Path) -> tuple[Generator, dict[str, Any]]:

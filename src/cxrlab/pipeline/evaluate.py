@@ -44,8 +44,10 @@ def evaluate_run(
     out: str | Path | None = None,
     device: str = "auto",
     labels: LabelsConfig | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Score a run on its test split or on another dataset; writes metrics, plots and a report.
+    ``progress``: progress bars (decoding, predicting, explaining; drawn on a terminal only).
 
     ``labels`` (``data.labels``: a label file, its preset and findings) reads the other dataset ``data``
     from a label file. A multi-label run is scored per finding on the findings both sides share (renamed by
@@ -54,7 +56,7 @@ def evaluate_run(
     _lock = run_lock(require_run(run), "wait for it to finish, then evaluate")  # held until we return
     settle_stale(run)  # a "running" status whose process is gone is recorded as interrupted
     loaded = load_run(run)
-    prepared = prepare_eval_data(loaded, data, classes, label_map, labels=labels)
+    prepared = prepare_eval_data(loaded, data, classes, label_map, labels=labels, progress=progress)
     target = Path(out) if out else loaded.path / ("evaluation" if data is None else "external")
     check_outside_inputs(target, (data,))
     check_out_folder(target, EVAL_OUTPUTS)  # never into a run folder or a folder of other files
@@ -72,7 +74,7 @@ def evaluate_run(
             tuple(meta["std"]),
             dev,
             loaded.cfg.train.precision,
-            progress="predicting",
+            progress="predicting" if progress else None,
             tta_shift=loaded.tta_shift,
         )
     if meta.get("task") == "multilabel":
@@ -120,7 +122,9 @@ def evaluate_run(
         loaded.classes,
     )
     # the Grad-CAM gallery and lung-attention score on these images (cxrlab.explain.report)
-    result.update(attention_for_run(loaded, prepared.images.get("test"), target, warn=_warn))
+    result.update(
+        attention_for_run(loaded, prepared.images.get("test"), target, warn=_warn, progress=progress)
+    )
     write_json(target / "metrics.json", result)
     internal = read_json(loaded.path / "metrics.json") if (loaded.path / "metrics.json").is_file() else None
     write_eval_report(target, result)

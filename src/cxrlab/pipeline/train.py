@@ -268,29 +268,45 @@ def _run(
     state["stage"] = "decoding"
     data = prepare_data(cfg.data, cfg.data.image_size, cfg.train.seed, progress=progress)
     state["stage"] = "preparing"
+    audit: dict[str, Any] = {}
     if zero:
         _write_splits(out, data)
+        # the data's leakage and shortcut warnings before any training: a user can stop a doomed run now
+        audit = quick_audit(data, cfg.data.cache_dir)
+        _print_warnings(audit.get("warnings", []))
     trained = fit(cfg, out, data, spec, device, resume, progress, state, callbacks)
     if trained is None:  # DDP worker: rank 0 evaluates and writes the run folder
         return {}
     state["evaluating"], state["stage"] = True, "evaluating"
     metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
     metrics["environment"] = environment()
-    metrics["audit"] = quick_audit(data, cfg.data.cache_dir)
+    metrics["audit"] = audit
     metrics.update(_attention(out, data, progress))
+    if cfg.train.tensorboard:
+        from cxrlab.training.tensorboard import log_test_metrics
+
+        log_test_metrics(out / "tensorboard", metrics["test"], trained.epochs_done)
     write_json(out / "metrics.json", metrics)
     write_run_report(out, cfg, metrics)
     write_status(out, "finished", epochs_done=trained.epochs_done)
     return metrics
 
 
+def _print_warnings(warnings: list[str]) -> None:
+    """The audit's warnings on stderr, one line each (yellow on a terminal)."""
+    tty = sys.stderr.isatty()
+    for w in warnings:
+        print(f"\x1b[33mwarning: {w}\x1b[0m" if tty else f"warning: {w}", file=sys.stderr)
+
+
 def _attention(out: Path, data: PreparedData, progress: bool) -> dict[str, Any]:
     """The report's Grad-CAM gallery and lung-attention score, from the saved model (a fast-path run's
-    full network) on the test images just scored (:mod:`cxrlab.explain.report`)."""
+    full network) on the test images just scored (:mod:`cxrlab.explain.report`; its progress bar shows
+    only when heatmaps are actually computed)."""
     loaded = load_run(out)
-    if progress and loaded.cfg.eval.explain != "off":
-        print("explaining test images (gallery, lung attention) ...", file=sys.stderr)
-    return attention_for_run(loaded, data.images.get("test"), out, warn=lambda s: print(s, file=sys.stderr))
+    return attention_for_run(
+        loaded, data.images.get("test"), out, warn=lambda s: print(s, file=sys.stderr), progress=progress
+    )
 
 
 def _codes_input(cfg: RunConfig, spec: ModelSpec) -> None:

@@ -3,16 +3,23 @@
 Scalars (train/val loss and accuracy, learning rate) reach TensorBoard through Lightning's
 ``TensorBoardLogger``; this callback adds what scalars cannot show:
 
-* ``samples/train`` — training images as the model sees them (after resizing), titled with their class;
-* ``confusion/val`` — the validation confusion matrix, one image per epoch (slider in the IMAGES tab);
+* ``samples/train`` — training images as the model sees them (after resizing), titled with their class
+  (multi-label: one row per finding of images that have it, and a row of images with none);
+* ``confusion/val`` — the validation confusion matrix, one image per epoch (slider in the IMAGES tab;
+  multi-label runs get ``val_auc/<finding>`` scalars instead);
 * ``weights/<name>`` and ``gradients/<name>`` — histograms of every trainable tensor, once per epoch
-  (gradients from the first optimiser step of the epoch).
+  (gradients from the first optimiser step of the epoch);
+* ``test/<metric>`` (and ``test_auc/<finding>``) — the test metrics of metrics.json, written once after
+  evaluation at the last epoch's step (:func:`log_test_metrics`).
 
 Open with ``tensorboard --logdir RUN/tensorboard``. Under DDP only global rank 0 writes, and its
 confusion matrix covers the validation images of rank 0's shard.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -55,6 +62,47 @@ def confusion_image(cm: np.ndarray, classes: list[str], cell: int = 56) -> np.nd
     return np.asarray(img)
 
 
+def finding_picture(images: np.ndarray, targets: np.ndarray, findings: list[str], per_row: int = 4):
+    """Multi-label samples: per finding, up to ``per_row`` training images that have it; then images with
+    no finding (targets all 0). Unknown targets (NaN) count as neither."""
+    from cxrlab.figures import grid_picture
+
+    rows, titles = [], []
+    for j, name in enumerate(findings):
+        idx = np.flatnonzero(targets[:, j] == 1)[:per_row]
+        if len(idx):
+            rows.append(images[idx])
+            titles.append(name)
+    none = np.flatnonzero((targets == 0).all(axis=1))[:per_row]
+    if len(none):
+        rows.append(images[none])
+        titles.append("no finding")
+    return grid_picture(rows, row_titles=titles, cell=64)
+
+
+def log_test_metrics(folder: Path, test: dict[str, Any], step: int) -> None:
+    """The test metrics (metrics.json's ``test``) as TensorBoard scalars in ``folder`` at ``step``:
+    ``test/<name>`` for every number (accuracy, AUC, loss, ECE; multi-label: macro and micro AUC, mean
+    average precision), ``test_auc/<finding>`` per finding with a defined AUC. Training's logger is
+    closed by then, so this writes one more event file beside its own."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    try:
+        for name, value in test.items():
+            if _scalar(value) and name not in ("n", "bootstrap_resamples", "findings_with_auc"):
+                writer.add_scalar(f"test/{name}", float(value), step)
+        for name, finding in (test.get("per_finding") or {}).items():
+            if _scalar(finding.get("auc")):
+                writer.add_scalar(f"test_auc/{name}", float(finding["auc"]), step)
+    finally:
+        writer.close()
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
 class TensorBoardExtras(L.Callback):
     """Sample inputs with labels, per-epoch confusion matrix, weight and gradient histograms."""
 
@@ -67,7 +115,8 @@ class TensorBoardExtras(L.Callback):
         histograms: bool = True,
         multilabel: bool = False,
     ):
-        # multi-label: no confusion matrix or labelled samples; per-finding validation AUC scalars instead
+        # multi-label: ``labels`` are the targets (N, findings); samples per finding, and per-finding
+        # validation AUC scalars instead of a confusion matrix
         self.multilabel = multilabel
         self.images = images
         self.labels = labels
@@ -83,11 +132,12 @@ class TensorBoardExtras(L.Callback):
         writer = _tensorboard_writer(trainer)
         if writer is None or not trainer.is_global_zero or self.images is None or not len(self.images):
             return
-        if self.multilabel:
-            return
-        from cxrlab.figures import sample_picture
+        if self.multilabel:  # ``labels`` are the targets (N, findings)
+            picture = finding_picture(self.images, self.labels, self.classes, self.per_class)
+        else:
+            from cxrlab.figures import sample_picture
 
-        picture = sample_picture(self.images, self.labels, self.classes, self.per_class)
+            picture = sample_picture(self.images, self.labels, self.classes, self.per_class)
         writer.add_image("samples/train", np.asarray(picture.convert("RGB")), 0, dataformats="HWC")
 
     # ------------------------------------------------------------------ confusion matrix

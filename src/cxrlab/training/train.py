@@ -46,6 +46,7 @@ from cxrlab.training.features import (
     prefix_activations,
 )
 from cxrlab.training.module import ClassifierModule
+from cxrlab.training.progress import progress_bar
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 #: with val_auc (multi-label runs, or train.monitor: val_auc)
@@ -201,11 +202,9 @@ def fit(
     if cfg.train.tensorboard and "train" in data.images:
         from cxrlab.training.tensorboard import TensorBoardExtras
 
-        callbacks.append(
-            TensorBoardExtras(
-                data.images["train"], data.labels["train"], data.classes, multilabel=data.multilabel
-            )
-        )
+        labels = data.targets["train"] if data.multilabel else data.labels["train"]
+        extras = TensorBoardExtras(data.images["train"], labels, data.classes, multilabel=data.multilabel)
+        callbacks.append(extras)
     history = HistoryCallback(out / "history.csv", history_rows, auc=module.track_auc)
     trainer = _trainer(cfg, out, device, progress, history, callbacks)
     ckpt = out / "checkpoints" / "last.ckpt"
@@ -477,6 +476,8 @@ def _trainer(
         loggers.append(TensorBoardLogger(out, name="tensorboard", version="", default_hp_metric=False))
     devices: Any = cfg.train.devices if cfg.train.devices == "auto" else int(cfg.train.devices)
     os.environ.setdefault("PL_DISABLE_FORK", "0")
+    bar, bar_callbacks = progress_bar(progress)  # "Epoch 3/20" on stderr, at a terminal only
+    callbacks += bar_callbacks
     return L.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=devices,
@@ -487,7 +488,7 @@ def _trainer(
         callbacks=callbacks,
         logger=loggers,
         deterministic=True,
-        enable_progress_bar=progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
