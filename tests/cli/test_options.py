@@ -21,9 +21,9 @@ from tests.trust.conftest import copy_subset, one_line_error
 # or here, consciously).
 NOT_CONFIG = {
     "train": {"out", "config", "set_", "resume", "overwrite", "quiet", "seeds", "help"},  # seeds: many runs
-    "audit": {"data", "out", "max_distance", "help"},
+    "audit": {"data", "data_option", "out", "max_distance", "quiet", "help"},
     "summary": {"model", "config", "num_classes", "set_", "layers", "as_json", "help"},
-    "evaluate": {"run", "data", "classes", "label_map", "out", "help"},
+    "evaluate": {"run", "data", "classes", "label_map", "out", "quiet", "help"},
 }
 TABLES = {"train": TRAIN, "audit": AUDIT, "summary": SUMMARY, "evaluate": EVALUATE}
 
