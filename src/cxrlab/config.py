@@ -31,6 +31,26 @@ def split_list(text: str, option: str = "list") -> list[str]:
     return items
 
 
+#: The largest value a float32 holds (3.4e38, rounded down): a learning rate or weight decay above it cannot
+#: even reach the optimiser, so it is refused as a config value rather than failing inside torch.
+FLOAT32_MAX = 3.4e38
+#: Upper bounds of counts on the command line and in configs: far above any real use, small enough that a
+#: mistyped 99999999999999999999 is refused in one line instead of overflowing or running for ever.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 100_000
+
+
+def check_range(option: str, value: float | None, low: float, high: float, what: str) -> None:
+    """One line when a command-line number is not finite or outside ``[low, high]`` (None: not given):
+    ``--steps 0: give a number of timed steps from 1 to 100,000``."""
+    if value is None:
+        return
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not (finite and low <= value <= high):
+        shown = value if isinstance(value, int) else f"{value:g}"
+        raise ConfigError(f"{option} {shown}: give {what} from {low:,} to {high:,}")
+
+
 class _Section(BaseModel):
     # inf/nan are never meaningful config values (a learning rate of inf diverges at once)
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -190,7 +210,7 @@ class ModelConfig(_Section):
     freeze: str = Field(
         "none", description="none | backbone | N (first N layers) | blocks:K (first K backbone blocks)"
     )
-    in_channels: int | None = Field(None, description="1 or 3; default: the model's")
+    in_channels: int | None = Field(None, ge=1, le=4096, description="1 or 3; default: the model's")
     width: float = Field(1.0, gt=0, description="width multiplier for the small CNNs")
     conv_dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each conv block (small CNNs)")
     conv_batch_norm: bool = Field(True, description="batch norm in each conv block (small CNNs)")
@@ -223,8 +243,8 @@ class TrainConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, description="SGD only")
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
     early_stopping: int | None = Field(5, ge=1, description="patience in epochs; null turns it off")
     monitor: Literal["val_loss", "val_acc", "val_auc"] = Field(
         "val_loss", description="early stopping / best epoch: val_loss, val_acc or val_auc (macro)"
@@ -248,7 +268,7 @@ class TrainConfig(_Section):
     seed: int = Field(0, ge=0, lt=2**32, description="random seed, 0 ≤ seed < 2**32")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     devices: str = Field("auto", description="number of devices (Lightning --devices)")
-    num_nodes: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1, le=10_000)
     strategy: str = Field("auto", description="Lightning strategy, e.g. ddp")
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     fast_path: bool = Field(True, description="frozen backbone + no augmentation → cache features")
@@ -260,6 +280,36 @@ class TrainConfig(_Section):
     def _yaml_number_is_text(cls, value: object) -> object:
         # `precision: 32` in YAML (or --set train.precision=32) reads as the number 32
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("lr", "weight_decay", "momentum")
+    @classmethod
+    def _float32(cls, value: float) -> float:
+        if value > FLOAT32_MAX:
+            raise ValueError(f"must be at most {FLOAT32_MAX:g} (the largest float32)")
+        return value
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # `devices: 2` in YAML
+        if isinstance(value, str) and value != "auto":
+            if not (value.strip().isdigit() and 1 <= int(value) <= 1024):
+                raise ValueError("must be 'auto' or a number of devices from 1 to 1024")
+            value = value.strip()
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        if value.lower() == "auto":
+            return value
+        from lightning.pytorch.strategies import StrategyRegistry  # only for a named strategy
+
+        known = StrategyRegistry.available_strategies()
+        if value.lower() not in known:
+            raise ValueError(f"unknown Lightning strategy; choose auto, {', '.join(known)}")
+        return value
 
     @field_validator("pos_weight")
     @classmethod
@@ -422,8 +472,10 @@ def check_seed_and_lr(seed: int | None = None, lr: float | None = None) -> None:
     (`cxr gan`, `cxr autoencoder`): a seed in [0, 2**32) and a finite learning rate > 0."""
     if seed is not None and not 0 <= seed < 2**32:
         raise ConfigError(f"--seed {seed}: give a seed from 0 to 2**32 - 1")
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"--lr {lr}: give a finite learning rate > 0, e.g. 1e-3")
+    if lr is not None and not (math.isfinite(lr) and 0 < lr <= FLOAT32_MAX):
+        raise ConfigError(
+            f"--lr {lr:g}: give a finite learning rate > 0 (at most {FLOAT32_MAX:g}), e.g. 1e-3"
+        )
 
 
 def validate_model_meta(raw: Any, path: str | Path) -> dict[str, Any]:
@@ -437,6 +489,13 @@ def validate_model_meta(raw: Any, path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             _describe(exc, str(path)) + "; the file is damaged or was edited: retrain the run or restore it"
         ) from None
+    positive = meta.operating_point.positive_class if meta.operating_point is not None else None
+    if positive is not None and positive not in meta.classes:
+        raise ConfigError(
+            f"{path}: 'operating_point.positive_class' {positive!r} is not a class of the model (its "
+            f"classes: {', '.join(meta.classes)}); the file is damaged or was edited: retrain the run or "
+            "restore it"
+        )
     if meta.input == "codes":
         return raw
     if meta.channels not in (1, 3):

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cxrlab.config import RunConfig
+from cxrlab.config import MAX_EPOCHS, RunConfig, check_range
 from cxrlab.data.bundled import bundled_pneumoniamnist
 
 RECIPE = "fast_pneumoniamnist"
@@ -21,6 +21,7 @@ RECIPE = "fast_pneumoniamnist"
 def demo_config(epochs: int | None = None) -> RunConfig:
     """The demo's run: the fast_pneumoniamnist recipe (small CNN from scratch, 28×28 grayscale, official
     split) on the bundled file; ``epochs`` overrides the recipe's."""
+    check_range("--epochs", epochs, 1, MAX_EPOCHS, "a number of epochs")
     with resources.as_file(resources.files("cxrlab") / "recipes" / f"{RECIPE}.yaml") as path:
         cfg = RunConfig.load(path)
     cfg.task = "PneumoniaMNIST: pneumonia vs normal (demo)"

@@ -146,8 +146,10 @@ def evaluate(
 ) -> None:
     """Evaluate a trained run (metrics with 95% CIs, plots, report) on its test split or on other data."""
     from cxrlab.pipeline.evaluate import evaluate_run
+    from cxrlab.runtime import resolve_device
 
     o = resolved(EVALUATE, flags)
+    resolve_device(o["device"])  # a mistyped --device: one line before the run is read or --out is made
     result = evaluate_run(
         run,
         data,

@@ -42,11 +42,15 @@ __all__ = [
 def labels_config(values: dict[str, Any]) -> Any:
     """The ``data.labels`` section from :data:`LABEL_FILE` flag values (as :func:`resolved` gives them),
     or None without ``--labels``: for commands that call the data layer without a run config."""
-    from cxrlab.config import LabelsConfig
+    from pydantic import ValidationError
 
-    if not values.get("labels"):
-        return None
-    return LabelsConfig(**{f.key.rsplit(".", 1)[1]: values[f.name] for f in LABEL_FILE})
+    from cxrlab.config import LabelsConfig, _describe
+
+    try:  # checked even without --labels: a mistyped --labels-format is named, not ignored
+        cfg = LabelsConfig(**{f.key.rsplit(".", 1)[1]: values[f.name] for f in LABEL_FILE})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "label-file flags")) from None
+    return cfg if values.get("labels") else None
 
 
 def parse_label_map(text: str, option: str = "--label-map") -> dict[str, str]:

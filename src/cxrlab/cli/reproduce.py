@@ -45,10 +45,14 @@ def reproduce(
 
     Example: cxr reproduce 000 --data-root ../shared/data --out reproduce --budget quick
     """
+    from cxrlab.config import check_seed_and_lr
     from cxrlab.errors import ConfigError
-    from cxrlab.reproduce import load_catalog, select_reports
+    from cxrlab.reproduce import BUDGETS, load_catalog, select_reports
     from cxrlab.reproduce import reproduce as run
 
+    if budget not in BUDGETS:  # flags are checked before anything is listed or run
+        raise ConfigError(f"--budget {budget!r}: give {' or '.join(BUDGETS)}")
+    check_seed_and_lr(seed)
     if list_:
         for rep in select_reports(report or ["all"]):
             print(f"{rep.id}  {rep.title}")

@@ -109,6 +109,7 @@ def summary(
     Examples: cxr summary vgg16 --freeze backbone;  cxr summary --config configs/covid_vgg16_binary.yaml
     """
     from cxrlab.cli.core import build_config
+    from cxrlab.config import check_range
     from cxrlab.errors import ConfigError
     from cxrlab.models.summary import summarize
 
@@ -116,6 +117,7 @@ def summary(
         raise ConfigError("give a MODEL name or --config FILE (one of them), e.g. `cxr summary vgg16`")
     if layers not in ("all", "params", "none"):
         raise ConfigError(f"--layers {layers!r}: choose all, params or none")
+    check_range("--num-classes", num_classes, 1, 100_000, "a number of classes")
     cfg = build_config(config, {"model.name": model, **overrides(SUMMARY, flags)}, set_)
     findings = None if num_classes else _label_file_findings(cfg)
     classes = num_classes or (len(findings) if findings else len(cfg.data.classes) if cfg.data.classes else 2)

@@ -275,24 +275,44 @@ def _table(file: Path) -> tuple[list[str], Iterator[list[str]]]:
     if b"\x00" in sample or not _utf8_prefix(sample):
         raw.close()
         raise DataError(f"{file} is not a text label file (binary content); give a CSV or TSV file")
-    if not sample.strip():
+    body = sample.removeprefix(b"\xef\xbb\xbf")
+    if not body.strip():
         raw.close()
-        raise DataError(f"label file {file} is empty; it needs a header row and one row per image")
-    first = sample.split(b"\n", 1)[0]
+        bom = " (nothing but a UTF-8 byte-order mark" + (" and blank space)" if body else ")")
+        only = bom if body != sample else ""
+        raise DataError(f"label file {file} is empty{only}; it needs a header row and one row per image")
+    first = body.lstrip(b"\r\n").split(b"\n", 1)[0]
     delimiter = "\t" if first.count(b"\t") > first.count(b",") else ","
     raw.seek(0)
     text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
     reader = csv.reader(text, delimiter=delimiter)
-    header = [h.strip() for h in next(reader)]
-    return header, _rows(reader, file, text)
+    rows = _rows(reader, file, text)
+    header = next((row for row in rows if row), None)  # blank lines before the header are skipped
+    if header is None:
+        raise DataError(f"label file {file} has no header row (only blank lines); it needs a header row and "
+                        "one row per image")  # fmt: skip
+    return [h.strip() for h in header], rows
 
 
 def _rows(reader: Any, file: Path, text: io.TextIOWrapper) -> Iterator[list[str]]:
+    """The rows of ``reader``; a row it cannot read is one line naming the file and the line it starts on."""
+    start = 1
     try:
-        yield from reader
-    except (UnicodeDecodeError, csv.Error, OSError, EOFError) as exc:
+        for row in reader:
+            yield row
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            raise DataError(
+                f"{file}: the row starting at line {start:,} has a field longer than "
+                f'{csv.field_size_limit():,} characters, which no label file needs: usually a quote (") '
+                "opened and never closed, so the lines after it read as one field; fix the quoting or "
+                "re-export the file"
+            ) from None
+        raise DataError(f"{file}: cannot read line {start:,} ({exc}); fix or re-export the file") from None
+    except (UnicodeDecodeError, OSError, EOFError) as exc:
         raise DataError(
-            f"{file}: cannot read row {reader.line_num:,} ({exc}); fix or re-export the file"
+            f"{file}: cannot read near line {start:,} ({exc}); fix or re-export the file"
         ) from None
     finally:
         text.close()

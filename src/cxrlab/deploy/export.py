@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import time
 import warnings
@@ -235,6 +236,11 @@ def export_run(
     parity result. Nothing is written when the check fails."""
     if fmt not in FORMATS:
         raise CxrError(f"--format {fmt!r}: choose onnx or torchscript")
+    if not (math.isfinite(tolerance) and 0 <= tolerance < 1):
+        raise CxrError(
+            f"--tolerance {tolerance:g}: give the largest difference in probability allowed, from 0 up to "
+            f"(not including) 1, e.g. {PARITY_TOLERANCE:g}"
+        )
     out = Path(out)
     if out.is_dir():
         raise CxrError(

@@ -32,6 +32,7 @@ import contextlib
 import hmac
 import io
 import json
+import math
 import os
 import secrets
 import threading
@@ -270,6 +271,19 @@ def _pair(values: Any) -> list[float | None] | None:
     return [_num(v) for v in values]
 
 
+MAX_UPLOAD_MB = 10_240
+"""The largest ``--max-upload-mb`` accepted (10 GiB): far above any radiograph, small enough to hold."""
+
+
+def check_max_upload_mb(value: float) -> None:
+    """A finite upload limit above 0 and at most :data:`MAX_UPLOAD_MB`, or one line saying so."""
+    if not (math.isfinite(value) and 0 < value <= MAX_UPLOAD_MB):
+        raise CxrError(
+            f"--max-upload-mb {value:g}: give a size in MB above 0 and at most {MAX_UPLOAD_MB:,} (10 GB), "
+            f"e.g. {DEFAULT_MAX_UPLOAD_MB:g}"
+        )
+
+
 def create_app(
     run: str | Path,
     token: str | None = None,
@@ -288,6 +302,7 @@ def create_app(
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    check_max_upload_mb(max_upload_mb)
     loaded = image_run(run)
     rid = run_id(loaded)
     card = model_card(loaded, rid)
@@ -669,8 +684,9 @@ def serve(
     """Serve ``run`` until interrupted (uvicorn, one process)."""
     import uvicorn
 
-    if max_upload_mb <= 0:
-        raise CxrError(f"--max-upload-mb {max_upload_mb:g}: give a positive size in MB")
+    check_max_upload_mb(max_upload_mb)
+    if not 1 <= decode_workers <= 256:
+        raise CxrError(f"--decode-workers {decode_workers}: give a number of threads from 1 to 256")
     token = token or os.environ.get(TOKEN_ENV) or None
     check_port(host, port)
     app = create_app(run, token=token, max_upload_mb=max_upload_mb, decode_workers=decode_workers,

@@ -285,8 +285,14 @@ def run_bench(
     known = {"cpu", "cuda", "mps"}
     if any(d not in known for d in devices):
         raise CxrError(f"--devices {','.join(devices)}: choose from {', '.join(sorted(known))}")
-    if (batch_size is not None and batch_size < 1) or steps < 1 or warmup < 0 or dataset_size < 1:
-        raise CxrError("--batch-size, --steps and --dataset-size must be at least 1 (--warmup at least 0)")
+    from cxrlab.config import MAX_BATCH, check_range
+
+    check_range("--batch-size", batch_size, 1, MAX_BATCH, "a batch size")
+    check_range("--image-size", image_size, 8, 4096, "an input size in pixels")
+    check_range("--steps", steps, 1, 100_000, "a number of timed steps")
+    check_range("--warmup", warmup, 0, 100_000, "a number of warm-up steps")
+    check_range("--dataset-size", dataset_size, 1, 10**9, "a number of training images")
+    check_range("--num-classes", num_classes, 1, 100_000, "a number of classes")
     common = {"steps": steps, "warmup": warmup, "dataset_size": dataset_size, "image_size": image_size}
     planned: list[dict[str, Any]] = [
         {**common, "model": m, "precision": p, "batch_size": batch_size or 32, "num_classes": num_classes}

@@ -383,8 +383,12 @@ def run_sweep(
     from cxrlab.training.train import TrainingInterrupted
 
     out = Path(out)
-    if trials is not None and (isinstance(trials, bool) or trials < 1):
-        raise ConfigError(f"--trials {trials}: give at least 1 trial (or leave it out for the default)")
+    if trials is not None and (isinstance(trials, bool) or not 1 <= trials <= 100_000):
+        raise ConfigError(
+            f"--trials {trials}: give at least 1 trial and at most 100,000 (or leave it out for the default)"
+        )
+    if sampler not in ("auto", "grid", "tpe"):  # before --out is made (open_study comes after it)
+        raise ConfigError(f"--sampler {sampler!r}: choose auto, grid or tpe")
     if storage is not None:
         check_storage(storage)
     plist = [p if isinstance(p, Param) else parse_param(p) for p in params]

@@ -154,8 +154,12 @@ def train_lungs(
 
     if size % 8 or not 32 <= size <= 512:
         raise CxrError(f"--size {size}: give a multiple of 8 between 32 and 512 (128 is the default)")
-    if epochs < 1:
-        raise CxrError(f"--epochs {epochs}: give at least 1")
+    if not 1 <= epochs <= 100_000:
+        raise CxrError(f"--epochs {epochs}: give a number of epochs from 1 to 100,000")
+    if not 1 <= base <= 256:
+        raise CxrError(f"--width {base}: give a U-Net base width from 1 to 256 (8 is the default)")
+    if not 0 <= seed < 2**32:
+        raise CxrError(f"--seed {seed}: give a seed from 0 to 2**32 - 1")
     pairs = read_pairs(data)
     out = check_out_path(out)
     lock = claim_folder(

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from cxrlab.config import check_seed_and_lr
+from cxrlab.config import MAX_BATCH, MAX_EPOCHS, check_range, check_seed_and_lr
 from cxrlab.data.index import CODES_FILE
 from cxrlab.errors import ConfigError, CxrError
 from cxrlab.figures import image_grid
@@ -50,6 +50,7 @@ from cxrlab.generative.common import (
 )
 from cxrlab.runs import save_weights, write_csv, write_json
 from cxrlab.runtime import batched, resolve_device, resolve_precision
+from cxrlab.training.module import TrainingDiverged
 
 META = "autoencoder.json"
 WEIGHTS = "autoencoder.safetensors"
@@ -103,6 +104,12 @@ class AutoencoderModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):  # noqa: D102
         loss = self._loss(batch)
+        if not bool(torch.isfinite(loss.detach())):
+            raise TrainingDiverged(
+                f"the autoencoder's reconstruction loss became {float(loss):g} at epoch "
+                f"{self.current_epoch + 1} (step {self.global_step + 1}); lower --lr (now {self.lr:g}), "
+                "e.g. 1e-3"
+            )
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[0]))
         return loss
 
@@ -158,8 +165,11 @@ def train_autoencoder(
     from cxrlab.runtime import quiet_lightning
 
     check_seed_and_lr(seed, lr)
-    if depth < 1 or latent_channels < 1 or epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ConfigError("--depth, --latent, --epochs and --batch-size must be ≥ 1, --lr > 0")
+    check_range("--image-size", image_size, 8, 1024, "an input size in pixels")
+    check_range("--depth", depth, 1, 8, "a number of stride-2 layers")
+    check_range("--latent", latent_channels, 1, 4096, "a number of code channels")
+    check_range("--epochs", epochs, 1, MAX_EPOCHS, "a number of epochs")
+    check_range("--batch-size", batch_size, 1, MAX_BATCH, "a batch size")
     if image_size % 2**depth:
         raise ConfigError(
             f"--image-size {image_size} is not divisible by 2^depth = {2**depth}; "
@@ -224,6 +234,10 @@ def train_autoencoder(
     t_train = time.perf_counter()
     try:
         trainer.fit(module, train_dl, val_dl)
+    except TrainingDiverged:
+        meta.update(status="failed", epochs_done=len(history.rows))
+        write_json(out / META, meta)
+        raise
     except SystemExit:  # Lightning's answer to Ctrl-C
         if trainer.interrupted:
             meta.update(status="interrupted", epochs_done=len(history.rows))
@@ -309,6 +323,7 @@ def encode_dataset(
     Splits are made exactly as `cxr train` makes them for the same data and seed (default: the
     autoencoder's seed), so a code-trained run and a raw-image run score the same test images.
     """
+    check_range("--batch-size", batch_size, 1, MAX_BATCH, "a batch size")
     net, ae = load_autoencoder(autoencoder)
     dev = resolve_device(device)
     data_cfg = ae["data"]

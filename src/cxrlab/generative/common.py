@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrlab.config import DataConfig
+from cxrlab.config import DataConfig, check_range
 from cxrlab.data.prepare import PreparedData, prepare_data
 from cxrlab.errors import CxrError, DataError, ModelError
 from cxrlab.runs import (
@@ -125,6 +125,7 @@ def load_data(
     """Decode a dataset like `cxr train` does (same splits for the same data and seed)."""
     if not data:
         raise DataError("no data given: pass --data FOLDER (class subfolders or train/val/test)")
+    check_range("--max-per-class", max_per_class, 1, 10**9, "a number of images per class and split")
     protect(data)  # --overwrite never deletes the folder being read
     cfg = DataConfig(
         path=str(data), classes=classes, max_per_class=max_per_class, cache_dir=cache_dir, resize=resize

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlab.config import check_seed_and_lr
+from cxrlab.config import MAX_BATCH, MAX_EPOCHS, check_range, check_seed_and_lr
 from cxrlab.errors import ConfigError, CxrError, DataError
 from cxrlab.generative.common import (
     check_out,
@@ -55,10 +55,11 @@ LOSS_FIELDS = ["epoch", "loss_d", "loss_g", "d_real", "d_fake", "seconds"]
 
 def _levels(image_size: int) -> int:
     """Number of ×2 stages between 4×4 and ``image_size`` (64 → 4)."""
-    k = int(math.log2(image_size)) - 2
-    if image_size < 16 or 2 ** (k + 2) != image_size:
-        raise ConfigError(f"--image-size {image_size}: the DCGAN needs a power of two ≥ 16 (e.g. 64)")
-    return k
+    if not 16 <= image_size <= 1024 or image_size & (image_size - 1):
+        raise ConfigError(
+            f"--image-size {image_size}: the DCGAN needs a power of two from 16 to 1024 (e.g. 64)"
+        )
+    return int(math.log2(image_size)) - 2
 
 
 class Generator(nn.Module):
@@ -153,8 +154,15 @@ def train_gan(
 ) -> dict[str, Any]:
     """Train a DCGAN on one class's training images; write ``out`` (see the module docstring)."""
     check_seed_and_lr(seed, lr)
-    if min(epochs, batch_size, nz, ngf, ndf) < 1 or lr <= 0 or not 0 <= beta1 < 1 or checkpoint_every < 0:
-        raise ConfigError("--epochs/--batch-size/--nz/--ngf/--ndf must be ≥ 1, --lr > 0, 0 ≤ --beta1 < 1")
+    check_range("--epochs", epochs, 1, MAX_EPOCHS, "a number of epochs")
+    check_range("--batch-size", batch_size, 1, MAX_BATCH, "a batch size")
+    check_range("--nz", nz, 1, 4096, "a noise vector length")
+    check_range("--ngf", ngf, 1, 1024, "a generator width")
+    check_range("--ndf", ndf, 1, 1024, "a discriminator width")
+    check_range("--max-images", max_images, 1, 10**9, "a number of images")
+    check_range("--checkpoint-every", checkpoint_every, 0, MAX_EPOCHS, "a number of epochs (0: latest only)")
+    if not (math.isfinite(beta1) and 0 <= beta1 < 1):
+        raise ConfigError(f"--beta1 {beta1:g}: give Adam's beta1 from 0 up to (not including) 1, e.g. 0.5")
     _levels(image_size)
     dev = resolve_device(device)
     check_out(out, META, overwrite, "a GAN folder")
@@ -209,12 +217,15 @@ def train_gan(
                 opt_d.zero_grad(set_to_none=True)
                 p_real = disc(real)
                 p_fake = disc(fake.detach())
+                _check_finite(p_real, p_fake, epoch=epoch, lr=lr, out=out, meta=meta)
                 loss_d = bce(p_real, ones) + bce(p_fake, zeros)
                 loss_d.backward()
                 opt_d.step()
                 # generator: make the discriminator say 1 on fakes (non-saturating loss)
                 opt_g.zero_grad(set_to_none=True)
-                loss_g = bce(disc(fake), ones)
+                p_gen = disc(fake)
+                _check_finite(p_gen, epoch=epoch, lr=lr, out=out, meta=meta)
+                loss_g = bce(p_gen, ones)
                 loss_g.backward()
                 opt_g.step()
                 sums += (
@@ -253,6 +264,19 @@ def train_gan(
     meta.update(status="finished", finished=now(), total_s=round(time.perf_counter() - t0, 3))
     write_json(out / META, meta)
     return meta
+
+
+def _check_finite(*outputs: torch.Tensor, epoch: int, lr: float, out: Path, meta: dict[str, Any]) -> None:
+    """One line (and gan.json marked failed) when the discriminator's outputs became NaN: the GAN diverged,
+    and BCE would fail on them with torch's own message."""
+    if all(bool(torch.isfinite(o).all()) for o in outputs):
+        return
+    meta.update(status="failed", epochs_done=epoch - 1)
+    write_json(out / META, meta)
+    raise ConfigError(
+        f"the GAN diverged at epoch {epoch}: the discriminator's outputs became NaN; lower --lr "
+        f"(now {lr:g}), e.g. 2e-4; {out} is left unfinished"
+    )
 
 
 def _bar(total: int, desc: str):
@@ -303,6 +327,7 @@ def sample_gan(
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
         raise ConfigError(f"--n {n}: give a number of images from 1 to {MAX_SAMPLES:,}")
     check_seed_and_lr(seed)
+    resolve_device(device)  # a mistyped --device: one line before the GAN folder is read
     gen, meta = load_generator(folder)
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cxrlab.config import check_seed_and_lr
+from cxrlab.config import check_range, check_seed_and_lr
 from cxrlab.data.images import ImageReadError, is_image_file, load_gray
 from cxrlab.errors import DataError
 from cxrlab.figures import image_grid
@@ -209,6 +209,9 @@ def quality_report(
     Writes ``out/quality.json``, ``out/plots/*.png`` and ``out/report.html``.
     """
     check_seed_and_lr(seed)
+    check_range("--size", size, 8, 1024, "an image size in pixels")
+    check_range("--folds", folds, 2, 100, "a number of cross-validation folds")
+    check_range("--cnn-steps", cnn_steps, 0, 100_000, "a number of steps (0 skips the CNN detector)")
     folder = Path(synthetic)
     if not folder.is_dir():
         raise DataError(f"synthetic folder not found: {folder} (give DIR with DIR/<class>/*.png)")
