@@ -22,9 +22,12 @@ def copy_subset(src: Path, dst: Path, per_split: dict[str, int], classes: tuple[
 
 
 def one_line_error(proc, code: int = 2) -> str:
-    """Assert the CLI failed with exactly one clean line on stderr, and return it."""
+    """Assert the CLI failed with exactly one clean error line on stderr, and return it.
+
+    The data audit's warnings (``warning: …``, one line each) print before training starts, so they may
+    precede the error; nothing else may."""
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("warning: ")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("error: ")
     return lines[0]
