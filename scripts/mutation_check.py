@@ -2,14 +2,17 @@
 
 Every mutation is a realistic 1–3 line bug in ``src/cxrlab`` (an off-by-one, ``>=`` for ``>``, a dropped
 inversion, a wrong percentile, a patient grouping dropped…) together with the tests that cover that code.
-For each one, a private copy of ``src/`` gets the edit (the working tree is never touched: others run tests
-against it), and ``python -m pytest SELECTION -x`` runs from the repository root with ``PYTHONPATH`` pointing
-at the copy, so the mutated package shadows the editable install (checked before anything runs).
+The check runs on a private snapshot of the repository (``git archive`` of ``--ref``, HEAD by default, so
+uncommitted edits others are making cannot break or fake a result; ``--worktree`` takes the working tree,
+``--overlay FILE…`` copies working-tree files over the snapshot), with a ``shared`` link beside it to the
+datasets. For each mutation the snapshot's file gets the edit, ``python -m pytest SELECTION -x`` runs in the
+snapshot with ``PYTHONPATH`` at its ``src/`` (the mutated package shadows the editable install: checked
+before anything runs), and the file is restored. The working tree is never touched.
 
 Outcomes: ``killed`` (pytest exit 1: a test failed or errored), ``survived`` (exit 0: the suite missed the
 bug), ``stale`` (the ``old`` snippet no longer occurs exactly once), ``timeout``, ``error`` (any other exit
 status: collection error, usage error, no tests). The selections are first run unmutated (the baseline),
-on the same copy; a failing baseline stops the check.
+on the same snapshot; a failing (or skipping) baseline stops the check.
 
     .venv/bin/python scripts/mutation_check.py                    # everything (baseline, then mutations)
     .venv/bin/python scripts/mutation_check.py --list
@@ -38,7 +41,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
 PACKAGE = "cxrlab"
 
 
@@ -75,6 +77,7 @@ MULTILABEL = ("tests/evaluation/test_multilabel_metrics.py",)
 INDEX = ("tests/data/test_index.py",)
 LABELS = ("tests/data/test_labels.py",)
 PATIENTS = (
+    "tests/data/test_patients.py",
     "tests/audit/test_audit.py::test_patients_from_a_csv_column",
     "tests/audit/test_audit.py::test_training_splits_group_patients_from_a_csv",
 )
@@ -85,6 +88,7 @@ OVERWRITE = tuple(
     for t in (
         "test_overwrite_never_deletes_the_data_folder",
         "test_overwrite_never_deletes_the_current_folder",
+        "test_overwrite_never_deletes_a_folder_holding_the_current_folder",
         "test_overwrite_replaces_only_a_run_folder_cxrlab_wrote",
         "test_generative_folders_use_the_same_guard",
     )
@@ -103,6 +107,8 @@ DUPLICATES = tuple(
         "test_phash_is_imagehash_phash",
         "test_near_duplicate_threshold_separates_copies_from_other_radiographs",
         "test_close_pairs_equals_all_pairs_hamming_at_every_chunk_size",
+        "test_near_duplicates_are_at_most_near_distance_bits_apart",
+        "test_content_hash_is_the_sha256_of_all_the_bytes",
         "test_cli_audit_finds_planted_leakage_and_shortcut",
     )
 )
@@ -333,42 +339,61 @@ MUTATIONS: list[Mutation] = [
 # --------------------------------------------------------------------------- running
 
 
-def _copy_src(dest: Path) -> Path:
-    """A private copy of ``src/`` (no bytecode caches) under ``dest``; returns the copy's ``src``."""
-    target = dest / "src"
-    shutil.copytree(SRC, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    return target
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
 
 
-def _env(src_copy: Path) -> dict[str, str]:
+def make_tree(dest: Path, ref: str | None, overlay: list[str]) -> Path:
+    """A private snapshot of the repository under ``dest/repo``: the files of commit ``ref`` (git archive), or
+    with ``ref=None`` the working tree's tracked and untracked, not ignored, files; then the ``overlay``
+    files from the working tree on top. ``dest/shared`` links to the datasets beside the clone, so the tests
+    find them as in the clone. Returns the snapshot's root (pytest runs there, its ``src`` on PYTHONPATH)."""
+    repo = dest / "repo"
+    repo.mkdir(parents=True)
+    if ref is not None:
+        archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(repo)], input=archive, check=True)
+    else:
+        for name in git("ls-files", "-co", "--exclude-standard", "-z").split("\0"):
+            if name and (ROOT / name).is_file():
+                (repo / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, repo / name)
+    for name in overlay:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    if (ROOT.parent / "shared").exists():
+        (dest / "shared").symlink_to(ROOT.parent / "shared")
+    return repo
+
+
+def _env(repo: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(src_copy), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(repo / "src"), *filter(None, [env.get("PYTHONPATH")])])
     env.pop("CXRLAB_CACHE_DIR", None)  # a persistent cache of decoded images would hide decoder mutations
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # stale .pyc of a mutated file can never be picked up
     return env
 
 
-def check_shadowing(src_copy: Path) -> str:
-    """The package a child python imports with the copy on PYTHONPATH (must be the copy's)."""
+def check_shadowing(repo: Path) -> str:
+    """The package a child python imports with the snapshot's src on PYTHONPATH (must be the snapshot's)."""
     proc = subprocess.run(
         [sys.executable, "-c", f"import {PACKAGE}; print({PACKAGE}.__file__)"],
-        env=_env(src_copy), cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=_env(repo), cwd=repo, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     return proc.stdout.strip() or proc.stderr.strip()
 
 
-FAILED_LINE = re.compile(r"^(FAILED|ERROR) (\S+)", re.M)
+FAILED_LINE = re.compile(r"^(FAILED|ERROR) (.+?)(?: - .*)?$", re.M)  # node ids may hold spaces
 
 
-def run_pytest(
-    src_copy: Path, tests: tuple[str, ...], timeout: float, basetemp: Path
-) -> tuple[int | str, str]:
-    """Run the selection against the copy; (exit code or "timeout", output)."""
+def run_pytest(repo: Path, tests: tuple[str, ...], timeout: float) -> tuple[int | str, str]:
+    """Run the selection in the snapshot; (exit code or "timeout", output)."""
+    basetemp = repo.parent / "pytest"
     shutil.rmtree(basetemp, ignore_errors=True)
     cmd = [sys.executable, "-m", "pytest", *tests, "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
            "-rfE", f"--basetemp={basetemp}"]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=_env(src_copy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cmd, cwd=repo, env=_env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
     try:
@@ -384,46 +409,31 @@ def outcome_of(code: int | str) -> str:
     return {0: "survived", 1: "killed", "timeout": "timeout"}.get(code, f"error (exit {code})")
 
 
-def apply(src_copy: Path, m: Mutation) -> str | None:
-    """Write the mutated file into the copy; returns the original text, or None when stale."""
-    path = src_copy / PACKAGE / m.file
-    if not path.is_file():
-        return None
-    text = path.read_text(encoding="utf-8")
-    if text.count(m.old) != 1:
-        return None
-    path.write_text(text.replace(m.old, m.new), encoding="utf-8")
-    return text
+def is_stale(repo: Path, m: Mutation) -> bool:
+    path = repo / "src" / PACKAGE / m.file
+    return not path.is_file() or path.read_text(encoding="utf-8").count(m.old) != 1
 
 
 def run_one(m: Mutation, workers: queue.Queue, timeout: float) -> Result:
-    work = workers.get()
-    src_copy, basetemp = work / "src", work / "pytest"
+    repo = workers.get()
     try:
-        original = apply(src_copy, m)
-        if original is None:
+        if is_stale(repo, m):
             return Result(m.name, m.file, "stale", 0.0, None, m.what, list(m.tests))
+        path = repo / "src" / PACKAGE / m.file
+        original = path.read_text(encoding="utf-8")
         start = time.monotonic()
         try:
-            code, out = run_pytest(src_copy, m.tests, timeout, basetemp)
+            path.write_text(original.replace(m.old, m.new), encoding="utf-8")
+            code, out = run_pytest(repo, m.tests, timeout)
         finally:
-            (src_copy / PACKAGE / m.file).write_text(original, encoding="utf-8")
+            path.write_text(original, encoding="utf-8")
         seconds = time.monotonic() - start
         found = FAILED_LINE.search(out)
         tail = "\n".join(out.strip().splitlines()[-15:]) if code not in (0, 1) else ""
         return Result(m.name, m.file, outcome_of(code), round(seconds, 1), found.group(2) if found else None,
                       m.what, list(m.tests), tail)  # fmt: skip
     finally:
-        workers.put(work)
-
-
-def stale_names(mutations: list[Mutation]) -> list[str]:
-    out = []
-    for m in mutations:
-        path = SRC / PACKAGE / m.file
-        if not path.is_file() or path.read_text(encoding="utf-8").count(m.old) != 1:
-            out.append(m.name)
-    return out
+        workers.put(repo)
 
 
 def table(results: list[Result]) -> str:
@@ -441,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="mutations run at once (each on its own copy)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per pytest run (default 600)")
     parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--ref", default="HEAD", help="the commit whose src/ and tests/ are mutated and run")
+    parser.add_argument("--worktree", action="store_true", help="use the working tree instead of --ref")
+    parser.add_argument(
+        "--overlay", nargs="*", default=[], help="working-tree files copied over the snapshot"
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the selections")
     args = parser.parse_args(argv)
 
@@ -453,7 +468,13 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown mutation(s): {', '.join(unknown)} (see --list)")
         chosen = [m for m in MUTATIONS if m.name in wanted]
-    stale = set(stale_names(chosen))
+    ref = None if args.worktree else git("rev-parse", args.ref).strip()
+    source = "the working tree" if ref is None else f"commit {ref[:12]}"
+    if args.overlay:
+        source += f" + {', '.join(args.overlay)} from the working tree"
+    with tempfile.TemporaryDirectory(prefix="cxrlab-mutation-") as tmp:
+        snapshot = make_tree(Path(tmp), ref, args.overlay)
+        stale = {m.name for m in chosen if is_stale(snapshot, m)}
     if args.list:
         for m in chosen:
             mark = "  [STALE: snippet not found exactly once]" if m.name in stale else ""
@@ -463,13 +484,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cxrlab-mutation-") as tmp:
-        works = []
-        for k in range(max(1, args.jobs)):
-            work = Path(tmp) / f"w{k}"
-            _copy_src(work)
-            works.append(work)
-        imported = check_shadowing(works[0] / "src")
-        expected = str(works[0] / "src" / PACKAGE / "__init__.py")
+        repos = [make_tree(Path(tmp) / f"w{k}", ref, args.overlay) for k in range(max(1, args.jobs))]
+        print(f"source: {source}", flush=True)
+        imported = check_shadowing(repos[0])
+        expected = str(repos[0] / "src" / PACKAGE / "__init__.py")
         print(f"shadowing check: {PACKAGE} imported from {imported}", flush=True)
         if imported != expected:
             print(f"error: expected {expected}: the mutated copy would not be tested", file=sys.stderr)
@@ -478,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             selections = list(dict.fromkeys(m.tests for m in chosen if m.name not in stale))
             for sel in selections:
                 start = time.monotonic()
-                code, out = run_pytest(works[0] / "src", sel, args.timeout, works[0] / "pytest")
+                code, out = run_pytest(repos[0], sel, args.timeout)
                 summary = out.strip().splitlines()[-1] if out.strip() else ""
                 took = time.monotonic() - start
                 print(f"baseline {' '.join(sel)}: exit {code} in {took:.0f} s ({summary})", flush=True)
@@ -490,8 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     return 2
         workers: queue.Queue = queue.Queue()
-        for w in works:
-            workers.put(w)
+        for repo in repos:
+            workers.put(repo)
         lock = threading.Lock()
         results: dict[str, Result] = {}
 
@@ -517,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"NOT KILLED: {r.name} ({r.outcome}): {r.what}")
     if args.out:
         Path(args.out).write_text(
-            json.dumps({"score": f"{killed}/{len(ordered)}", "total_s": round(total_s, 1),
+            json.dumps({"score": f"{killed}/{len(ordered)}", "total_s": round(total_s, 1), "source": source,
                         "python": sys.version.split()[0], "results": [asdict(r) for r in ordered]}, indent=2)
             + "\n", encoding="utf-8",
         )  # fmt: skip

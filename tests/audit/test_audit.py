@@ -66,6 +66,35 @@ def test_close_pairs_equals_all_pairs_hamming_at_every_chunk_size(chunk_cells):
     assert close_pairs(hashes, max_distance=-1) == [] and close_pairs(hashes[:0]) == []
 
 
+def test_near_duplicates_are_at_most_near_distance_bits_apart():
+    rng = np.random.default_rng(4)
+    base = rng.random(256) < 0.5
+    flipped = {k: base ^ (rng.permutation(256) < k) for k in (NEAR_DISTANCE, NEAR_DISTANCE + 1)}
+    at, beyond = flipped[NEAR_DISTANCE], flipped[NEAR_DISTANCE + 1]
+    assert close_pairs(np.stack([base, at])) == [(0, 1, NEAR_DISTANCE)]  # at the threshold: near
+    assert close_pairs(np.stack([base, beyond])) == []  # one bit more: not
+    assert close_pairs(base[None], np.stack([beyond, at])) == [(0, 1, NEAR_DISTANCE)]
+
+
+def test_content_hash_is_the_sha256_of_all_the_bytes(tmp_path):
+    """Exact duplicates are files with the same SHA-256 of all their bytes: a real 2 MB DICOM and a copy
+    with its last pixel byte changed are different files."""
+    import hashlib
+
+    from cxrlab.audit.properties import content_hash
+    from tests.conftest import DATA, _need
+
+    real = _need(DATA / "dicom", "real DICOMs")
+    source = max(real.glob("*.dcm"), key=lambda p: p.stat().st_size)
+    data = source.read_bytes()
+    assert len(data) > 1 << 20
+    changed = tmp_path / "changed.dcm"
+    changed.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert content_hash(str(source)) == hashlib.sha256(data).hexdigest()
+    assert content_hash(str(changed)) == hashlib.sha256(changed.read_bytes()).hexdigest()
+    assert content_hash(str(changed)) != content_hash(str(source))
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, kermany_dir) -> dict[str, Path]:
     """Real Kermany images with planted problems: NORMAL re-saved as 256 px PNG (an acquisition

@@ -185,6 +185,27 @@ def test_generated_monochrome1_inverted(tmp_path, base):
     assert np.array_equal(out, 255 - base)
 
 
+def test_12_bit_levels_are_rounded_to_8_bits(tmp_path):
+    # every 12-bit level once: level v becomes round(v * 255 / 4095), half up (no level falls on a half)
+    stored = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    out = read_dicom(write_dicom(tmp_path / "ramp.dcm", stored, 12)).astype(int)
+    assert np.array_equal(out, np.floor(stored.astype(np.float64) * 255 / 4095 + 0.5).astype(int))
+
+
+def test_monochrome1_through_rescale_and_window_is_inverted(tmp_path, base):
+    """12-bit MONOCHROME1 (not the 8-bit shortcut): through the rescale, and through a window, each image
+    is the exact inverse of its MONOCHROME2 twin."""
+    stored = base.astype(np.uint16) * 16
+    for extra in (
+        {"RescaleSlope": 0.5, "RescaleIntercept": -1024},
+        {"WindowCenter": 2048.0, "WindowWidth": 1024.0},
+    ):
+        m2 = read_dicom(write_dicom(tmp_path / "m2.dcm", stored, 12, **extra))
+        m1 = read_dicom(write_dicom(tmp_path / "m1.dcm", stored, 12, photometric="MONOCHROME1", **extra))
+        assert np.array_equal(m1.astype(int), 255 - m2.astype(int)), extra
+        assert m2.std() > 20  # a real radiograph's levels, not a blank
+
+
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless], ids=["rle", "jpeg2000"])
 def test_compressed_transfer_syntaxes(tmp_path, base, syntax):
     stored = base.astype(np.uint16) * 16

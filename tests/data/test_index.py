@@ -184,3 +184,21 @@ def test_cli_val_split(kermany_dir, tmp_path):
     proc = run_cli("train", *common, "--val-split", "often", "--out", str(tmp_path / "bad"))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "'data.val_split': Input should be 'given', 'carve' or 'auto'" in proc.stderr
+
+
+def test_carved_splits_are_their_fractions_of_all_images(tmp_path, kermany_dir):
+    """data.val_fraction and data.test_fraction are shares of the whole data set (20% + 20% by default):
+    test is carved from what is left after val, as 0.2 / 0.8 of it, patient-grouped and stratified."""
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / cls).mkdir()
+        for f in sorted((kermany_dir / "train" / cls).iterdir())[:400]:
+            os.symlink(f, tmp_path / cls / f.name)
+    idx = discover(tmp_path, seed=1)
+    counts = idx.counts()
+    for split, share in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+        n = sum(counts[split].values())
+        assert abs(n / 800 - share) < 0.025, (split, n, counts)
+    where: dict[str, set[str]] = {}
+    for s in idx.samples:
+        where.setdefault(s.group, set()).add(s.split)
+    assert all(len(v) == 1 for v in where.values())

@@ -255,3 +255,43 @@ def test_cli_single_label_run_from_label_file(tmp_path):
         where.setdefault(r["group"], set()).add(r["split"])
     assert all(len(v) == 1 for v in where.values())  # patients from patientid, never in two splits
     assert "label_column: view" in (out / "config.yaml").read_text()
+
+
+def test_tsv_label_file_reads_as_the_csv(nih, tmp_path):
+    """nih-1000's labels.csv re-written tab-separated (with commas inside cells, as Follow-up notes may
+    have): the same findings, patients and metadata."""
+    with nih.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    rows[1][2] = "1, see notes"  # a comma inside a cell of a TSV is text, not a separator
+    tsv = tmp_path / "labels.tsv"
+    with tsv.open("w", newline="") as fh:
+        csv.writer(fh, delimiter="\t").writerows(rows)
+    want = discover(NIH / "images", labels=_nih())
+    got = discover(NIH / "images", labels=LabelsConfig(file=str(tsv), format="nih"))
+    assert got.findings == want.findings and len(got.samples) == len(want.samples) == 1000
+    for a, b in zip(got.samples, want.samples, strict=True):
+        assert (a.path, a.group, a.split) == (b.path, b.group, b.split)
+        assert np.array_equal(a.targets, b.targets)
+    assert got.table.column("Follow-up #", got.samples[:1]) == ["1, see notes"]
+
+
+@pytest.mark.parametrize("policy", ["ignore", "zeros", "ones"])
+def test_finding_cells_written_as_other_numbers_follow_the_policies(chexpert_small, tmp_path, policy):
+    """CheXpert cells written with more decimals (1.00 / 0.00 / -1.00, as a spreadsheet may save them) are the
+    same labels: the uncertainty policy applies to -1.00 as to -1.0."""
+    root, file, rows = chexpert_small
+    columns = list(rows[0])
+    respelled = root / f"respelled-{policy}.csv"
+    spell = {"1.0": "1.00", "0.0": "0.00", "-1.0": "-1.00"}
+    with respelled.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({c: spell.get(v, v) if c in CHEXPERT_FINDINGS else v for c, v in r.items()})
+    want = discover(root, labels=LabelsConfig(file=str(file), format="chexpert", uncertainty=policy))
+    got = discover(root, labels=LabelsConfig(file=str(respelled), format="chexpert", uncertainty=policy))
+    assert sum(r["Edema"] == "-1.0" for r in rows) > 0
+    by_path = {s.path: s.targets for s in want.samples}
+    assert len(got.samples) == len(by_path) == 800
+    for s in got.samples:
+        assert np.array_equal(s.targets, by_path[s.path], equal_nan=True), s.path

@@ -97,3 +97,54 @@ def test_export_refusals(small_run, tmp_path):
     line = one_line_error(run_cli("export", str(small_run), "--out", str(strict), "--tolerance", "0"))
     assert "parity check failed" in line and "nothing was written" in line and not strict.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".strict")]
+
+
+def _copy_run(small_run, dest):
+    import shutil
+
+    shutil.copytree(small_run, dest, ignore=shutil.ignore_patterns(".cxrlab-lock"))
+    return dest
+
+
+def _predicted(run, images) -> dict[str, list[float]]:
+    proc = run_cli("predict", str(run), *map(str, images), "--json", check=True)
+    return {r["image"]: [r["probabilities"][c] for c in ("covid", "normal")] for r in json.loads(proc.stdout)}
+
+
+def test_parity_is_the_largest_difference_and_honours_the_temperature(small_run, tmp_path):
+    """A run with a temperature of 2: its export passes parity only if the graph and cxrlab's reference both
+    divide the logits by 2; checked against the run at temperature 1, the parity number is the largest
+    |Δp| over the 32 images, as `cxr predict` of the two runs gives it."""
+    from cxrlab.deploy.export import export_run, parity
+    from cxrlab.evaluation.inference import image_run
+
+    warm = _copy_run(small_run, tmp_path / "warm")
+    meta = json.loads((warm / "model.json").read_text())
+    assert meta["temperature"] == 1.0
+    meta["temperature"] = 2.0
+    (warm / "model.json").write_text(json.dumps(meta))
+    out = tmp_path / "warm.onnx"
+    info = export_run(warm, "onnx", out)
+    assert info["temperature"] == 2.0 and info["parity"]["max_abs_diff"] <= 1e-4
+    check = parity(image_run(small_run), out.read_bytes(), "onnx")
+    cold, hot = _predicted(small_run, check["images"]), _predicted(warm, check["images"])
+    diffs = np.array([np.abs(np.subtract(cold[p], hot[p])).max() for p in check["images"]])
+    assert check["n"] == len(diffs) == 32 and diffs.max() > 1e-3
+    assert check["max_abs_diff"] == pytest.approx(diffs.max(), abs=1e-5)  # predict rounds to 6 digits
+    assert diffs.max() - diffs.mean() > 1e-3  # the largest, which a mean would hide
+
+
+def test_a_nan_parity_difference_refuses_the_export(small_run, tmp_path):
+    """A model whose output is NaN (a damaged weight) differs from nothing by less than the tolerance: NaN
+    fails the check, and nothing is written."""
+    from safetensors.torch import load_file, save_file
+
+    broken = _copy_run(small_run, tmp_path / "broken")
+    state = load_file(broken / "model.safetensors")
+    key = next(k for k in state if k.endswith("out.bias"))
+    state[key] = state[key] * float("nan")
+    save_file(state, broken / "model.safetensors")
+    out = tmp_path / "nan.onnx"
+    line = one_line_error(run_cli("export", str(broken), "--out", str(out)))
+    assert "parity check failed" in line and "by nan" in line and "nothing was written" in line
+    assert not out.exists()

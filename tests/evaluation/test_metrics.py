@@ -119,3 +119,110 @@ def test_bootstrap_in_blocks_gives_the_same_intervals(monkeypatch):
     assert paired_bootstrap_difference(correct_a, correct_b, 400, seed=0) == diff_whole
     assert whole["accuracy"][0] < (pred == y).mean() < whole["accuracy"][1]
     assert np.isnan(paired_bootstrap_difference(correct_a, correct_b, 0)).all()  # no replicates: NaN
+
+
+def _rates(y: np.ndarray, p: np.ndarray, cut: float) -> tuple[float, float]:
+    """Sensitivity and false-positive rate when ``p >= cut`` is called positive."""
+    called = p >= cut
+    return float(called[y == 1].mean()), float(called[y == 0].mean())
+
+
+def test_thresholds_equal_an_exhaustive_search_over_the_validation_scores():
+    """Youden's J and the target-sensitivity threshold against a brute-force search over every cut at a
+    validation score: the chosen cut is the score maximising J (the highest score reaching the target),
+    and the threshold lies halfway between it and the next lower score, which changes no validation call."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 80)
+    p = np.round(np.clip(rng.normal(0.35 + 0.3 * y, 0.15), 0.001, 0.999), 3)  # some tied scores
+    scores = np.unique(p)[::-1]  # every distinct cut, highest first
+
+    def midway(k: int) -> float:
+        return float((scores[k] + scores[k + 1]) / 2) if k + 1 < len(scores) else float(scores[k])
+
+    j = [np.subtract(*_rates(y, p, s)) for s in scores]
+    best = int(np.argmax(j))
+    assert youden_threshold(y, p) == pytest.approx(midway(best))
+    assert _rates(y, p, midway(best)) == _rates(y, p, scores[best])
+
+    n_pos = int(y.sum())
+    for target in (0.5, 0.8, np.ceil(0.9 * n_pos) / n_pos, 1.0):  # 0.9·n rounded up: reached exactly
+        sens = np.array([_rates(y, p, s)[0] for s in scores])
+        k = int(np.flatnonzero(sens >= target)[0])  # the highest cut that reaches the target
+        thr = youden_threshold(y, p, target_sensitivity=target)
+        assert thr == pytest.approx(midway(k)), target
+        assert _rates(y, p, thr)[0] >= target
+        assert k == 0 or sens[k - 1] < target  # no higher cut would have done
+
+
+def test_ece_equals_a_direct_computation_including_confidence_one():
+    # bins (0, 0.1], …, (0.9, 1]: a confidence of exactly 1.0 is in the last bin, bins are weighted by size
+    y, probs = _fake(120, 3, seed=6)
+    wrong = np.eye(3)[(y[:30] + 1) % 3]  # 30 images predicted wrong with confidence 1.0
+    probs = np.concatenate([probs, wrong])
+    y = np.concatenate([y, y[:30]])
+    conf, correct = probs.max(1), probs.argmax(1) == y
+    which = np.clip(np.ceil(conf * 10).astype(int) - 1, 0, 9)
+    expected = sum(
+        (which == b).mean() * abs(correct[which == b].mean() - conf[which == b].mean())
+        for b in range(10)
+        if (which == b).any()
+    )
+    assert expected_calibration_error(y, probs) == pytest.approx(expected)
+    assert expected_calibration_error(y[:1].repeat(4), np.tile(np.eye(3)[(y[0] + 1) % 3], (4, 1))) == 1.0
+
+
+def test_bootstrap_intervals_equal_a_direct_resampling_with_sklearn():
+    """Every interval of bootstrap_ci: the 2.5th and 97.5th percentiles of the metric over resamples of the
+    test images drawn with replacement (numpy's generator, the same seed), each metric from scikit-learn."""
+    from sklearn.metrics import recall_score
+
+    y, probs = _fake(90, 2, seed=7)
+    pred = probs.argmax(1)
+    n_boot = 300
+    ci = bootstrap_ci(y, probs, pred, n_boot, seed=11)
+    idx = np.random.default_rng(11).integers(0, len(y), size=(n_boot, len(y)))
+    assert idx.max() == len(y) - 1  # every image can be drawn, the last one too
+    reps: dict[str, list[float]] = {k: [] for k in ci}
+    for rows in idx:
+        yb, pb = y[rows], pred[rows]
+        reps["accuracy"].append(float((yb == pb).mean()))
+        reps["balanced_accuracy"].append(balanced_accuracy_score(yb, pb))
+        reps["auc"].append(roc_auc_score(yb, probs[rows, 1]))
+        for c in (0, 1):
+            reps[f"sensitivity_{c}"].append(recall_score(yb, pb, labels=[c], average=None)[0])
+            reps[f"specificity_{c}"].append(recall_score(yb != c, pb != c))
+    assert set(ci) == {"accuracy", "balanced_accuracy", "auc", "sensitivity_0", "sensitivity_1",
+                       "specificity_0", "specificity_1"}  # fmt: skip
+    for key, values in reps.items():
+        assert ci[key] == pytest.approx(list(np.percentile(values, [2.5, 97.5]))), key
+
+
+def test_per_class_specificity_is_the_recall_of_everything_else():
+    from sklearn.metrics import recall_score
+
+    y, probs = _fake(200, 3, seed=8)
+    m = classification_metrics(y, probs, ["a", "b", "c"], n_boot=0)
+    pred = probs.argmax(1)
+    for c, name in enumerate("abc"):
+        assert m["per_class"][name]["specificity"] == pytest.approx(recall_score(y != c, pred != c))
+        assert m["per_class"][name]["sensitivity"] == pytest.approx(recall_score(y == c, pred == c))
+
+
+def test_target_sensitivity_one_is_reached_when_the_lowest_validation_score_is_a_positive():
+    """The operating point and the predictions made with it: with a target sensitivity of 1.0 and the
+    lowest-scoring validation image a positive, the threshold is that score itself (there is no lower one
+    to go halfway to), and that image must still be called positive (P >= threshold)."""
+    from cxrlab.config import RunConfig
+    from cxrlab.evaluation.evaluate import operating_point, thresholded
+
+    cfg = RunConfig()
+    cfg.eval.target_sensitivity = 1.0
+    classes = ["covid", "normal"]  # the disease class is covid (index 0), whatever its position
+    y_val = np.array([0, 1, 1, 0, 1, 0, 1, 0, 1, 0])
+    p_covid = np.array([0.05, 0.1, 0.3, 0.6, 0.4, 0.8, 0.2, 0.9, 0.15, 0.7])
+    probs = np.stack([p_covid, 1 - p_covid], axis=1)
+    op = operating_point(cfg, classes, y_val, probs)
+    assert op["positive_class"] == "covid" and op["threshold"] == pytest.approx(0.05)
+    assert op["method"] == "sensitivity >= 1.0 on validation"
+    pred = thresholded(probs, op, classes)
+    assert (pred[y_val == 0] == 0).all()  # every covid image of validation called covid: sensitivity 1.0

@@ -135,3 +135,17 @@ def test_bootstrap_intervals_in_replicate_blocks_are_the_same(nih, monkeypatch):
     blocks = multilabel_metrics(targets, scores, findings, thresholds, groups, n_boot=120, seed=3)
     assert json.dumps(blocks, sort_keys=True) == json.dumps(whole, sort_keys=True)
     assert whole["per_finding"]["f0"]["auc_ci95"] and whole["per_finding"]["f0"]["sensitivity_ci95"]
+
+
+def test_target_sensitivity_one_is_reached_at_the_lowest_positive_score(nih):
+    """A finding whose lowest-scoring known validation image is a positive: with a target sensitivity of 1.0
+    its threshold is that score itself, and the image counts as detected (p >= threshold), on real targets."""
+    index, targets, _, scores = nih
+    j = index.findings.index("Effusion")
+    t, s = targets[:300, j : j + 1].copy(), scores[:300, j : j + 1].copy()
+    lowest_positive = int(np.flatnonzero(t[:, 0] == 1)[0])
+    s[lowest_positive, 0] = s[:, 0].min() / 2  # make it the lowest score of all
+    chosen = choose_thresholds(t, s, ["Effusion"], "youden", 1.0)
+    assert chosen["Effusion"]["threshold"] == pytest.approx(s[lowest_positive, 0])
+    m = multilabel_metrics(t, s, ["Effusion"], chosen, n_boot=0)
+    assert m["per_finding"]["Effusion"]["sensitivity"] == 1.0

@@ -73,6 +73,21 @@ def test_target_sensitivity_is_reached_on_validation_and_saved(binary_run):
     assert on_val["sensitivity"] == pytest.approx(reached, abs=1 / len(p_pos))
 
 
+def test_threshold_is_the_one_the_validation_predictions_give(binary_run):
+    """The saved threshold is recomputed from `cxr predict` on the run's validation images (splits.csv) with
+    the same rule: chosen on validation, never on test."""
+    from cxrlab.stats import youden_threshold
+
+    op = json.loads((binary_run / "model.json").read_text())["operating_point"]
+    results, truth = _val_predictions(binary_run)
+    y = np.array([t == "covid" for t in truth], dtype=int)
+    p = np.array([r["probabilities"]["covid"] for r in results])
+    assert 0 < y.sum() < len(y)
+    # the evaluation scores cached (bf16 where the CPU has it) backbone features, predict the images: the
+    # probabilities differ by ~1e-4, the threshold by ~5e-4 (the test split's would be ~1e-2 away)
+    assert op["threshold"] == pytest.approx(youden_threshold(y, p, target_sensitivity=0.95), abs=2e-3)
+
+
 def _nll(results: list[dict], truth: list[str]) -> float:
     return float(
         -np.mean([np.log(max(r["probabilities"][t], 1e-12)) for r, t in zip(results, truth, strict=True)])

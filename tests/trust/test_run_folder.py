@@ -102,6 +102,21 @@ def test_overwrite_never_deletes_the_current_folder(tmp_path, d_base):
     assert snapshot(project) == before
 
 
+def test_overwrite_never_deletes_a_folder_holding_the_current_folder(tmp_path, d_base):
+    # `--out .. --overwrite` from inside a run folder (here its plots/): a run folder cxrlab wrote, holding
+    # nothing but its own entries, is replaceable, yet deleting it would pull the current folder away
+    run = tmp_path / "run"
+    run_cli(*B, "--data", str(d_base), "--out", str(run), check=True)
+    before = snapshot(run)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrlab", *B, "--data", str(d_base), "--out", "..", "--overwrite"],
+        cwd=run / "plots", capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    line = one_line_error(proc)
+    assert "refusing to delete .. with --overwrite: it is (or holds) the current folder" in line
+    assert snapshot(run) == before
+
+
 def test_overwrite_replaces_only_a_run_folder_cxrlab_wrote(tmp_path, d_base):
     run = tmp_path / "run"
     run_cli(*B, "--data", str(d_base), "--out", str(run), check=True)
