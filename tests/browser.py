@@ -185,3 +185,34 @@ def check_page(path: Path, kind: str) -> dict[str, Any]:
     assert page["text"] > 0 and page["headings"], f"{path}: empty page"
     CHECKED_KINDS.add(kind)
     return page
+
+
+def page_layout(html_file: Path, width: int = 1280, height: int = 900, timeout: float = 90) -> dict[str, Any]:
+    """Load ``html_file`` in a ``width`` x ``height`` px window (CSS px, no mobile emulation) and measure it:
+    the window's and the document's widths (``scroll_width`` > ``window`` means a horizontal scroll bar)
+    and, per table, its right edge and width and those of the box it sits in (its parent element; ``scrolls``:
+    the box is a scrolling ``.table-scroll`` one that is scrolling now)."""
+    with chromium_page(timeout=timeout) as cdp:
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        cdp.call("Emulation.setDeviceMetricsOverride", **metrics)
+        cdp.call("Page.navigate", url=html_file.resolve().as_uri())
+        cdp.wait_for("Page.loadEventFired", timeout)
+        state = cdp.call(
+            "Runtime.evaluate",
+            expression="""JSON.stringify({
+                window: window.innerWidth,
+                scroll_width: document.documentElement.scrollWidth,
+                tables: Array.from(document.querySelectorAll('table')).map(t => {
+                    const r = t.getBoundingClientRect(), box = t.parentElement.getBoundingClientRect();
+                    return {columns: t.rows.length ? t.rows[0].cells.length : 0, right: r.right,
+                            width: r.width, box_right: box.right, box_width: box.width,
+                            scrolls: t.parentElement.classList.contains('table-scroll')
+                                && t.parentElement.scrollWidth > t.parentElement.clientWidth + 1,
+                            header: t.rows.length ? t.rows[0].innerText.slice(0, 60) : ''};
+                })
+            })""",
+            returnByValue=True,
+        )
+        info = json.loads(state["result"]["value"])
+        info["errors"] = page_errors(cdp.events)
+    return info

@@ -347,12 +347,25 @@ class EvalConfig(_Section):
     explain_images: int = Field(
         100, ge=1, le=10000, description="lung-attention score: at most this many test images (seeded sample)"
     )
+    figure_format: Literal["png", "svg", "pdf"] = Field(
+        "png",
+        description="file format of the run's plots in plots/ (curves, confusion, ROC, t-SNE, reliability): "
+        "png; svg (report.html embeds the SVG); pdf (plus a PNG of each for report.html)",
+    )
+    figure_dpi: int = Field(
+        150, ge=50, le=1200, description="resolution of PNG plots (and of raster parts of svg/pdf), in dpi"
+    )
 
     @field_validator("explain", mode="before")
     @classmethod
     def _yaml_off_is_off(cls, value: object) -> object:
         # YAML reads a bare `off` / `on` (in a file or in --set) as a boolean
         return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("figure_format", mode="before")
+    @classmethod
+    def _format_lower(cls, value: object) -> object:
+        return value.strip().lower().lstrip(".") if isinstance(value, str) else value
 
 
 class RunConfig(_Section):

@@ -1,11 +1,15 @@
 """Figures shared by every page: matplotlib set up for files (Agg, 150 dpi) and image grids drawn with PIL.
 
 The one place that saves a figure; evaluation plots, the audit, the comparison and the generative
-pages all draw through it.
+pages all draw through it. A run's plots follow ``eval.figure_format`` / ``eval.figure_dpi`` through
+:func:`figure_output` (PNG, SVG, or PDF with a PNG rendition beside it for the HTML pages).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,15 +23,48 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 DPI = 150
+#: File formats a figure can be saved in (``eval.figure_format``).
+FIGURE_FORMATS = ("png", "svg", "pdf")
 
-__all__ = ["DPI", "grid_picture", "image_grid", "plt", "sample_grid", "sample_picture", "save_figure"]
+__all__ = [
+    "DPI", "FIGURE_FORMATS", "figure_output", "grid_picture", "image_grid", "plt", "sample_grid",
+    "sample_picture", "save_figure",
+]  # fmt: skip
+
+_OUTPUT: ContextVar[tuple[str, int]] = ContextVar("figure_output", default=("png", DPI))
+# reproducible vector files: no creation date, fixed SVG ids; TrueType (Type 42) fonts in PDF, as journals ask
+_VECTOR_RC = {"svg.hashsalt": "cxrlab", "pdf.fonttype": 42}
+_NO_DATE = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
+
+
+@contextmanager
+def figure_output(fmt: str = "png", dpi: int = DPI) -> Iterator[None]:
+    """Within the block, :func:`save_figure` writes ``fmt`` (one of :data:`FIGURE_FORMATS`) at ``dpi``."""
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"figure format {fmt!r}: give one of {', '.join(FIGURE_FORMATS)}")
+    token = _OUTPUT.set((fmt, int(dpi)))
+    try:
+        yield
+    finally:
+        _OUTPUT.reset(token)
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Lay out, write as PNG at :data:`DPI` (folders created) and close a matplotlib figure."""
+    """Lay out, write (folders created) and close a matplotlib figure; return the file written.
+
+    PNG at :data:`DPI` unless inside :func:`figure_output`: then ``path`` with that format's suffix, at its
+    dpi; a PDF gets a PNG of the same name beside it, the rendition the HTML pages embed."""
+    fmt, dpi = _OUTPUT.get()
+    path = Path(path).with_suffix(f".{fmt}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    if fmt == "png":
+        fig.savefig(path, dpi=dpi)
+    else:
+        with matplotlib.rc_context(_VECTOR_RC):
+            fig.savefig(path, format=fmt, dpi=dpi, metadata=_NO_DATE[fmt])
+        if fmt == "pdf":
+            fig.savefig(path.with_suffix(".png"), dpi=dpi)
     plt.close(fig)
     return path
 

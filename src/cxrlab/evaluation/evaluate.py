@@ -13,7 +13,7 @@ import torch
 from cxrlab.config import RunConfig
 from cxrlab.data.prepare import PreparedData, to_tensor
 from cxrlab.evaluation import plots
-from cxrlab.figures import sample_grid
+from cxrlab.figures import figure_output, sample_grid
 from cxrlab.models.heads import Classifier
 from cxrlab.models.tta import shift_pixels, with_tta
 from cxrlab.runs import read_csv, save_model
@@ -230,19 +230,20 @@ def evaluate_trained(
     )
     history = [{k: to_number(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
     plot_notes: dict[str, str] = {}
-    plot_paths = make_plots(
-        out / "plots",
-        history,
-        data.labels["test"],
-        probs,
-        test_feats,
-        test_metrics,
-        data,
-        cfg.eval.tsne,
-        cfg.train.seed,
-        cfg.model.name,
-        plot_notes,
-    )
+    with figure_output(cfg.eval.figure_format, cfg.eval.figure_dpi):
+        plot_paths = make_plots(
+            out / "plots",
+            history,
+            data.labels["test"],
+            probs,
+            test_feats,
+            test_metrics,
+            data,
+            cfg.eval.tsne,
+            cfg.train.seed,
+            cfg.model.name,
+            plot_notes,
+        )
     timing = _timing(cfg, trained, history, t0, t_eval)
     metrics: dict[str, Any] = {
         "run": str(out),
@@ -331,7 +332,8 @@ def evaluate_multilabel(
         plot_notes["temperature"] = (
             "temperature scaling is single-label only; multi-label probabilities unscaled"
         )
-    plot_paths = make_multilabel_plots(out / "plots", history, data, p_test, test_metrics, cfg.model.name)
+    with figure_output(cfg.eval.figure_format, cfg.eval.figure_dpi):
+        plot_paths = make_multilabel_plots(out / "plots", history, data, p_test, test_metrics, cfg.model.name)
     timing = _timing(cfg, trained, history, t0, t_eval)
     summary = data_summary(data)
     return {
@@ -509,14 +511,16 @@ def make_plots(
     title: str = "",
     notes: dict[str, str] | None = None,
 ) -> dict[str, Path]:
-    """All plots of a run's report; why a plot was left out goes into ``notes`` (plot name -> reason)."""
+    """All plots of a run's report; why a plot was left out goes into ``notes`` (plot name -> reason). In the
+    format of the :func:`cxrlab.figures.figure_output` block around the call (PNG outside one)."""
     classes = data.classes
     out: dict[str, Path] = {}
     curves = plots.training_curves(history, folder / "curves.png", title)
     if curves:
         out["curves"] = curves
     out["confusion"] = plots.confusion(metrics["confusion_matrix"], classes, folder / "confusion.png")
-    out["roc"] = plots.roc(y, probs, classes, folder / "roc.png", metrics["auc"])
+    positive = (metrics.get("operating_point") or {}).get("positive_class")
+    out["roc"] = plots.roc(y, probs, classes, folder / "roc.png", metrics["auc"], positive)
     out["reliability"] = plots.reliability(y, probs, folder / "reliability.png", metrics["ece"])
     if tsne:
         t = tsne_plot(feats, y, classes, folder / "tsne.png", seed, notes)

@@ -1,4 +1,5 @@
-"""Report-ready plots (PNG, 150 dpi): curves, confusion matrix, ROC, t-SNE, reliability."""
+"""Report-ready plots (PNG at 150 dpi, or ``eval.figure_format``/``figure_dpi`` through
+:func:`cxrlab.figures.figure_output`): curves, confusion matrix, ROC, t-SNE, reliability."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from cxrlab.figures import plt, sample_grid, save_figure
 from cxrlab.stats import roc_points
 
 __all__ = [
-    "calibration_grid", "confusion", "cooccurrence_matrix", "reliability", "roc", "roc_grid", "sample_grid",
-    "training_curves", "tsne", "tsne_problem",
+    "calibration_grid", "confusion", "cooccurrence_matrix", "reliability", "reliability_figure", "roc",
+    "roc_figure", "roc_grid", "sample_grid", "training_curves", "tsne", "tsne_problem",
 ]  # fmt: skip
 
 
@@ -64,19 +65,42 @@ def confusion(cm: list[list[int]], classes: list[str], path: Path, title: str = 
     return save_figure(fig, path)
 
 
-def roc(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path, auc: float | None = None) -> Path:
-    """ROC curves, one-vs-rest per class (binary: the second class as positive)."""
+def roc(
+    y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path, auc: float | None = None,
+    positive: str | None = None,
+) -> Path:  # fmt: skip
+    """ROC curves (:func:`roc_figure`) saved to ``path``."""
+    return save_figure(roc_figure(y, probs, classes, auc, positive), path)
+
+
+def roc_figure(
+    y: np.ndarray, probs: np.ndarray, classes: list[str], auc: float | None = None,
+    positive: str | None = None,
+):  # fmt: skip
+    """ROC curves, one-vs-rest per class with its AUC; binary: one curve for the positive class (``positive``,
+    the operating point's; default the second class), named in the legend: "ROC (positive: covid), AUC 0.970"
+    (``auc``: the run's AUC, else computed here). Returns the figure."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y = np.asarray(y)
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
-    for c, (fpr, tpr) in roc_points(y, probs).items():
-        ax.plot(fpr, tpr, label=classes[c] if probs.shape[1] > 2 else f"{classes[c]} vs {classes[1 - c]}")
+    if probs.shape[1] == 2:
+        pos = classes.index(positive) if positive in classes else 1
+        if 0 < (y == pos).sum() < len(y):  # no curve when the data hold one class only
+            fpr, tpr, _ = roc_curve(y == pos, probs[:, pos])
+            value = auc if auc is not None and np.isfinite(auc) else roc_auc_score(y == pos, probs[:, pos])
+            ax.plot(fpr, tpr, label=f"ROC (positive: {classes[pos]}), AUC {value:.3f}")
+    else:
+        for c, (fpr, tpr) in roc_points(y, probs).items():
+            ax.plot(fpr, tpr, label=f"{classes[c]} vs rest, AUC {roc_auc_score(y == c, probs[:, c]):.3f}")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title(f"ROC (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else "ROC")
-    if ax.get_legend_handles_labels()[0]:  # no curve when the data hold one class only
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return fig
 
 
 #: Fewest points t-SNE is run on (perplexity needs a few neighbours per point).
@@ -166,7 +190,13 @@ def tsne(
 
 
 def reliability(y: np.ndarray, probs: np.ndarray, path: Path, ece: float, bins: int = 10) -> Path:
-    """Reliability diagram of top-class confidence with the expected calibration error."""
+    """Reliability diagram (:func:`reliability_figure`) saved to ``path``."""
+    return save_figure(reliability_figure(y, probs, ece, bins), path)
+
+
+def reliability_figure(y: np.ndarray, probs: np.ndarray, ece: float, bins: int = 10):
+    """Reliability diagram of top-class confidence with the expected calibration error: accuracy per
+    confidence bin, the bin's number of test images written above its bar. Returns the figure."""
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == y
     edges = np.linspace(0, 1, bins + 1)
@@ -176,17 +206,23 @@ def reliability(y: np.ndarray, probs: np.ndarray, path: Path, ece: float, bins: 
         if m.any():
             centers.append(conf[m].mean())
             accs.append(correct[m].mean())
-            counts.append(m.sum())
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+            counts.append(int(m.sum()))
+    fig, ax = plt.subplots(figsize=(4.6, 4.8))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
-    ax.bar(centers, accs, width=1 / bins * 0.9, alpha=0.7, edgecolor="k", label="accuracy per bin")
+    label = "accuracy per bin (n images above)"
+    ax.bar(centers, accs, width=1 / bins * 0.9, alpha=0.7, edgecolor="k", label=label)
+    for x, acc, n in zip(centers, accs, counts, strict=True):
+        ax.annotate(f"{n}", (x, acc), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=7)  # fmt: skip
     ax.set_xlabel("confidence (top-class probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability (ECE {ece:.3f})")
+    ax.set_title(f"reliability (ECE {ece:.3f}, n = {len(conf)})")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(loc="upper left", fontsize=8)
-    return save_figure(fig, path)
+    ax.set_ylim(0, 1.08)  # room for the count above a bar of accuracy 1
+    ax.set_yticks(np.linspace(0, 1, 6))
+    # below the axes: a bar of any height, and its count, may stand anywhere inside them
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
+    return fig
 
 
 # --------------------------------------------------------------------------- multi-label findings

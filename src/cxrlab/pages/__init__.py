@@ -1,7 +1,7 @@
 """Self-contained HTML pages from Jinja2 templates: one base template and one stylesheet for all.
 
 A foundation layer: imports only jinja2, the standard library, ``cxrlab.errors`` and ``cxrlab.runs``.
-Callers build a plain context dict (numbers, strings, lists, dicts, ``Path`` objects of PNG files)
+Callers build a plain context dict (numbers, strings, lists, dicts, ``Path`` objects of PNG/SVG files)
 and call :func:`render` or :func:`write_page`; the template named ``KIND.html`` renders a page whose
 ``<meta name="cxrlab-page">`` is ``KIND``. Autoescape is on and undefined names raise.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +53,36 @@ def sci(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+#: What a browser is given for each plot file: SVG as it is, a PDF as the PNG rendition saved beside it.
+_IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
+#: An SVG plot is shown as large as its PNG at the default 150 dpi would be (pixels per point: 150 / 72).
+_SVG_PX_PER_PT = 150 / 72
+_SVG_WIDTH = re.compile(rb'<svg[^>]*?\swidth="([0-9.]+)pt"')
+
+
+def _svg_width(data: bytes) -> str:
+    """`` width="N"`` for an SVG whose root gives its width in points (matplotlib's), else ''."""
+    found = _SVG_WIDTH.search(data[:4000])
+    return f' width="{round(float(found.group(1)) * _SVG_PX_PER_PT)}"' if found else ""
+
+
 def png(path: Any, caption: str = "") -> Markup:
-    """A PNG file embedded as a base64 data URI in a captioned <figure>; nothing if it is missing."""
+    """A PNG or SVG file embedded as a base64 data URI in a captioned <figure> (a ``.pdf`` plot: the PNG of
+    the same name beside it, see :func:`cxrlab.figures.save_figure`); nothing if it is missing."""
     if not path:
         return Markup("")
     file = Path(path)
+    if file.suffix.lower() == ".pdf":
+        file = file.with_suffix(".png")
     if not file.is_file():
         return Markup("")
-    data = base64.b64encode(file.read_bytes()).decode("ascii")
+    mime = _IMAGE_TYPES.get(file.suffix.lower(), "image/png")
+    raw = file.read_bytes()
+    width = _svg_width(raw) if mime == "image/svg+xml" else ""
+    data = base64.b64encode(raw).decode("ascii")
     text = escape(caption)
     return Markup(
-        f'<figure><img alt="{text}" src="data:image/png;base64,{data}">'
+        f'<figure><img alt="{text}"{width} src="data:{mime};base64,{data}">'
         f'<figcaption class="muted">{text}</figcaption></figure>'
     )
 

@@ -19,6 +19,7 @@ from cxrlab.evaluation.evaluate import (
 )
 from cxrlab.evaluation.inference import load_run, prepare_eval_data
 from cxrlab.explain.report import for_run as attention_for_run
+from cxrlab.figures import figure_output
 from cxrlab.pipeline.external import write_external
 from cxrlab.reports.html import write_eval_report
 from cxrlab.runs import (
@@ -91,19 +92,21 @@ def evaluate_run(
         loaded.cfg.eval.bootstrap,
         loaded.cfg.train.seed,
     )
-    plot_paths = {
-        "confusion": plots.confusion(
-            metrics["confusion_matrix"], loaded.classes, target / "plots" / "confusion.png"
-        ),
-        "roc": plots.roc(y, probs, loaded.classes, target / "plots" / "roc.png", metrics["auc"]),
-        "reliability": plots.reliability(y, probs, target / "plots" / "reliability.png", metrics["ece"]),
-    }
-    plot_notes: dict[str, str] = {}
-    if loaded.cfg.eval.tsne:
-        tsne_png = target / "plots" / "tsne.png"
-        t = tsne_plot(feats, y, loaded.classes, tsne_png, loaded.cfg.train.seed, plot_notes)
-        if t:
-            plot_paths["tsne"] = t
+    positive = (metrics.get("operating_point") or {}).get("positive_class")
+    folder = target / "plots"
+    with figure_output(loaded.cfg.eval.figure_format, loaded.cfg.eval.figure_dpi):  # the run's own settings
+        plot_paths = {
+            "confusion": plots.confusion(
+                metrics["confusion_matrix"], loaded.classes, folder / "confusion.png"
+            ),
+            "roc": plots.roc(y, probs, loaded.classes, folder / "roc.png", metrics["auc"], positive),
+            "reliability": plots.reliability(y, probs, folder / "reliability.png", metrics["ece"]),
+        }
+        plot_notes: dict[str, str] = {}
+        if loaded.cfg.eval.tsne:
+            t = tsne_plot(feats, y, loaded.classes, folder / "tsne.png", loaded.cfg.train.seed, plot_notes)
+            if t:
+                plot_paths["tsne"] = t
     result = {
         "run": str(loaded.path),
         "model": loaded.cfg.model.name,
@@ -176,13 +179,14 @@ def _multilabel_result(
     metrics["label_policy"] = ml.label_policy(labels if labels and labels.file else cfg.data.labels)
     folder = target / "plots"
     per = metrics["per_finding"]
-    plot_paths = {
-        "roc": plots.roc_grid(targets, probs, names, folder / "roc.png", per),
-        "cooccurrence": plots.cooccurrence_matrix(
-            ml.cooccurrence(targets), names, folder / "cooccurrence.png", len(targets)
-        ),
-        "reliability": plots.calibration_grid(targets, probs, names, folder / "reliability.png", per),
-    }
+    with figure_output(cfg.eval.figure_format, cfg.eval.figure_dpi):
+        plot_paths = {
+            "roc": plots.roc_grid(targets, probs, names, folder / "roc.png", per),
+            "cooccurrence": plots.cooccurrence_matrix(
+                ml.cooccurrence(targets), names, folder / "cooccurrence.png", len(targets)
+            ),
+            "reliability": plots.calibration_grid(targets, probs, names, folder / "reliability.png", per),
+        }
     result = {
         "run": str(loaded.path),
         "model": loaded.cfg.model.name,
