@@ -140,7 +140,7 @@ MUTATIONS: list[Mutation] = [
     M("ece_unweighted", "stats.py",
       "ece += mask.mean() * abs(", "ece += abs(", METRICS,
       "ECE sums the bins' gaps without weighting them by their share of images"),
-    M("accuracy_not_specificity", "stats.py",
+    M("specificity_tn_missing_diagonal", "stats.py",
       "tn = cm.sum() - cm[c, :].sum() - cm[:, c].sum() + cm[c, c]",
       "tn = cm.sum() - cm[c, :].sum() - cm[:, c].sum()", METRICS,
       "true negatives of a class miss the + cm[c, c] (inclusion-exclusion): specificity too low"),
