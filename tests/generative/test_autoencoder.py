@@ -18,13 +18,12 @@ from cxrlab.generative.autoencoder import ConvAutoencoder, encode_dataset, load_
 from cxrlab.models import build_model, model_names
 from tests.conftest import run_cli
 from tests.generative.conftest import train_small_cnn
+from tests.trust.conftest import one_line_error
 
 
 def _one_line_error(proc) -> str:
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
+    """One error line on stderr (the audit's ``warning:`` lines may precede it): tests.trust's check."""
+    return one_line_error(proc)
 
 
 def test_architecture_is_the_reports():
