@@ -331,9 +331,10 @@ def _check_columns(file: Path, header: list[str], s: dict[str, Any]) -> None:
     if not s.get("image_column"):
         s["image_column"] = next((c for c in IMAGE_COLUMN_GUESSES if c in header), None)
         if s["image_column"] is None:
+            shown = ", ".join(repr(c) if c != c.strip() or not c.isprintable() else c for c in header)
             raise DataError(
                 f"{file}: name the column holding the image paths with --set data.labels.image_column=COLUMN "
-                f"(its columns: {', '.join(header)})"
+                f"(its columns: {shown})"
             )
     if not any(s.get(k) for k in ("label_column", "findings_column", "finding_columns")):
         raise DataError(
