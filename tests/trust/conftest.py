@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
-from tests.conftest import run_cli
+from tests.conftest import REQUIRE_ALL, run_cli
+
+HYPOTHESIS_SCALE = float(os.environ.get("CXRLAB_HYPOTHESIS_SCALE", "1"))
+
+
+def hypothesis_settings(n: int, *health_checks: HealthCheck) -> settings:
+    """The trust tests' hypothesis settings: ``n`` examples times ``CXRLAB_HYPOTHESIS_SCALE``, no deadline,
+    the same cases on every CI run (local runs explore new ones), no example database."""
+    return settings(
+        max_examples=max(1, int(n * HYPOTHESIS_SCALE)),
+        deadline=None,
+        derandomize=REQUIRE_ALL,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, *health_checks],
+    )
 
 
 def copy_subset(src: Path, dst: Path, per_split: dict[str, int], classes: tuple[str, ...]) -> Path:

@@ -24,10 +24,9 @@ from hypothesis import strategies as st
 
 from cxrlab.config import LabelsConfig
 from cxrlab.errors import CxrError
-from tests.conftest import REQUIRE_ALL, run_cli_inprocess
-from tests.trust.conftest import one_line_error, png_classes
+from tests.conftest import run_cli_inprocess
+from tests.trust.conftest import hypothesis_settings, one_line_error, png_classes
 
-SCALE = float(os.environ.get("CXRLAB_HYPOTHESIS_SCALE", "1"))
 TRAIN = [
     "train", "--model", "small_cnn", "-q", "--epochs", "1", "--image-size", "32", "--no-tensorboard",
     "--set", "eval.explain=off", "--set", "eval.tsne=false", "--set", "eval.bootstrap=50",
@@ -35,14 +34,7 @@ TRAIN = [
 
 
 def _settings(n: int) -> settings:
-    return settings(
-        max_examples=max(1, int(n * SCALE)),
-        deadline=None,
-        derandomize=REQUIRE_ALL,  # CI replays the same cases; local runs explore new ones
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                               HealthCheck.filter_too_much],
-    )  # fmt: skip
+    return hypothesis_settings(n, HealthCheck.filter_too_much)
 
 
 def refused(proc) -> str:

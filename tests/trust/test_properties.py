@@ -24,20 +24,12 @@ from PIL import Image
 
 from cxrlab.config import RunConfig
 from cxrlab.errors import CxrError
-from tests.conftest import REQUIRE_ALL, run_cli
-
-SCALE = float(os.environ.get("CXRLAB_HYPOTHESIS_SCALE", "1"))
+from tests.conftest import run_cli
+from tests.trust.conftest import hypothesis_settings
 
 
 def _settings(n: int) -> settings:
-    return settings(
-        max_examples=max(1, int(n * SCALE)),
-        deadline=None,
-        derandomize=REQUIRE_ALL,  # CI replays the same cases; local runs explore new ones
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                               HealthCheck.data_too_large],
-    )  # fmt: skip
+    return hypothesis_settings(n, HealthCheck.data_too_large)
 
 
 # ---------------------------------------------------------------- configs ----------------------------------
