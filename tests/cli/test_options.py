@@ -23,7 +23,7 @@ NOT_CONFIG = {
     "train": {"out", "config", "set_", "resume", "overwrite", "quiet", "seeds", "help"},  # seeds: many runs
     "audit": {"data", "data_option", "out", "max_distance", "quiet", "help"},
     "summary": {"model", "config", "num_classes", "set_", "layers", "as_json", "help"},
-    "evaluate": {"run", "data", "classes", "label_map", "out", "quiet", "help"},
+    "evaluate": {"run", "data", "classes", "label_map", "out", "quiet", "allow_changed", "help"},
 }
 TABLES = {"train": TRAIN, "audit": AUDIT, "summary": SUMMARY, "evaluate": EVALUATE}
 

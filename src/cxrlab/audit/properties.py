@@ -12,7 +12,6 @@ Images that are not DICOM get ``not DICOM`` there, attributes a file leaves empt
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 
 from cxrlab.data.dicom import DicomError, is_dicom, read_header
 from cxrlab.data.images import ImageReadError, read_info
+from cxrlab.data.splits import array_sha256, file_sha256
 
 NUMERIC = ("width", "height", "aspect_ratio", "bytes_per_pixel")
 CATEGORICAL = ("format", "color_mode", "bit_depth")
@@ -108,17 +108,13 @@ def categorical_keys(props: list[dict[str, Any] | None]) -> tuple[str, ...]:
 
 
 def content_hash(path: str) -> str | None:
-    """SHA-256 of the file's bytes (``None`` when it cannot be read)."""
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except OSError:
-        return None
+    """SHA-256 of the file's bytes (``None`` when it cannot be read): the hash splits.csv records."""
+    return file_sha256(path)
 
 
 def array_hash(array: np.ndarray) -> str:
     """SHA-256 of an array's bytes (images that come as arrays, e.g. MedMNIST)."""
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    return array_sha256(array)
 
 
 def per_class_summary(

@@ -142,6 +142,15 @@ def evaluate(
     label_map: Annotated[str, Opt(help="map the dataset's class names to the model's: SRC=DST,…")] = None,
     out: Annotated[Path, Opt(help="where to write [default: RUN/evaluation or RUN/external]")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
+    allow_changed: Annotated[
+        bool,
+        Opt(
+            "--allow-changed",
+            help="score the test images of RUN/splits.csv that are still there unchanged (SHA-256), "
+            "leaving out missing or changed ones (said in the output and metrics.json); without it they "
+            "stop the command",
+        ),
+    ] = False,
     **flags: Any,
 ) -> None:
     """Evaluate a trained run (metrics with 95% CIs, plots, report) on its test split or on other data."""
@@ -159,6 +168,7 @@ def evaluate(
         o["device"],
         labels_config(o),
         progress=not quiet,
+        allow_changed=allow_changed,
     )
     t = result["test"]
     if result.get("multilabel"):

@@ -69,9 +69,14 @@ def prepare_eval_data(
     max_images: int | None = None,
     labels: LabelsConfig | None = None,
     progress: bool = False,
+    allow_changed: bool = False,
 ) -> PreparedData:
     """The run's own test split, or another dataset's test split (all of it when it has no splits);
     ``max_images`` keeps that many, taken in turn from each class (a quick sample).
+
+    The run's own test split is the one recorded in its splits.csv, each image checked against the SHA-256
+    recorded there (:func:`recorded_test_index`): a missing or changed image is one line, unless
+    ``allow_changed`` scores the images that remain (and says so in ``data.split_origin`` and a warning).
 
     ``labels`` reads the other dataset from a label file (``data`` is then its image folder). For a
     multi-label run the other data's findings are renamed by ``label_map`` (data name → model name) and
@@ -83,27 +88,12 @@ def prepare_eval_data(
     match: dict[str, Any] | None = None
     if labels is not None and labels.file and data is None:
         raise DataError("--labels reads another dataset's label file: give its image folder with --data")
+    if allow_changed and data is not None:
+        raise DataError(
+            "--allow-changed applies to the run's own test split (its splits.csv); it does not go with --data"
+        )
     if data is None:
-        index = discover(
-            cfg.data.path,
-            cfg.data.classes,
-            cfg.data.label_map,
-            cfg.data.val_fraction,
-            cfg.data.test_fraction,
-            cfg.data.group_pattern,
-            cfg.train.seed,
-            cfg.data.max_per_class,
-            patient_csv=cfg.data.patient_csv,
-            patient_column=cfg.data.patient_column,
-            file_column=cfg.data.file_column,
-            val_split=cfg.data.val_split,
-            labels=cfg.data.labels,
-            dicom_patient_ids=cfg.data.dicom_patient_ids,
-        )
-        apply_task(
-            index, cfg.data.labels.task if cfg.data.labels.file else "auto", cfg.data.labels.no_finding
-        )
-        index.samples = [s for s in index.samples if s.split == "test"]
+        index = recorded_test_index(loaded, allow_changed)
     else:
         labelled = labels is not None and bool(labels.file)
         index = discover(
@@ -158,6 +148,68 @@ def prepare_eval_data(
     if "test" not in (prepared.images if prepared.codes is None else prepared.codes):
         raise DataError("no readable evaluation images found")
     return prepared
+
+
+def recorded_test_index(loaded: LoadedRun, allow_changed: bool = False) -> DatasetIndex:
+    """The run's data indexed as it is now, its samples the test images recorded in the run's splits.csv
+    (in that order), each found by path with its class and content hash unchanged (:mod:`cxrlab.data.splits`).
+
+    A run without splits.csv (trained before cxrlab wrote it) re-derives its test split from the saved seed,
+    and ``data.split_origin`` says so."""
+    import sys
+
+    from cxrlab.data.splits import SPLITS_FILE, changed_error, check_recorded_test, read_recorded_test
+
+    cfg = loaded.cfg
+    recorded = read_recorded_test(loaded.path)
+    index = discover(
+        cfg.data.path,
+        cfg.data.classes,
+        cfg.data.label_map,
+        cfg.data.val_fraction,
+        cfg.data.test_fraction,
+        cfg.data.group_pattern,
+        cfg.train.seed,
+        # the recorded images are looked up by path: no cap (it would drop some of them at random) and no
+        # test split carved (what is carved now is not what was tested)
+        None if recorded is not None else cfg.data.max_per_class,
+        require_test=recorded is None,
+        patient_csv=cfg.data.patient_csv,
+        patient_column=cfg.data.patient_column,
+        file_column=cfg.data.file_column,
+        val_split=cfg.data.val_split,
+        labels=cfg.data.labels,
+        dicom_patient_ids=cfg.data.dicom_patient_ids,
+    )
+    apply_task(index, cfg.data.labels.task if cfg.data.labels.file else "auto", cfg.data.labels.no_finding)
+    if recorded is None:
+        index.samples = [s for s in index.samples if s.split == "test"]
+        index.split_origin["test"] = (
+            f"re-derived by discovery with seed {cfg.train.seed}: the run has no {SPLITS_FILE} (trained "
+            "before cxrlab recorded its splits): images added to or removed from the data since can move it"
+        )
+        return index
+    rows, hashed = recorded
+    if not rows:
+        raise DataError(f"{loaded.path / SPLITS_FILE} records no test images; the run cannot be re-scored")
+    check = check_recorded_test(index, rows, hashed)
+    if check.problems and not allow_changed:
+        raise changed_error(loaded.path, check)
+    if check.problems:
+        first, why = check.problems[0]
+        print(
+            f"warning: --allow-changed: scoring {len(check.samples)} of the {check.recorded} test images "
+            f"recorded in {loaded.path / SPLITS_FILE}; {len(check.problems)} left out "
+            f"(first: {first}: {why})",
+            file=sys.stderr,
+        )
+        left_out = "recorded test image left out (--allow-changed)"
+        index.skipped += [(p, f"{left_out}: {w}") for p, w in check.problems]
+    if not check.samples:
+        raise DataError(f"none of the {check.recorded} recorded test images of {loaded.path} is usable")
+    index.samples = check.samples
+    index.split_origin["test"] = check.origin(allow_changed)
+    return index
 
 
 def _match_task(loaded: LoadedRun, index: DatasetIndex, data: str, no_finding: str) -> None:

@@ -46,9 +46,12 @@ def evaluate_run(
     device: str = "auto",
     labels: LabelsConfig | None = None,
     progress: bool = True,
+    allow_changed: bool = False,
 ) -> dict[str, Any]:
     """Score a run on its test split or on another dataset; writes metrics, plots and a report.
     ``progress``: progress bars (decoding, predicting, explaining; drawn on a terminal only).
+    The run's test split is the one in its splits.csv; ``allow_changed`` scores what remains of it when
+    recorded images are missing or changed (:func:`~cxrlab.evaluation.inference.recorded_test_index`).
 
     ``labels`` (``data.labels``: a label file, its preset and findings) reads the other dataset ``data``
     from a label file. A multi-label run is scored per finding on the findings both sides share (renamed by
@@ -57,7 +60,9 @@ def evaluate_run(
     _lock = run_lock(require_run(run), "wait for it to finish, then evaluate")  # held until we return
     settle_stale(run)  # a "running" status whose process is gone is recorded as interrupted
     loaded = load_run(run)
-    prepared = prepare_eval_data(loaded, data, classes, label_map, labels=labels, progress=progress)
+    prepared = prepare_eval_data(
+        loaded, data, classes, label_map, labels=labels, progress=progress, allow_changed=allow_changed
+    )
     target = Path(out) if out else loaded.path / ("evaluation" if data is None else "external")
     check_outside_inputs(target, (data,))
     check_out_folder(target, EVAL_OUTPUTS)  # never into a run folder or a folder of other files

@@ -23,6 +23,7 @@ from cxrlab.audit import quick_audit
 from cxrlab.config import RunConfig
 from cxrlab.data.index import codes_meta
 from cxrlab.data.prepare import PreparedData, prepare_data
+from cxrlab.data.splits import COLUMNS, SPLITS_FILE, split_rows
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.evaluate import evaluate_trained
 from cxrlab.evaluation.inference import load_run
@@ -325,22 +326,7 @@ def _codes_input(cfg: RunConfig, spec: ModelSpec) -> None:
         )
 
 
-def _class_cell(data: PreparedData, s: Any) -> str:
-    """splits.csv's class: the class name, or (multi-label) the positive findings joined by '|'."""
-    if data.multilabel:
-        return "|".join(f for f, v in zip(data.findings, s.targets, strict=True) if v > 0)
-    return data.classes[s.label]
-
-
 def _write_splits(out: Path, data: PreparedData) -> None:
-    rows = [
-        {
-            "split": s.split,
-            "class": _class_cell(data, s),
-            "path": s.path,
-            "group": s.group,
-            "synthetic": int(s.synthetic),
-        }
-        for s in data.index.samples
-    ]
-    write_csv(out / "splits.csv", rows, ["split", "class", "path", "group", "synthetic"])
+    """splits.csv: every image with its split, class, patient group and content hash — the test split that
+    `cxr evaluate RUN` scores (:mod:`cxrlab.data.splits`)."""
+    write_csv(out / SPLITS_FILE, split_rows(data.index), COLUMNS)
