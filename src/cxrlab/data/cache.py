@@ -8,10 +8,12 @@ too (a small ``.bad`` text file), so a warm run does not retry a broken file.
 Location: ``--cache-dir``, else ``$CXRLAB_CACHE_DIR``, else ``~/.cache/cxrlab``.
 
 Training reads each split from a **store** (:meth:`ImageCache.store`): one ``(N, H, W)`` uint8 ``.npy``
-file per split under ``CACHE/store/`` plus a JSON sidecar, opened with memory mapping, so DDP ranks on
-one node share the OS page cache. A mapped page a process has read counts in its resident memory until
-the process lets go of it, so a daemon thread releases the stores' pages every :data:`STORE_RELEASE_S`
-seconds (:func:`release_pages`): resident memory stays flat however many rows are read. The per-image
+file per split under ``CACHE/store/`` plus a JSON sidecar, opened as a **read-only** memory map
+(``np.load(mmap_mode="r")``), so DDP ranks on one node share the OS page cache and nothing writes into a
+store by mistake. Readers copy the rows they use (:class:`~cxrlab.data.prepare.ImageArrayDataset` one row
+per item, :func:`~cxrlab.data.prepare.to_tensor` one batch): the pixels stay clean file-backed pages of the
+page cache, which the kernel reclaims under pressure, and the process's anonymous memory does not grow
+with the number of images (docs/benchmarks.md §11.6). The per-image
 entries (``CACHE/images/``) stay for datasets of up to :data:`IMAGE_ENTRY_LIMIT` images: they let runs
 with other splits (another seed, other fractions) reuse decoded images. Larger datasets only read
 per-image entries that already exist, and write the store alone (no second copy).
@@ -24,15 +26,12 @@ import fcntl
 import hashlib
 import io
 import json
-import mmap
 import multiprocessing
 import os
 import signal
 import sys
 import tempfile
-import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -45,69 +44,6 @@ CACHE_VERSION = "1"
 STORE_VERSION = "1"
 # Datasets with at most this many images also keep one .npy per decoded image (shared across splits).
 IMAGE_ENTRY_LIMIT = int(os.environ.get("CXRLAB_IMAGE_ENTRY_LIMIT", "20000"))
-#: Seconds between two releases of the opened stores' resident pages (0: never).
-STORE_RELEASE_S = float(os.environ.get("CXRLAB_STORE_RELEASE_S", "1"))
-
-
-def release_pages(array: np.ndarray) -> bool:
-    """Let go of the resident pages of a memory-mapped ``array`` (``madvise(MADV_DONTNEED)``): the
-    process's resident memory drops by them, the pages stay in the OS page cache, and the next read of a
-    row maps them again from there (a minor fault, no disk read). Only for mappings this process never
-    writes privately (the stores: read-only use of a copy-on-write map, or a shared map being filled).
-    False when ``array`` is not a live mapping."""
-    mapping = getattr(array, "_mmap", None)
-    if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
-        return False
-    try:
-        mapping.madvise(mmap.MADV_DONTNEED)
-    except (ValueError, OSError):  # closed, or a platform without it
-        return False
-    return True
-
-
-class _StoreReleaser:
-    """A daemon thread per process that calls :func:`release_pages` on every open store each
-    :data:`STORE_RELEASE_S` seconds; a store closed by garbage collection drops out by itself."""
-
-    def __init__(self) -> None:
-        self._arrays: list[weakref.ref] = []
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        os.register_at_fork(after_in_child=self._after_fork)
-
-    def _after_fork(self) -> None:
-        """A forked child (a DataLoader worker) inherits the maps but not the thread: start its own."""
-        self._lock = threading.Lock()
-        self._pid = None
-        if self._arrays:
-            self._start()
-
-    def _start(self) -> None:
-        self._pid = os.getpid()
-        threading.Thread(target=self._run, name="cxrlab-store-release", daemon=True).start()
-
-    def watch(self, array: np.ndarray) -> None:
-        if STORE_RELEASE_S <= 0 or getattr(array, "_mmap", None) is None:
-            return
-        with self._lock:
-            self._arrays.append(weakref.ref(array))
-            if self._pid != os.getpid():
-                self._start()
-
-    def release(self) -> int:
-        """Release every open store's pages now; the number of stores released."""
-        with self._lock:
-            live = [a for ref in self._arrays if (a := ref()) is not None]
-            self._arrays = [weakref.ref(a) for a in live]
-        return sum(release_pages(a) for a in live)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(STORE_RELEASE_S)
-            self.release()
-
-
-STORE_RELEASER = _StoreReleaser()
 
 
 def default_cache_dir(explicit: str | None = None) -> Path:
@@ -316,12 +252,12 @@ class ImageCache:
             rows = n - len(failed)
             if rows == 0:
                 return np.zeros((0, size, size), np.uint8), failed
-            array = np.load(folder / f"{name}.npy", mmap_mode="c", allow_pickle=False)
+            # read-only: a write raises instead of diverging from the file (readers copy their rows)
+            array = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         if info.get("rows") != n or array.shape != (rows, size, size) or array.dtype != np.uint8:
             return None
-        STORE_RELEASER.watch(array)
         return array, failed
 
     def _build(
@@ -362,8 +298,7 @@ class ImageCache:
 
         def checkpoint() -> None:  # rows first, then the bitmap that says they are there
             try:
-                array.flush()
-                release_pages(array)  # written rows are in the page cache: no need to keep them resident
+                array.flush()  # written rows reach the file (the kernel keeps or drops their pages)
                 _write_atomic(why, json.dumps(reasons).encode())
                 buf = io.BytesIO()
                 np.save(buf, state, allow_pickle=False)
@@ -389,8 +324,6 @@ class ImageCache:
                     out[j : j + 512] = array[kept[j : j + 512]]  # type: ignore[index]
                     if (j // 512 + 1) % 16 == 0:  # after every 16th chunk (8,192 rows)
                         out.flush()  # type: ignore[union-attr]
-                        release_pages(out)  # type: ignore[arg-type]
-                        release_pages(array)
                 if out is not None:
                     out.flush()
                 else:

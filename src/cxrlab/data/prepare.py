@@ -269,8 +269,9 @@ def _progress_bar(total: int, desc: str) -> Any:
 def to_tensor(
     images: np.ndarray, channels: int, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
-    """uint8 ``(N, H, W)`` → normalised float ``(N, C, H, W)`` (grey replicated to C channels)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float().div_(255.0)
+    """uint8 ``(N, H, W)`` → normalised float ``(N, C, H, W)`` (grey replicated to C channels); the rows
+    are copied (a read-only store's rows too) in the conversion to float."""
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32)).unsqueeze(1).div_(255.0)
     return normalize(x, channels, mean, std)
 
 
@@ -327,7 +328,7 @@ def keras_augmentation(cfg: AugmentConfig, size: int):
 
 
 class ImageArrayDataset(Dataset):
-    """uint8 images in memory → normalised tensors, optionally augmented."""
+    """uint8 images (in RAM or a read-only store) → normalised tensors, optionally augmented."""
 
     def __init__(
         self,
@@ -338,8 +339,8 @@ class ImageArrayDataset(Dataset):
         std: tuple[float, ...],
         augment: AugmentConfig | None = None,
     ):
-        # zero-copy: a memory-mapped store stays on disk (pages are read as rows are asked for)
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)  # (N,1,H,W) uint8
+        # a read-only memory-mapped store stays in the page cache: each item copies its row (no copy here)
+        self.images = images  # (N, H, W) uint8
         # CXRLAB_TRACE_ROWS=FOLDER (debugging, tests): each process appends the rows it reads, by store
         self._trace = None
         folder = os.environ.get("CXRLAB_TRACE_ROWS")
@@ -358,7 +359,7 @@ class ImageArrayDataset(Dataset):
         if self._trace is not None:
             with open(self._trace[0], "a", encoding="utf-8") as fh:
                 fh.write(f"{self._trace[1]} {int(i)}\n")
-        x = self.images[i]
+        x = torch.from_numpy(np.array(self.images[i])).unsqueeze(0)  # (1, H, W) uint8, this row's copy
         if self.augment is not None:
             x = self.augment(x)
         x = x.float().div_(255.0).unsqueeze(0)

@@ -32,7 +32,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.config import MAX_BATCH, MAX_EPOCHS, check_range, check_seed_and_lr
 from cxrlab.data.index import CODES_FILE
@@ -137,8 +137,18 @@ class LossHistory(L.Callback):
         write_csv(self.path, self.rows, ["epoch", "train_loss", "val_loss", "seconds"])
 
 
-def _images(x: np.ndarray) -> TensorDataset:
-    return TensorDataset(torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1))
+class _Images(Dataset):
+    """uint8 images ``(N, H, W)`` (in RAM or a read-only store) → ``((1, H, W) uint8,)`` items, each a copy
+    of its row, like a ``TensorDataset`` over them without copying the whole split."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor]:
+        return (torch.from_numpy(np.array(self.x[i])).unsqueeze(0),)
 
 
 def train_autoencoder(
@@ -203,9 +213,9 @@ def train_autoencoder(
     write_json(out / META, meta)
     gen = torch.Generator().manual_seed(seed)
     train_dl = DataLoader(
-        _images(prepared.images["train"]), batch_size=batch_size, shuffle=True, generator=gen
+        _Images(prepared.images["train"]), batch_size=batch_size, shuffle=True, generator=gen
     )
-    val_dl = DataLoader(_images(prepared.images["val"]), batch_size=batch_size)
+    val_dl = DataLoader(_Images(prepared.images["val"]), batch_size=batch_size)
     module = AutoencoderModule(net, lr)
     history = LossHistory(out / "history.csv")
     ckpt = ModelCheckpoint(
@@ -289,7 +299,7 @@ def reconstruction_mse(net: ConvAutoencoder, images: np.ndarray, device: str = "
     total, n = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(images), 64):
-            x = torch.from_numpy(images[start : start + 64]).unsqueeze(1).float().div(255.0).to(device)
+            x = torch.tensor(images[start : start + 64]).unsqueeze(1).float().div(255.0).to(device)
             total += float(((net(x) - x) ** 2).mean(dim=(1, 2, 3)).sum())
             n += len(x)
     return round(total / max(n, 1), 6)
@@ -348,7 +358,7 @@ def encode_dataset(
     for split, images in prepared.images.items():
         (codes,) = batched(
             encoder,
-            lambda s, im=images: torch.from_numpy(im[s]).unsqueeze(1).float().div(255.0),
+            lambda s, im=images: torch.tensor(im[s]).unsqueeze(1).float().div(255.0),
             len(images),
             batch_size,
             dev,
