@@ -102,8 +102,8 @@ def kermany_subset(n: int, out: Path) -> Path:
     return out
 
 
-def memory(work: Path, sizes: list[int], baseline_src: str | None, image_size: int) -> dict:
-    sides = {"store": str(ROOT / "src")} | ({"baseline": baseline_src} if baseline_src else {})
+def memory(work: Path, sizes: list[int], baseline_src: str | None, image_size: int, store_src: str) -> dict:
+    sides = {"store": store_src} | ({"baseline": baseline_src} if baseline_src else {})
     res: dict = {}
     for n in sizes:
         data = kermany_subset(n, work / f"kermany-{n}")
@@ -132,19 +132,21 @@ def memory(work: Path, sizes: list[int], baseline_src: str | None, image_size: i
     return res
 
 
-def speed(data: Path, work: Path, epochs: int, baseline_src: str | None, pairs: int, image_size: int) -> dict:
+def speed(data: Path, work: Path, epochs: int, baseline_src: str | None, pairs: int, image_size: int,
+          store_src: str) -> dict:  # fmt: skip
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"  # one warm cache: the store files are the same format on both sides
     py = sys.executable
     prep = subprocess.run([py, "-m", "cxrlab", "prepare", "--data", str(data), "--image-size",
                            str(image_size), "--cache-dir", str(cache), "-q"],
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": store_src})  # fmt: skip
     assert prep.returncode == 0, prep.stderr[-2000:]
     train = [py, "-m", "cxrlab", "train", "--data", str(data), "--image-size", str(image_size), "-q",
              "--model", "alexnet_improved", "--epochs", str(epochs), "--cache-dir", str(cache),
              "--set", "eval.tsne=false", "--set", "eval.bootstrap=200", "--set", "eval.explain=off",
              "--set", "train.fast_path=false"]  # fmt: skip
-    sides = {"store": str(ROOT / "src")} | ({"baseline": baseline_src} if baseline_src else {})
+    sides = {"store": store_src} | ({"baseline": baseline_src} if baseline_src else {})
     res: dict = {side: [] for side in sides}
     for p in range(pairs):
         order = list(sides) if p % 2 == 0 else list(reversed(sides))  # alternate who goes first
@@ -187,13 +189,16 @@ def main() -> None:
     s.add_argument("--pairs", type=int, default=2)
     for p in (m, s):
         p.add_argument("--baseline-src")
+        p.add_argument(
+            "--store-src", default=str(ROOT / "src"), help="the side measured (default: this checkout)"
+        )
         p.add_argument("--image-size", type=int, default=224)
         p.add_argument("--json", type=Path)
     a = ap.parse_args()
     if a.cmd == "memory":
-        res = memory(a.work, [int(x) for x in a.n.split(",")], a.baseline_src, a.image_size)
+        res = memory(a.work, [int(x) for x in a.n.split(",")], a.baseline_src, a.image_size, a.store_src)
     else:
-        res = speed(a.data, a.work, a.epochs, a.baseline_src, a.pairs, a.image_size)
+        res = speed(a.data, a.work, a.epochs, a.baseline_src, a.pairs, a.image_size, a.store_src)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
 
