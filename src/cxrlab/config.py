@@ -270,7 +270,17 @@ class TrainConfig(_Section):
     devices: str = Field("auto", description="number of devices (Lightning --devices)")
     num_nodes: int = Field(1, ge=1, le=10_000)
     strategy: str = Field("auto", description="Lightning strategy, e.g. ddp")
-    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
+        "auto",
+        description="training precision: auto = bf16-mixed on a CPU with native bf16 or a GPU (16-mixed "
+        "without bf16), else 32; inference follows eval.precision, not this",
+    )
+    restore: Literal["best", "last"] = Field(
+        "best",
+        description="the weights evaluated and saved after training: best = the epoch best by train.monitor "
+        "on validation (checkpoints/best.ckpt); last = the final epoch's (what Keras keeps without a "
+        "checkpoint callback)",
+    )
     fast_path: bool = Field(True, description="frozen backbone + no augmentation → cache features")
     num_workers: int = Field(0, ge=0)
     tensorboard: bool = True
@@ -347,6 +357,11 @@ class EvalConfig(_Section):
     explain_images: int = Field(
         100, ge=1, le=10000, description="lung-attention score: at most this many test images (seeded sample)"
     )
+    explain_method: str = Field(
+        "gradcam",
+        description="CAM method of the report's gallery and lung-attention score: a name of "
+        "cxrlab.explain.methods.METHODS, as `cxr explain --method` takes it (gradcam, gradcam++, ...)",
+    )
     figure_format: Literal["png", "svg", "pdf"] = Field(
         "png",
         description="file format of the run's plots in plots/ (curves, confusion, ROC, t-SNE, reliability): "
@@ -355,6 +370,18 @@ class EvalConfig(_Section):
     figure_dpi: int = Field(
         150, ge=50, le=1200, description="resolution of PNG plots (and of raster parts of svg/pdf), in dpi"
     )
+    precision: Literal["32", "bf16-mixed", "16-mixed", "auto"] = Field(
+        "32",
+        description="inference precision of evaluation, predict, serve, explain, external validation and "
+        "reproduce: 32 (fp32 on every machine, the default: the same probabilities as the ONNX export); "
+        "bf16-mixed / 16-mixed autocast; auto as train.precision resolves it",
+    )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml_number_is_text(cls, value: object) -> object:
+        # `precision: 32` in YAML (or --set eval.precision=32) reads as the number 32
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("explain", mode="before")
     @classmethod

@@ -1,15 +1,19 @@
 """Device and precision choices, fast batched inference, a quiet Lightning, the machine's description.
 
-Measured on the development CPU (2 cores, AVX-512 without native bf16; docs/benchmarks.md):
+Measured on a development CPU (2 cores, AVX-512 without native bf16; docs/benchmarks.md):
 ``channels_last`` alone nearly doubles MobileNetV2 inference, while bf16 autocast *without*
-hardware bf16 slows ResNet-18 down 2–3×. So ``auto`` uses bf16 only where the CPU has native
-bf16 (``avx512_bf16`` / ``amx_bf16``) or on CUDA, and channels_last always for convolutions.
+hardware bf16 slows ResNet-18 down 2–3×. So training's ``auto`` uses bf16 only where the CPU has
+native bf16 (``avx512_bf16`` / ``amx_bf16``) or on CUDA, and channels_last always for convolutions.
+Inference (``eval.precision``) is fp32 unless a run asks otherwise, so one run folder gives the same
+probabilities on every machine. ``CXRLAB_CPU_BF16=1`` / ``0`` overrides the CPU's bf16 detection
+(to test or reproduce the other machine's code path).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 import sys
 import warnings
@@ -22,10 +26,22 @@ from torch import nn
 
 from cxrlab.errors import CxrError
 
+#: Environment variable that overrides the CPU's bf16 detection: 1 (has native bf16) or 0 (has not).
+CPU_BF16_ENV = "CXRLAB_CPU_BF16"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU advertises hardware bf16 (AVX512_BF16 or AMX), or as ``CXRLAB_CPU_BF16`` says."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise CxrError(f"{CPU_BF16_ENV}={forced!r}: set it to 1 (native bf16) or 0 (none), or unset it")
+    return _cpuinfo_bf16()
+
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises hardware bf16 (AVX512_BF16 or AMX)."""
+def _cpuinfo_bf16() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             flags = fh.read()

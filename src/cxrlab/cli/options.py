@@ -213,7 +213,12 @@ TRAIN: tuple[ConfigFlag, ...] = (
     _F("devices", "train.devices", str, "number of devices for multi-device training"),
     _F("num_nodes", "train.num_nodes", int, "number of nodes (clusters)"),
     _F("strategy", "train.strategy", str, "Lightning strategy, e.g. ddp"),
-    _F("precision", "train.precision", str, "auto | 32 | bf16-mixed | 16-mixed"),
+    _F("precision", "train.precision", str,
+       "training: auto | 32 | bf16-mixed | 16-mixed (auto: bf16 where the CPU or GPU has it); evaluation, "
+       "predict, serve and explain run fp32 unless --set eval.precision=bf16-mixed"),
+    _F("restore", "train.restore", str,
+       "the weights evaluated and saved: best (the best validation epoch by train.monitor, checkpoints/"
+       "best.ckpt) or last (the final epoch's, as Keras keeps them)"),
     _CACHE_DIR,
     _F("extra_train", "data.extra_train", str,
        "folder of extra (synthetic) training images, class subfolders", unset="none"),

@@ -144,7 +144,7 @@ class Predictor:
         from cxrlab.runtime import inference_dtype, prepare_for_inference
 
         self.net = with_tta(prepare_for_inference(self.loaded.model, self.device), self.loaded.tta_shift)
-        self.dtype = inference_dtype(self.loaded.cfg.train.precision, self.device)
+        self.dtype = inference_dtype(self.loaded.cfg.eval.precision, self.device)
         self._thread = threading.Thread(target=self._loop, name="cxrlab-inference", daemon=True)
         self._thread.start()
 

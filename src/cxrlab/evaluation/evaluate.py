@@ -43,7 +43,7 @@ def predict_images(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     device: str = "cpu",
-    precision: str = "auto",
+    precision: str = "32",
     progress: str | None = None,
     tta_shift: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +203,7 @@ def evaluate_trained(
                 trained.spec.mean,
                 trained.spec.std,
                 trained.device,
-                cfg.train.precision,
+                cfg.eval.precision,
                 progress=f"predicting ({split})" if progress else None,
                 tta_shift=tta,
             )

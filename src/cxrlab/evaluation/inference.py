@@ -438,7 +438,7 @@ def predict_arrays(
         tuple(meta["mean"]),
         tuple(meta["std"]),
         device,
-        loaded.cfg.train.precision,
+        loaded.cfg.eval.precision,
         tta_shift=loaded.tta_shift,
     )
     if meta.get("task") == "multilabel":  # one sigmoid per finding; above[i, j]: at or over its threshold

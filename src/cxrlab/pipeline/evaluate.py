@@ -79,7 +79,7 @@ def evaluate_run(
             tuple(meta["mean"]),
             tuple(meta["std"]),
             dev,
-            loaded.cfg.train.precision,
+            loaded.cfg.eval.precision,
             progress="predicting" if progress else None,
             tta_shift=loaded.tta_shift,
         )

@@ -1,8 +1,11 @@
 """The fast path: compute frozen-backbone features once, cache them, train only the head.
 
-Features are computed in inference mode with ``channels_last`` (and bf16 autocast where the
-hardware has bf16), then stored in the cache as ``.npy``. With global pooling in the head the
-pooled vector is stored (shape ``(N, C, 1, 1)``, so the head's pooling is the identity);
+Features are computed in inference mode with ``channels_last`` at the *training* precision (bf16
+autocast where ``train.precision: auto`` finds bf16 hardware: they are the head's training inputs), then
+stored in the cache as ``.npy`` (the dtype is part of the key). Where ``eval.precision`` resolves to
+another dtype, :func:`cxrlab.training.train.fit` computes the validation and test features again at that
+precision, so the scores in metrics.json are those of ``cxr predict`` on every CPU. With global pooling
+in the head the pooled vector is stored (shape ``(N, C, 1, 1)``, so the head's pooling is the identity);
 with ``flatten`` pooling or batch norm on the feature map the whole map is stored (fp16).
 """
 
@@ -42,8 +45,10 @@ def backbone_features(
     device: str,
     cache: ImageCache | None = None,
     label: str | None = "features",
+    precision: str | None = None,
 ) -> np.ndarray:
-    """Backbone outputs for ``images`` (uint8 ``(N, H, W)``), read from or written to the cache."""
+    """Backbone outputs for ``images`` (uint8 ``(N, H, W)``), read from or written to the cache;
+    ``precision``: as ``train.precision`` (None: the config's ``train.precision``)."""
     mode = feature_mode(cfg)
 
     def pool(fmap: torch.Tensor) -> torch.Tensor:
@@ -55,7 +60,7 @@ def backbone_features(
 
     store = np.float16 if mode == "map" else np.float32
     feats = _cached_outputs(model.backbone, pool, ["features-v2", mode], images, keys, cfg, spec, channels,
-                            device, cache, label, store)  # fmt: skip
+                            device, cache, label, store, precision)  # fmt: skip
     return feats.astype(np.float32)
 
 
@@ -72,10 +77,11 @@ def _cached_outputs(
     cache: ImageCache | None,
     label: str | None,
     store_dtype: type,
+    precision: str | None = None,
 ) -> np.ndarray:
     """``transform(module(x))`` over ``images`` in inference batches, or its earlier result from the cache,
     keyed by ``what`` (a kind, then its settings), the model, weights, channels, dtype and image keys."""
-    dtype = inference_dtype(cfg.train.precision, device)
+    dtype = inference_dtype(precision or cfg.train.precision, device)
     ident = [
         what[0],
         spec.name,
@@ -157,9 +163,10 @@ def prefix_activations(
     device: str,
     cache: ImageCache | None = None,
     label: str | None = "activations",
+    precision: str | None = None,
 ) -> np.ndarray:
     """Output of the frozen prefix (backbone blocks ``1…k``, eval mode) for ``images`` (uint8 ``(N, H, W)``),
     as fp16 ``(N, C, h, w)`` (float32 when a value exceeds fp16), read from or written to the cache."""
     what = ["activations-v2", f"blocks={k}", f"size={cfg.data.image_size}"]
     return _cached_outputs(prefix, lambda x: x, what, images, keys, cfg, spec, channels,
-                           device, cache, label, np.float16)  # fmt: skip
+                           device, cache, label, np.float16, precision)  # fmt: skip

@@ -37,7 +37,7 @@ from cxrlab.runs import (
     write_csv,
     write_status,
 )
-from cxrlab.runtime import resolve_precision
+from cxrlab.runtime import inference_dtype, resolve_precision
 from cxrlab.training.features import (
     activation_path_note,
     backbone_features,
@@ -117,7 +117,8 @@ def fit(
     callbacks: list[L.Callback],
 ) -> Trained | None:
     """Build the model and fit it with Lightning into ``out`` (checkpoints, history.csv, logs); return the
-    best epoch's model for evaluation, or ``None`` in a DDP worker (rank 0 evaluates).
+    model ``train.restore`` names (the best epoch's or the last) for evaluation, or ``None`` in a DDP worker
+    (rank 0 evaluates).
 
     ``state["fitting"]`` turns true when the first epoch starts (a failure after that keeps the folder)."""
     if data.multilabel and cfg.model.head.output == "sigmoid":
@@ -147,26 +148,26 @@ def fit(
         loaders = _code_loaders(cfg, data, channels, timing)
     elif fast_path_applies(cfg):
         cache = ImageCache(cfg.data.cache_dir)
-        features = _per_split(
-            lambda images, keys, label: backbone_features(
-                model, images, keys, cfg, spec, channels, device, cache, label=label
-            ),
-            data,
-            "features" if progress else None,
-        )
+
+        def compute(images, keys, label, precision=None):
+            return backbone_features(
+                model, images, keys, cfg, spec, channels, device, cache, label=label, precision=precision
+            )
+
+        features = _per_split(compute, data, "features" if progress else None)
         net = model.head
         path_text = "frozen-feature fast path"
         loaders = _tensor_loaders(features, data, cfg)
     elif k and note is None:  # partial freeze: the frozen prefix runs once, the suffix trains on its output
         prefix, suffix = split_model(model, k)
         cache = ImageCache(cfg.data.cache_dir)
-        features = _per_split(
-            lambda images, keys, label: prefix_activations(
-                prefix, k, images, keys, cfg, spec, channels, device, cache, label=label
-            ),
-            data,
-            "prefix activations" if progress else None,
-        )
+
+        def compute(images, keys, label, precision=None):
+            return prefix_activations(
+                prefix, k, images, keys, cfg, spec, channels, device, cache, label=label, precision=precision
+            )
+
+        features = _per_split(compute, data, "prefix activations" if progress else None)
         net = suffix
         path_text = f"partial fine-tuning on cached activations (prefix: {k} frozen blocks, run once)"
         loaders = _tensor_loaders(features, data, cfg)
@@ -231,11 +232,23 @@ def fit(
     if not trainer.is_global_zero:  # DDP worker: rank 0 evaluates and writes the run folder
         return None
 
-    # The best epoch's weights, from this run folder (a path stored in the checkpoint could point to
-    # where the folder was before it was moved); loaded without unpickling code (load_checkpoint).
+    # train.restore: best → the best epoch's weights, from this run folder (a path stored in the checkpoint
+    # could point to where the folder was before it was moved), loaded without unpickling code
+    # (load_checkpoint); last → the weights as training left them (the final epoch's, EMA-averaged when
+    # train.ema_decay is set), as Keras keeps them without a checkpoint callback.
     best = out / "checkpoints" / "best.ckpt"
-    if best.is_file():
+    if cfg.train.restore == "best" and best.is_file():
         module.load_state_dict(load_checkpoint(best)["state_dict"])
+    if features is not None and inference_dtype(cfg.train.precision, device) != inference_dtype(
+        cfg.eval.precision, device
+    ):
+        # the cached inputs were computed at the training precision; evaluation scores the validation and
+        # test images at eval.precision, as `cxr predict` does (runtime.inference_dtype)
+        t_eval_inputs = time.perf_counter()
+        for split in ("val", "test"):
+            if split in data.images:
+                features[split] = compute(data.images[split], data.keys[split], None, cfg.eval.precision)
+        timing["eval_inputs_s"] = round(time.perf_counter() - t_eval_inputs, 3)
     model.to("cpu")
     used = [round(float(v), 4) for v in pos_weight] if pos_weight is not None else None
     return Trained(
