@@ -65,6 +65,50 @@ print(json.dumps(out))
 """
 
 
+# The child of `loop`: the training data path of `cxr train` (prepare_data on a warm cache, the training
+# Dataset with the config's augmentation, train._loader) feeding alexnet_improved's Adam steps; images/s
+# over batches after the first few (warm-up), and a pass of the loader alone (the store's read cost).
+LOOP = r"""
+import json, sys, time
+import torch
+from cxrlab.config import RunConfig
+from cxrlab.data.prepare import ImageArrayDataset, prepare_data
+from cxrlab.models.registry import get_spec, resolve_channels
+from cxrlab.training.train import _loader, build_model
+
+data_dir, cache = sys.argv[1:3]
+size, steps, load_n = map(int, sys.argv[3:6])
+cfg = RunConfig.from_dict({"data": {"path": data_dir, "cache_dir": cache, "image_size": size},
+                           "model": {"name": "alexnet_improved"}})
+d = prepare_data(cfg.data, size, progress=False)
+spec = get_spec(cfg.model.name)
+model = build_model(cfg.model, len(d.classes), size)
+ch = resolve_channels(spec, cfg.model)
+ds = ImageArrayDataset(d.images["train"], d.labels["train"], ch, spec.mean, spec.std, cfg.data.augmentation)
+loader = _loader(ds, cfg, shuffle=True)
+t, n = time.perf_counter(), 0
+for x, _ in loader:
+    n += len(x)
+    if n >= load_n:
+        break
+load_img_s = n / (time.perf_counter() - t)
+opt = torch.optim.Adam(model.parameters(), 1e-3)
+model.train()
+warm, seen, t = 3, 0, None
+for b, (x, y) in enumerate(loader):
+    if b == warm:
+        t = time.perf_counter()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+    if b >= warm:
+        seen += len(x)
+    if b + 1 >= warm + steps:
+        break
+print(json.dumps({"train_rows": len(ds), "load_img_s": round(load_img_s, 1), "load_rows": n,
+                  "step_img_s": round(seen / (time.perf_counter() - t), 1), "step_rows": seen}))
+"""
+
+
 def _rollup(pid: int) -> dict[str, int]:
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
@@ -176,6 +220,42 @@ def speed(data: Path, work: Path, epochs: int, baseline_src: str | None, pairs: 
     return res
 
 
+def loop(data: Path, work: Path, baseline_src: str | None, pairs: int, image_size: int, store_src: str,
+         steps: int, load_n: int) -> dict:  # fmt: skip
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "cache"
+    prep = subprocess.run([sys.executable, "-m", "cxrlab", "prepare", "--data", str(data), "--image-size",
+                           str(image_size), "--cache-dir", str(cache), "-q"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": store_src})  # fmt: skip
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    sides = {"store": store_src} | ({"baseline": baseline_src} if baseline_src else {})
+    res: dict = {side: [] for side in sides}
+    for p in range(pairs):
+        for side in list(sides) if p % 2 == 0 else list(reversed(sides)):
+            cmd = [
+                sys.executable,
+                "-c",
+                LOOP,
+                str(data),
+                str(cache),
+                str(image_size),
+                str(steps),
+                str(load_n),
+            ]
+            done, peak = sampled(cmd, {"PYTHONPATH": sides[side]})
+            row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
+            res[side].append(
+                {**row, "pair": p, "rc": done.returncode, "peak": peak, "load": os.getloadavg()[0]}
+            )
+            print(side, json.dumps(res[side][-1]), flush=True)
+    if baseline_src:
+        for key in ("load_img_s", "step_img_s"):
+            res[f"ratio_{key}"] = [round(s[key] / b[key], 3) for s, b in zip(res["store"], res["baseline"],
+                                                                           strict=True)]  # fmt: skip
+            print(f"ratio store / baseline {key}", res[f"ratio_{key}"], flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -187,7 +267,13 @@ def main() -> None:
     s.add_argument("--work", type=Path, required=True)
     s.add_argument("--epochs", type=int, default=1)
     s.add_argument("--pairs", type=int, default=2)
-    for p in (m, s):
+    lp = sub.add_parser("loop")
+    lp.add_argument("--data", type=Path, required=True)
+    lp.add_argument("--work", type=Path, required=True)
+    lp.add_argument("--pairs", type=int, default=2)
+    lp.add_argument("--steps", type=int, default=30, help="timed training steps (batches) per run")
+    lp.add_argument("--load", type=int, default=3000, help="rows read by the loader-alone pass")
+    for p in (m, s, lp):
         p.add_argument("--baseline-src")
         p.add_argument(
             "--store-src", default=str(ROOT / "src"), help="the side measured (default: this checkout)"
@@ -197,6 +283,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.cmd == "memory":
         res = memory(a.work, [int(x) for x in a.n.split(",")], a.baseline_src, a.image_size, a.store_src)
+    elif a.cmd == "loop":
+        res = loop(a.data, a.work, a.baseline_src, a.pairs, a.image_size, a.store_src, a.steps, a.load)
     else:
         res = speed(a.data, a.work, a.epochs, a.baseline_src, a.pairs, a.image_size, a.store_src)
     if a.json:
