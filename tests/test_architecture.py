@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"_version", "errors"},
     {"config"},
     {"runs", "runtime", "stats"},  # run folders, device/precision, statistics
+    {"metrics"},  # metrics.json: its schema, reader/writer and the metric registry
     {"figures", "pages"},  # pictures and HTML pages
     {"data"},
     {"models"},

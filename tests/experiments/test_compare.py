@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from scipy.stats import binom
 
@@ -85,14 +84,10 @@ def test_compare_table_groups_by_test_set_and_tests_pairs(runs, tmp_path):
     pair = pairs[0]
     assert {pair["run_a"], pair["run_b"]} == {"mnv2", "cnn"}
 
-    # Recompute the discordant counts from the two predictions.csv files.
+    # Recompute the discordant counts from the two predictions.csv files: each run's decision (its pred
+    # column, the saved operating threshold), as metrics.json's headline, predict and serve
     def correct(run):
-        out = {}
-        for r in _rows(run / "predictions.csv"):
-            classes = [k[2:] for k in r if k.startswith("p_")]
-            probs = [float(r[f"p_{c}"]) for c in classes]
-            out[image_key(r["path"])] = classes[int(np.argmax(probs))] == r["true"]
-        return out
+        return {image_key(r["path"]): r["pred"] == r["true"] for r in _rows(run / "predictions.csv")}
 
     a, b = correct(runs["mnv2"]), correct(runs["cnn"])
     assert set(a) == set(b) and len(a) == int(pair["n"])
@@ -121,13 +116,13 @@ def test_compare_bad_input_is_one_line(runs, tmp_path):
 
 
 def _sklearn_averages(run):
-    """Macro and weighted P/R/F1 recomputed by sklearn from the run's predictions.csv (argmax)."""
+    """Macro and weighted P/R/F1 recomputed by sklearn from the run's predictions.csv (its decisions)."""
     from sklearn.metrics import precision_recall_fscore_support
 
     rows = _rows(run / "predictions.csv")
     classes = [k[2:] for k in rows[0] if k.startswith("p_")]
     y = [classes.index(r["true"]) for r in rows]
-    pred = [int(np.argmax([float(r[f"p_{c}"]) for c in classes])) for r in rows]
+    pred = [classes.index(r["pred"]) for r in rows]
     return {
         average: precision_recall_fscore_support(
             y, pred, labels=list(range(len(classes))), average=average, zero_division=0

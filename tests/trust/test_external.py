@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cxrlab.metrics import metrics_for
 from tests.browser import check_page
 from tests.conftest import run_cli
 from tests.trust.conftest import one_line_error
@@ -42,7 +43,11 @@ def test_external_validation_side_by_side(binary_run, external_set, tmp_path):
     internal = json.loads((binary_run / "metrics.json").read_text())["test"]
     assert ext["external"]["n"] == 33 and ext["external"]["counts"] == {"covid": 13, "normal": 20}
     rows = {r["metric"]: r for r in ext["metrics"]}
-    assert set(rows) == {"accuracy", "balanced accuracy", "ROC AUC", "expected calibration error"}
+    # one row per registered metric (cxrlab.metrics.REGISTRY), the threshold's decision metrics included
+    assert {"accuracy", "balanced accuracy", "ROC AUC", "expected calibration error"} <= set(rows)
+    assert set(rows) == {m.label for m in metrics_for("single")}
+    assert rows["accuracy"]["internal"] == pytest.approx(internal["accuracy"])
+    assert rows["sensitivity"]["internal"] == pytest.approx(internal["per_class"]["covid"]["sensitivity"])
     auc = rows["ROC AUC"]
     assert auc["internal"] == pytest.approx(internal["auc"])
     assert auc["internal_ci95"] == pytest.approx(internal["auc_ci95"])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxrlab import pages
+from cxrlab.metrics import metrics_for
 from cxrlab.pages import ci
 from cxrlab.runs import read_csv, write_json
 from cxrlab.stats import to_number
@@ -23,12 +24,6 @@ from cxrlab.stats import to_number
 if TYPE_CHECKING:
     from cxrlab.evaluation.inference import LoadedRun
 
-HEADLINE = (
-    ("accuracy", "accuracy"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("auc", "ROC AUC"),
-    ("ece", "expected calibration error"),
-)
 
 
 def _interval(values: Any) -> list[float] | None:
@@ -53,7 +48,18 @@ def _row(name: str, label: str, a: dict[str, Any], b: dict[str, Any]) -> dict[st
 def compare(internal: dict[str, Any], external: dict[str, Any]) -> dict[str, Any]:
     """Side-by-side metrics of two evaluations of one model (``metrics.json``-style dicts)."""
     it, et = internal["test"], external["test"]
-    rows = [_row(key, label, it, et) for key, label in HEADLINE]
+    binary = len(internal.get("classes") or []) == 2
+    rows = [  # every registered metric either side reports (cxrlab.metrics.REGISTRY)
+        _row(m.name, m.label, {m.name: m.value(it), f"{m.name}_ci95": m.interval(it)},
+             {m.name: m.value(et), f"{m.name}_ci95": m.interval(et)})
+        for m in metrics_for("single", binary)
+        if m.value(it) is not None or m.value(et) is not None
+    ]  # fmt: skip
+    positive = (it.get("operating_point") or {}).get("positive_class")
+    n_pos = et.get("per_class", {}).get(positive, {}).get("support", 0) if positive else None
+    for row in rows:  # no external positives (negatives): its sensitivity (specificity) is undefined
+        if (row["metric"], n_pos) in (("sensitivity", 0), ("specificity", et.get("n"))):
+            row.update(external=None, external_ci95=None, drop=None)
     per_class: dict[str, dict[str, Any]] = {}
     for cls, e in et["per_class"].items():
         i = it["per_class"].get(cls, {})

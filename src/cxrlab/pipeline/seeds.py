@@ -16,28 +16,18 @@ from typing import Any
 
 from cxrlab.config import RunConfig, split_list
 from cxrlab.errors import ConfigError
+from cxrlab.metrics import metrics_for
 from cxrlab.runs import atomic_write, check_out_path, claim_folder, write_csv, write_json
 
 #: what a seed group folder holds (``--overwrite`` deletes nothing else)
 SEED_ENTRIES: tuple[str, ...] = ("seed-*", "seeds.json", "seeds.csv", "seeds.md")
 SEEDS_KIND = "seeds"
 
-#: headline test metrics of a single-label run, as (name, path in metrics.json)
-HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("accuracy", ("test", "accuracy")),
-    ("balanced_accuracy", ("test", "balanced_accuracy")),
-    ("auc", ("test", "auc")),
-    ("f1_macro", ("test", "macro", "f1")),
-    ("precision_macro", ("test", "macro", "precision")),
-    ("recall_macro", ("test", "macro", "recall")),
-    ("f1_weighted", ("test", "weighted", "f1")),
-    ("loss", ("test", "loss")),
-    ("ece", ("test", "ece")),
-    ("accuracy_at_threshold", ("test", "operating_point", "accuracy")),
-    ("sensitivity_at_threshold", ("test", "operating_point", "sensitivity")),
-    ("specificity_at_threshold", ("test", "operating_point", "specificity")),
-    ("total_s", ("timing", "total_s")),
-)
+def headline_paths(task: str = "single") -> list[tuple[str, tuple[str, ...]]]:
+    """The headline numbers of a run as (name, path in metrics.json): every registered metric of its task
+    (:data:`cxrlab.metrics.REGISTRY`, at the deployed decision), argmax accuracy beside it, the run time."""
+    paths = [(m.name, ("test", *m.where)) for m in metrics_for(task)]
+    return [*paths, ("argmax_accuracy", ("test", "argmax", "accuracy")), ("total_s", ("timing", "total_s"))]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -67,15 +57,7 @@ def parse_seeds(text: str) -> list[int]:
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of one run's metrics.json (those it has; multi-label: its ``test`` numbers)."""
     out: dict[str, float] = {}
-    if metrics.get("multilabel"):
-        for key, value in metrics.get("test", {}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool) and key != "n":
-                out[key] = float(value)
-        total = metrics.get("timing", {}).get("total_s")
-        if isinstance(total, int | float):
-            out["total_s"] = float(total)
-        return out
-    for name, path in HEADLINE:
+    for name, path in headline_paths("multi" if metrics.get("multilabel") else "single"):
         node: Any = metrics
         for key in path:
             node = node.get(key) if isinstance(node, dict) else None

@@ -18,8 +18,9 @@ import numpy as np
 
 from cxrlab.config import RunConfig
 from cxrlab.errors import ConfigError, CxrError, DataError
+from cxrlab.metrics import read_metrics
 from cxrlab.reproduce.catalog import Experiment, Report, load_recipe
-from cxrlab.runs import read_csv, read_json, read_status
+from cxrlab.runs import read_csv, read_status
 from cxrlab.stats import percentile_ci, to_number
 
 BUDGETS = ("quick", "full")
@@ -85,17 +86,19 @@ def finished(folder: Path) -> bool:
 
 def run_values(run: Path, framework: str) -> dict[str, Any]:
     """cxrlab's value (and 95% CI where there is one) for each metric a report prints, from a run."""
-    m = read_json(run / "metrics.json")
+    m = read_metrics(run / "metrics.json")
+    # the reports print argmax accuracy (Keras' convention): a binary run's sits under test.argmax
     test, timing, params = m.get("test", {}), m.get("timing", {}), m.get("params", {})
+    argmax = {**test, **(test.get("argmax") or {})}
     counts = params.get("keras", params) if framework == "keras" else params
     history = read_csv(run / "history.csv") if (run / "history.csv").is_file() else []
     last = history[-1] if history else {}
     fast = bool(m.get("fast_path"))
     train_s = (timing.get("train_s") or 0) + (timing.get("features_s") or 0 if fast else 0)
     values: dict[str, Any] = {
-        "test_accuracy": (test.get("accuracy"), test.get("accuracy_ci95")),
+        "test_accuracy": (argmax.get("accuracy"), argmax.get("accuracy_ci95")),
         "test_loss": (test.get("loss"), None),
-        "val_accuracy": (m.get("val", {}).get("accuracy"), None),
+        "val_accuracy": (((m.get("val") or {}).get("argmax") or m.get("val") or {}).get("accuracy"), None),
         "train_accuracy": (to_number(last.get("train_acc")), None),
         "params_total": (counts.get("total"), None),
         "params_trainable": (counts.get("trainable"), None),
