@@ -223,3 +223,28 @@ def test_missing_pretrained_weights_fail_fast_and_leave_nothing(tmp_path, covid_
     assert "resnet18-f37072fd.pth" in proc.stderr and "hub/checkpoints" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()  # a run that failed before training leaves no half-made folder
+
+
+def test_timing_is_the_whole_command_stage_by_stage(small_covid, tmp_path):
+    """metrics.json and the report give the command's wall time (audit, explain and report included) and
+    each stage's seconds; they add up to it, and it is the time this test measures around the call."""
+    import time
+
+    out = tmp_path / "timed"
+    t0 = time.perf_counter()
+    run_cli("train", "--data", str(small_covid), "--model", "small_cnn", "--image-size", "64",
+            "--epochs", "1", "--out", str(out), "-q", "--no-tensorboard", "--set", "eval.tsne=false",
+            check=True)  # fmt: skip
+    wall = time.perf_counter() - t0
+    timing = json.loads((out / "metrics.json").read_text())["timing"]
+    stages = timing["stages"]
+    assert {"startup", "setup", "decode", "audit", "train", "evaluate", "explain", "report"} <= stages.keys()
+    assert all(s >= 0 for s in stages.values())
+    assert sum(stages.values()) == pytest.approx(timing["command_s"], abs=0.01)
+    # the command is all of the call but the CLI's parsing and printing and the last rewrite of the files
+    assert timing["command_s"] <= wall
+    assert wall - timing["command_s"] < 0.1 * wall + 2.0, (wall, timing)
+    assert timing["command_s"] > timing["total_s"]  # training's own clock stops before explain and report
+    html = (out / "report.html").read_text()
+    assert f"{timing['command_s']:.1f} s in all" in html
+    assert all(f"<td>{name}</td>" in html for name in stages)

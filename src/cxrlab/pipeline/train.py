@@ -51,6 +51,42 @@ from cxrlab.runtime import environment, quiet_lightning, resolve_device
 from cxrlab.training.train import TrainingInterrupted, fit, launched_rank
 
 
+class Stages:
+    """The wall time of a command, stage by stage: :meth:`lap` closes the stage that just ran, so the stages
+    follow one another without gaps and add up to the command's time (metrics.json ``timing``)."""
+
+    def __init__(self, started: float | None = None) -> None:
+        """``started``: the command's ``time.perf_counter()`` at its start, when earlier than now; the time
+        up to now is then the stage ``startup`` (the CLI loading torch, Lightning and cxrlab's modules)."""
+        self.t0 = time.perf_counter() if started is None else started
+        self._last = self.t0
+        self.seconds: dict[str, float] = {}
+        if started is not None:
+            self.lap("startup")
+
+    def lap(self, name: str) -> float:
+        """Close stage ``name`` (time since the previous lap, added to what ``name`` had); returns it."""
+        now = time.perf_counter()
+        took = now - self._last
+        self.seconds[name] = self.seconds.get(name, 0.0) + took
+        self._last = now
+        return took
+
+    def move(self, seconds: float, source: str, target: str) -> None:
+        """Count ``seconds`` measured inside stage ``source`` as ``target``'s (e.g. training's fit() computes
+        the frozen features, then the validation and test inputs at the evaluation precision)."""
+        seconds = max(0.0, min(seconds, self.seconds.get(source, 0.0)))
+        self.seconds[source] = self.seconds.get(source, 0.0) - seconds
+        self.seconds[target] = self.seconds.get(target, 0.0) + seconds
+
+    def timing(self) -> dict[str, Any]:
+        """``{"command_s": …, "stages": {stage: seconds}}`` up to the last lap (3 decimals)."""
+        return {
+            "command_s": round(self._last - self.t0, 3),
+            "stages": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+
 class DiskFull(CxrError):
     """No space left on the device holding the run folder."""
 
@@ -194,11 +230,13 @@ def train(
     progress: bool = True,
     callbacks: list[L.Callback] | None = None,
     protect: tuple[str | Path, ...] = (),
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate a run described by ``cfg``; return metrics.json's content.
 
     ``callbacks`` are extra Lightning callbacks (e.g. a sweep's pruning callback); ``protect``: more input
-    paths (the config file) that ``overwrite`` must never delete, besides the data folders. Under DDP
+    paths (the config file) that ``overwrite`` must never delete, besides the data folders; ``started``:
+    ``time.perf_counter()`` when the command began, for metrics.json's ``timing`` (:class:`Stages`). Under DDP
     every process runs this function; only global rank 0 writes the run folder and evaluates,
     the other ranks return ``{}``.
 
@@ -209,6 +247,7 @@ def train(
     """
     out = Path(out)
     state: dict[str, Any] = {"stage": "starting", "fitting": False, "evaluating": False}
+    state["clock"] = Stages(started)
     if launched_rank() != 0:  # a DDP worker: rank 0 owns the run folder
         return _run(cfg, out, resume, progress, state, list(callbacks or []))
     inputs = tuple(protect) + ((cfg.data.path, cfg.data.extra_train) if cfg is not None else ())
@@ -238,6 +277,7 @@ def _run(
 ) -> dict[str, Any]:
     quiet_lightning()
     t0 = time.perf_counter()
+    clock: Stages = state.setdefault("clock", Stages())
     zero = launched_rank() == 0
     if resume:
         cfg = RunConfig.load(out / "config.yaml")
@@ -267,7 +307,9 @@ def _run(
         write_status(out, "running", **({"resumed": True} if resume else {}))
 
     state["stage"] = "decoding"
+    clock.lap("setup")
     data = prepare_data(cfg.data, cfg.data.image_size, cfg.train.seed, progress=progress)
+    clock.lap("decode")
     state["stage"] = "preparing"
     audit: dict[str, Any] = {}
     if zero:
@@ -275,22 +317,43 @@ def _run(
         # the data's leakage and shortcut warnings before any training: a user can stop a doomed run now
         audit = quick_audit(data, cfg.data.cache_dir)
         _print_warnings(audit.get("warnings", []))
+    clock.lap("audit")
     trained = fit(cfg, out, data, spec, device, resume, progress, state, callbacks)
     if trained is None:  # DDP worker: rank 0 evaluates and writes the run folder
         return {}
+    clock.lap("train")
+    clock.move(trained.timing.get("features_s", 0.0), "train", "features")
+    clock.move(trained.timing.get("eval_inputs_s", 0.0), "train", "evaluate")
     state["evaluating"], state["stage"] = True, "evaluating"
     metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
     metrics["environment"] = environment()
     metrics["audit"] = audit
+    clock.lap("evaluate")
     metrics.update(_attention(out, data, progress))
+    clock.lap("explain")
     if cfg.train.tensorboard:
         from cxrlab.training.tensorboard import log_test_metrics
 
         log_test_metrics(out / "tensorboard", metrics["test"], trained.epochs_done)
-    write_json(out / "metrics.json", metrics)
-    write_run_report(out, cfg, metrics)
+    _write_results(out, cfg, metrics, clock)
     write_status(out, "finished", epochs_done=trained.epochs_done)
     return metrics
+
+
+def _write_results(out: Path, cfg: RunConfig, metrics: dict[str, Any], clock: Stages) -> None:
+    """metrics.json and report.html, with the command's wall time in ``timing``: ``command_s`` from the
+    start of the command (`cxr train` once Python started; its imports are the stage ``startup``) to the
+    report written, and each stage's seconds in ``timing.stages`` (they add up to ``command_s``). The report
+    stage is measured by writing both files once; they are then written again with the final numbers (HTML
+    and JSON agree), which is the only part of the command outside them (one more rendering, a fraction of
+    a second)."""
+    metrics["timing"].update(clock.timing())
+    write_json(out / "metrics.json", metrics)
+    write_run_report(out, cfg, metrics)
+    clock.lap("report")
+    metrics["timing"].update(clock.timing())
+    write_json(out / "metrics.json", metrics)
+    write_run_report(out, cfg, metrics)
 
 
 def _print_warnings(warnings: list[str]) -> None:

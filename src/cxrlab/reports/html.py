@@ -29,6 +29,9 @@ def run_report_context(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> di
         "run": str(run),
         "params": metrics["params"],
         "timing": metrics["timing"],
+        **timing_context(metrics["timing"]),
+        "restore": cfg.train.restore,
+        "monitor": cfg.train.monitor,
         "fast_path": bool(metrics.get("fast_path")),
         "training_path": metrics.get("training_path", ""),
         "device": metrics["device"],
@@ -45,6 +48,18 @@ def run_report_context(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> di
         "config_yaml": cfg.to_yaml(),
         "environment": metrics.get("environment", {}),
         **attention_context(run, metrics),
+    }
+
+
+def timing_context(timing: dict[str, Any]) -> dict[str, Any]:
+    """``command_s`` (the whole command; ``total_s`` for a run written before it was recorded), one row per
+    stage of ``timing.stages`` with its seconds and share, and the other timing values as rows."""
+    stages = timing.get("stages") or {}
+    total = timing.get("command_s") or sum(stages.values())
+    return {
+        "command_s": timing.get("command_s", timing.get("total_s")),
+        "stage_rows": [[k, v, f"{100 * v / total:.0f} %" if total else "—"] for k, v in stages.items()],
+        "timing_rows": [[k, v] for k, v in timing.items() if k not in ("stages", "command_s")],
     }
 
 
