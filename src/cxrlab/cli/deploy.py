@@ -68,6 +68,10 @@ def serve(
 
     Example: cxr serve runs/covid --port 8000 --heatmaps, then open http://127.0.0.1:8000/
     """
+    from cxrlab._optional import require
+
+    for module in ("fastapi", "uvicorn", "python_multipart"):  # no [serve] extra: one line, first
+        require(module, "serve", "cxr serve")
     from cxrlab.deploy.serve import serve as run_serve
     from cxrlab.explain.cam import method_class
     from cxrlab.explain.inline import Explainer

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrlab._optional import require
 from cxrlab.errors import DataError
 
 #: File endings read as DICOM; files with no ending (or an all-digit one, as in UID-named PACS exports)
@@ -133,7 +134,7 @@ def _dcmread(path: str | Path, header_only: bool) -> Any:
     into one-line :class:`DicomError` reasons that never quote header values."""
     import logging
 
-    import pydicom
+    pydicom = require("pydicom", "dicom", "DICOM input")
     from pydicom.errors import InvalidDicomError
 
     logging.getLogger(
@@ -217,6 +218,7 @@ def _plain(value: Any) -> Any:
 def _syntax_name(uid: str) -> str:
     if not uid:
         return "unknown"
+    require("pydicom", "dicom", "DICOM input")
     from pydicom.uid import UID
 
     name = UID(uid).name
@@ -276,6 +278,7 @@ def read_dicom(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
 
 def to_uint8(raw: np.ndarray, ds: Any, path: str | Path = "<dataset>") -> np.ndarray:
     """Stored pixel values → Modality LUT → VOI LUT → 0–255 → MONOCHROME1 inverted (module docstring)."""
+    require("pydicom", "dicom", "DICOM input")
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
@@ -360,6 +363,7 @@ def _voi_kind(ds: Any) -> str:
 
 def _colour_to_gray(arr: np.ndarray, ds: Any, path: str | Path) -> np.ndarray:
     """Secondary-capture colour images: RGB (converted from YBR or a palette by pydicom) → ITU-R 601 luma."""
+    require("pydicom", "dicom", "DICOM input")
     from pydicom.pixels import apply_color_lut, convert_color_space
 
     photometric = str(ds.PhotometricInterpretation).strip().upper()
@@ -400,6 +404,7 @@ def _check_length(path: str | Path, ds: Any, header: DicomHeader) -> None:
 
 def _check_decoder(path: str | Path, header: DicomHeader) -> None:
     """Refuse a compressed transfer syntax no installed package decodes, naming what to install."""
+    require("pydicom", "dicom", "DICOM input")
     from pydicom.pixels import get_decoder
 
     uid = header.transfer_syntax
@@ -414,7 +419,7 @@ def _check_decoder(path: str | Path, header: DicomHeader) -> None:
         raise DicomError(
             path,
             f"transfer syntax {name} needs a decoder that is not installed "
-            "(pip install python-gdcm pylibjpeg pylibjpeg-openjpeg)",
+            "(pip install 'cxrlab[dicom]')",
         )
 
 
@@ -427,6 +432,7 @@ def _sop_name(ds: Any) -> str:
     uid = ds.get("SOPClassUID")
     if not uid:
         return ""
+    require("pydicom", "dicom", "DICOM input")
     from pydicom.uid import UID
 
     name = UID(str(uid)).name

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrlab._optional import require
 from cxrlab._version import __version__
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.evaluate import logits_to_probs, predict_images
@@ -145,8 +146,14 @@ def _quiet():
         yield
 
 
+def require_onnx() -> None:
+    """ONNX export, its parity check and reading an .onnx file need the ``[export]`` extra."""
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        require(module, "export", "ONNX export (--format onnx)")
+
+
 def _onnx_bytes(module: Exported, size: int, info: dict[str, Any]) -> bytes:
-    import onnx
+    onnx = require("onnx", "export", "ONNX export (--format onnx)")
 
     dummy = torch.rand(2, 1, size, size)
     path = None
@@ -200,7 +207,7 @@ def _torchscript_bytes(module: Exported, size: int, info: dict[str, Any]) -> byt
 def run_exported(data: bytes, fmt: str, x: np.ndarray) -> np.ndarray:
     """Probabilities of an exported model (bytes) for grey [0, 1] images ``(N, 1, H, W)`` float32."""
     if fmt == "onnx":
-        import onnxruntime as ort
+        ort = require("onnxruntime", "export", "running an ONNX export")
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -236,6 +243,8 @@ def export_run(
     parity result. Nothing is written when the check fails."""
     if fmt not in FORMATS:
         raise CxrError(f"--format {fmt!r}: choose onnx or torchscript")
+    if fmt == "onnx":  # no [export] extra: one line before the run loads
+        require_onnx()
     if not (math.isfinite(tolerance) and 0 <= tolerance < 1):
         raise CxrError(
             f"--tolerance {tolerance:g}: give the largest difference in probability allowed, from 0 up to "
@@ -279,8 +288,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                 if name is None:
                     raise CxrError(f"{path} is a TorchScript file without cxrlab metadata")
                 return json.loads(archive.read(name))
-        import onnx
-
+        onnx = require("onnx", "export", "reading an ONNX file")
         proto = onnx.load(str(path), load_external_data=False)
     except CxrError:
         raise

@@ -44,8 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 
+try:  # module level: FastAPI resolves the handlers' annotations here
+    from fastapi import Request
+except ImportError:  # no [serve] extra: create_app() and serve() say in one line what to install
+    Request = Any
+
+from cxrlab._optional import require
 from cxrlab.deploy.export import contract, run_id
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.inference import LoadedRun, image_run
@@ -297,6 +302,8 @@ def create_app(
 
     ``explain``: the heatmap factory (module docstring); ``heatmaps``: a heatmap in every response unless
     the request says ``?heatmap=false`` (without it, only on ``?heatmap=true``)."""
+    require("fastapi", "serve", "cxr serve")
+    require("python_multipart", "serve", "cxr serve")
     from fastapi import Depends, FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
@@ -682,7 +689,7 @@ def serve(
     heatmaps: bool = False,
 ) -> None:
     """Serve ``run`` until interrupted (uvicorn, one process)."""
-    import uvicorn
+    uvicorn = require("uvicorn", "serve", "cxr serve")
 
     check_max_upload_mb(max_upload_mb)
     if not 1 <= decode_workers <= 256:

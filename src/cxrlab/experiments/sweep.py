@@ -34,6 +34,7 @@ from typing import Any
 
 import lightning as L
 
+from cxrlab._optional import require
 from cxrlab.config import RunConfig, split_list
 from cxrlab.errors import ConfigError, CxrError
 from cxrlab.runs import check_writable, read_json, write_csv, write_json
@@ -280,6 +281,8 @@ def check_storage(url: str) -> None:
             f"--storage {url!r}: unsupported storage URL; use sqlite:///PATH/study.db or "
             "postgresql://USER:PASSWORD@HOST/DB (mysql://… also works)"
         )
+    if scheme == "postgresql" and "+" not in url.split("://", 1)[0]:  # SQLAlchemy's default driver
+        require("psycopg2", "postgres", "a PostgreSQL --storage")
 
 
 def default_storage(out: Path) -> str:
@@ -374,7 +377,7 @@ def run_sweep(
 
     ``pruner`` replaces the default median pruner (an ``optuna.pruners`` object).
     """
-    import optuna
+    optuna = require("optuna", "sweep", "cxr sweep")
     from optuna.trial import TrialState
 
     from cxrlab.experiments.compare import COMPARE_OUTPUTS

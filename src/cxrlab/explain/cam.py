@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrlab._optional import require
 from cxrlab.errors import CxrError, ModelError
 
 #: ``--method`` choices → pytorch-grad-cam class names.
@@ -23,11 +24,10 @@ METHODS = {
 
 def method_class(method: str):
     """The pytorch-grad-cam class for ``method`` (one line listing the choices otherwise)."""
-    import pytorch_grad_cam
-
     key = method.lower().replace("_", "").replace("-", "").replace("plusplus", "++")
     if key not in METHODS:
         raise CxrError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    pytorch_grad_cam = require("pytorch_grad_cam", "explain", "Grad-CAM heatmaps")
     return key, getattr(pytorch_grad_cam, METHODS[key])
 
 
@@ -128,7 +128,8 @@ def upsample(a: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear")
 def overlay(gray: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """RGB uint8 image: the jet-coloured heatmap blended over the grey radiograph (``gray`` sets the size;
     ``cam`` and ``mask`` are resized to it), the lung mask's outline drawn in white."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    cam_image = require("pytorch_grad_cam.utils.image", "explain", "Grad-CAM overlays")
+    show_cam_on_image = cam_image.show_cam_on_image
 
     size = gray.shape[0]
     heat = np.clip(upsample(cam, size), 0, 1)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrlab._optional import available, message
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.inference import LoadedRun
 from cxrlab.explain.score import MIN_LUNG_SHARE
@@ -54,6 +55,8 @@ def why_not(loaded: LoadedRun, setting: str) -> tuple[str, str] | None:
             "not made for multi-label runs; explain one finding with "
             "`cxr explain RUN IMAGES --class FINDING --out DIR`"
         )
+    if not available("pytorch_grad_cam"):  # the base install: the report says what to install
+        return "skipped", message("the Grad-CAM gallery", "pytorch_grad_cam", "explain")
     return None
 
 

@@ -15,6 +15,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from cxrlab._optional import MissingDependencyError, require
 from cxrlab.config import ModelConfig
 from cxrlab.errors import ModelError
 from cxrlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, register_resolver
@@ -28,12 +29,9 @@ _HF_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.
 def import_timm() -> ModuleType:
     """timm, or a one-line error saying how to install it."""
     try:
-        import timm
-    except ModuleNotFoundError:
-        raise ModelError(
-            "timm models need the optional package timm: pip install 'cxrlab[timm]' (or pip install timm)"
-        ) from None
-    return timm
+        return require("timm", "timm", "a timm/… model")
+    except MissingDependencyError as exc:  # a ModelError, as every other model that cannot be built
+        raise ModelError(str(exc)) from None
 
 
 def _arch(name: str) -> str:
