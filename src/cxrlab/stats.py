@@ -1,17 +1,24 @@
 """Statistics, written once for every user: classification metrics with bootstrap 95% confidence intervals,
 paired comparisons (exact McNemar, Holm, paired bootstrap) and reading numbers from CSV/JSON cells.
 
-Test sets in this field are small (62–624 images), so every headline number comes with a
-percentile bootstrap interval (resampling test images with replacement, fixed seed).
+Test sets in this field are small (62–624 images), so every headline number comes with a 95% bootstrap
+interval (:func:`bootstrap_intervals`): scipy.stats.bootstrap, BCa (bias-corrected and accelerated),
+resampling *patients* with replacement wherever patient ids exist (all images of a drawn patient come
+along: a cluster bootstrap) and images otherwise, with a fixed seed. An interval the bootstrap cannot
+estimate (one class on the test set, every resample giving the same value, too many resamples with one
+class) is ``None`` with a note, never a zero-width "[1.000, 1.000]".
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import bootstrap, rankdata
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
 
 
@@ -67,40 +74,203 @@ def bootstrap_index_blocks(rng: np.random.Generator, n: int, n_boot: int):
         yield rng.integers(0, n, size=(min(rows, n_boot - start), n))
 
 
-def bootstrap_ci(
-    y: np.ndarray, probs: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed: int = 0
-) -> dict[str, list[float]]:
-    """95% percentile intervals for accuracy, balanced accuracy, AUC and per-class sens/spec."""
-    n, k = probs.shape
+#: BCa needs a jackknife (every statistic once per resampling unit left out): above this many patients (or
+#: images) the percentile interval is used, which BCa approaches at such sizes anyway.
+BCA_MAX_UNITS = 3000
+#: Resamples in which a metric is undefined (one class drawn): up to this share they are left out of a
+#: percentile interval (and said so); above it the interval is not estimable.
+MAX_UNDEFINED_SHARE = 0.05
+
+
+@dataclass
+class Intervals:
+    """95% bootstrap intervals by metric (``None``: not estimable, its reason in ``notes``), a note for
+    every interval that needs one, and the method in words (for metrics.json and the report)."""
+
+    ci: dict[str, list[float] | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    method: str = ""
+    unit: str = "image"
+
+
+def resampling_units(groups: list[str] | None, n: int) -> tuple[np.ndarray, int]:
+    """The resampling unit of each of ``n`` images (its patient's number; each image its own without
+    groups) and the number of units."""
+    if groups is None:
+        return np.arange(n), n
+    _, units = np.unique(np.asarray(list(groups), dtype=object).astype(str), return_inverse=True)
+    return units.reshape(-1), int(units.max()) + 1 if n else 0
+
+
+def bootstrap_intervals(
+    statistic: Callable[[np.ndarray], dict[str, np.ndarray]],
+    n: int,
+    groups: list[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    columns: int | None = None,
+) -> Intervals:
+    """95% intervals of every metric ``statistic`` computes, by scipy.stats.bootstrap (BCa).
+
+    ``statistic(weights)`` takes ``(B, n)`` image weights (how often each image's unit was drawn in each
+    of B resamples; all ones is the test set itself) and returns ``{name: (B,) values}``, NaN where the
+    metric is undefined. Units (patients from ``groups``, else images) are resampled with replacement, so a
+    patient is never split. ``columns``: the most weights per resample a statistic expands to (default
+    ``n``), which bounds each vectorised call to :data:`BOOTSTRAP_CELLS` cells.
+
+    An interval is ``None`` (not estimable) when the metric is undefined on the test set, when every
+    resample gives the same value, or when more than :data:`MAX_UNDEFINED_SHARE` of resamples leave it
+    undefined; with fewer undefined resamples (or where BCa cannot be computed) it is the percentile
+    interval of the defined ones, and ``notes`` says so. An estimate on the edge of (or outside) its
+    interval is noted too."""
+    out = Intervals(unit="patient" if groups is not None else "image")
     if n_boot <= 0 or n == 0:
-        return {}
-    rng = np.random.default_rng(seed)
-    blocks = [_bootstrap_replicates(y, probs, pred, idx, k) for idx in bootstrap_index_blocks(rng, n, n_boot)]
-    return {key: percentile_ci(np.concatenate([b[key] for b in blocks])) for key in blocks[0]}
+        return out
+    units, n_units = resampling_units(groups, n)
+    point = {k: float(v[0]) for k, v in statistic(np.ones((1, n))).items()}
+    names = list(point)
 
+    def stat(ids: np.ndarray, axis: int = -1) -> np.ndarray:
+        ids = np.moveaxis(np.asarray(ids), axis, -1)
+        flat = ids.reshape(-1, ids.shape[-1])
+        rows = len(flat)
+        offsets = (flat + n_units * np.arange(rows)[:, None]).ravel()
+        counts = np.bincount(offsets, minlength=rows * n_units).reshape(rows, n_units)
+        values = statistic(counts[:, units].astype(np.float64))
+        return np.stack([values[k] for k in names]).reshape(len(names), *ids.shape[:-1])
 
-def _bootstrap_replicates(
-    y: np.ndarray, probs: np.ndarray, pred: np.ndarray, idx: np.ndarray, k: int
-) -> dict[str, np.ndarray]:
-    yb, pb = y[idx], pred[idx]
-    correct = yb == pb
-    out: dict[str, np.ndarray] = {"accuracy": correct.mean(axis=1)}
-    recalls = []
-    for c in range(k):
-        pos = yb == c
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sens = (correct & pos).sum(1) / pos.sum(1)
-            neg = ~pos
-            spec = ((pb != c) & neg).sum(1) / neg.sum(1)
-        recalls.append(sens)
-        out[f"sensitivity_{c}"] = sens
-        out[f"specificity_{c}"] = spec
-    out["balanced_accuracy"] = np.nanmean(np.stack(recalls), axis=0)
-    if k == 2:
-        out["auc"] = _auc_rows(probs[idx, 1], yb == 1)
-    else:
-        out["auc"] = np.nanmean(np.stack([_auc_rows(probs[idx, c], yb == c) for c in range(k)]), axis=0)
+    method = "BCa" if n_units <= BCA_MAX_UNITS else "percentile"
+    batch = max(1, BOOTSTRAP_CELLS // max(columns or n, 1))
+    with warnings.catch_warnings():  # degenerate and undefined resamples are handled below, per metric
+        warnings.simplefilter("ignore")
+        res = bootstrap(
+            (np.arange(n_units),), stat, n_resamples=n_boot, batch=batch, vectorized=True, method=method,
+            rng=np.random.default_rng(seed),
+        )  # fmt: skip
+    lows = np.atleast_1d(res.confidence_interval.low)
+    highs = np.atleast_1d(res.confidence_interval.high)
+    dist = np.asarray(res.bootstrap_distribution).reshape(len(names), -1)
+    unit_word = "patients" if groups is not None else "images"
+    out.method = (
+        f"{'BCa' if method == 'BCa' else 'percentile'} bootstrap, {n_boot} resamples of the {n_units} "
+        f"{unit_word} (scipy.stats.bootstrap, seed {seed})"
+    )
+    for j, name in enumerate(names):
+        out.ci[name], note = _interval(point[name], lows[j], highs[j], dist[j], method)
+        if note:
+            out.notes[name] = note
     return out
+
+
+def _interval(
+    estimate: float, low: float, high: float, values: np.ndarray, method: str
+) -> tuple[list[float] | None, str | None]:
+    """One metric's interval and its note (see :func:`bootstrap_intervals`)."""
+    if not np.isfinite(estimate):
+        return None, "not estimable: undefined on these images (one class only)"
+    finite = values[np.isfinite(values)]
+    undefined = len(values) - len(finite)
+    if not len(finite) or undefined > MAX_UNDEFINED_SHARE * len(values):
+        return None, (
+            f"not estimable: {undefined} of {len(values)} resamples drew one class only (too few positives "
+            "or negatives to bootstrap)"
+        )
+    if np.ptp(finite) <= 1e-12:
+        return None, (
+            f"not estimable: every resample gives {finite[0]:.3f} (no spread to estimate, e.g. perfect "
+            "separation on a small test set)"
+        )
+    note = None
+    if undefined or not (np.isfinite(low) and np.isfinite(high)):
+        low, high = np.percentile(finite, [2.5, 97.5])
+        note = (
+            f"percentile interval of the {len(finite)} resamples where it is defined ({undefined} drew one "
+            "class only)"
+            if undefined
+            else f"percentile interval ({method} not computable here)"
+        )
+    ci = [float(low), float(high)]
+    if not ci[0] < estimate < ci[1]:
+        edge = (
+            f"the estimate {estimate:.3f} lies on the edge of its interval or outside it: the resamples "
+            "are skewed (few positives, or a metric at its bound); read the interval as a rough range"
+        )
+        note = f"{note}; {edge}" if note else edge
+    return ci, note
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    probs: np.ndarray,
+    pred: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: list[str] | None = None,
+) -> dict[str, list[float] | None]:
+    """95% intervals of accuracy, balanced accuracy, AUC, per-class sens/spec (:func:`classification_cis`)."""
+    return classification_cis(y, probs, pred, n_boot, seed, groups).ci
+
+
+def classification_cis(
+    y: np.ndarray,
+    probs: np.ndarray,
+    pred: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: list[str] | None = None,
+) -> Intervals:
+    """:func:`bootstrap_intervals` of accuracy, balanced accuracy, AUC (binary: of class 1; else the
+    one-vs-rest macro over the classes present) and each class's sensitivity and specificity, resampling
+    patients (``groups``) or images."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    k = probs.shape[1]
+    correct = (y == pred).astype(np.float64)
+    present = [c for c in range(k) if np.any(y == c)]
+
+    def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = {"accuracy": w @ correct / w.sum(1)}
+            sens = {}
+            for c in range(k):
+                pos = (y == c).astype(np.float64)
+                sens[c] = w @ (correct * pos) / (w @ pos)
+                out[f"sensitivity_{c}"] = sens[c]
+                out[f"specificity_{c}"] = w @ ((pred != c) & (y != c)) / (w @ (1 - pos))
+        # every class of the test set must be drawn for the resample's mean recall or AUC to be the metric
+        out["balanced_accuracy"] = np.mean([sens[c] for c in present], axis=0)
+        if k == 2:
+            out["auc"] = weighted_auc(probs[:, 1], y == 1, w)
+        else:
+            out["auc"] = np.mean([weighted_auc(probs[:, c], y == c, w) for c in present], axis=0)
+        return out
+
+    return bootstrap_intervals(statistic, len(y), groups, n_boot, seed)
+
+
+def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of ``scores`` for each row of ``weights`` ``(B, n)`` (ties count one half): the weighted
+    Mann–Whitney statistic. NaN where a row has no positive or no negative weight."""
+    order = np.argsort(scores, kind="mergesort")
+    s, pos = scores[order], np.asarray(positive)[order].astype(bool)
+    w = weights[:, order]
+    neg_w = np.where(pos, 0.0, w)
+    cum = np.cumsum(neg_w, axis=1)
+    # tie groups: first and last position of each element's score
+    first = np.searchsorted(s, s, side="left")
+    last = np.searchsorted(s, s, side="right") - 1
+    below = np.where(first > 0, cum[:, np.maximum(first - 1, 0)], 0.0)
+    tied = cum[:, last] - below
+    num = (np.where(pos, w, 0.0) * (below + 0.5 * tied)).sum(axis=1)
+    w_pos, w_neg = np.where(pos, w, 0.0).sum(axis=1), neg_w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((w_pos > 0) & (w_neg > 0), num / (w_pos * w_neg), np.nan)
+
+
+def ci_text(ci: list[float] | None, fmt: str = ".3f") -> str:
+    """``[95% CI 0.806–0.952]``, or ``[95% CI not estimable]`` for a ``None`` interval."""
+    if not ci or not all(np.isfinite(ci)):
+        return "[95% CI not estimable]"
+    return f"[95% CI {ci[0]:{fmt}}–{ci[1]:{fmt}}]"
 
 
 def percentile_ci(values: np.ndarray) -> list[float]:
@@ -180,8 +350,10 @@ def classification_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     pred: np.ndarray | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Everything metrics.json reports for one split (``pred`` defaults to argmax)."""
+    """Everything metrics.json reports for one split (``pred`` defaults to argmax); ``groups``: each
+    image's patient, so that the bootstrap resamples patients (:func:`classification_cis`)."""
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     k = len(classes)
@@ -192,7 +364,8 @@ def classification_metrics(
     precision, recall, f1, support = precision_recall_fscore_support(
         y, pred, labels=list(range(k)), zero_division=0
     )
-    ci = bootstrap_ci(y, probs, pred, n_boot, seed)
+    intervals = classification_cis(y, probs, pred, n_boot, seed, groups)
+    ci = intervals.ci
     averages = averaged_prf(y, pred, k)
     per_class = {}
     for c, name in enumerate(classes):
@@ -225,6 +398,9 @@ def classification_metrics(
         **averages,
         "confusion_matrix": cm.tolist(),
         "bootstrap_resamples": int(n_boot),
+        "ci_method": intervals.method,
+        "bootstrap_unit": intervals.unit,
+        "ci_notes": intervals.notes,
     }
 
 

@@ -8,6 +8,7 @@ import cxrlab.stats
 from cxrlab.stats import (
     _auc_rows,
     bootstrap_ci,
+    ci_text,
     classification_metrics,
     expected_calibration_error,
     paired_bootstrap_difference,
@@ -171,30 +172,78 @@ def test_ece_equals_a_direct_computation_including_confidence_one():
     assert expected_calibration_error(y[:1].repeat(4), np.tile(np.eye(3)[(y[0] + 1) % 3], (4, 1))) == 1.0
 
 
-def test_bootstrap_intervals_equal_a_direct_resampling_with_sklearn():
-    """Every interval of bootstrap_ci: the 2.5th and 97.5th percentiles of the metric over resamples of the
-    test images drawn with replacement (numpy's generator, the same seed), each metric from scikit-learn."""
+def test_bootstrap_intervals_equal_scipy_bca_over_sklearn_metrics():
+    """Every interval of bootstrap_ci: scipy.stats.bootstrap's BCa interval of the metric computed by
+    scikit-learn on each resample of the test images (the images' indices resampled, the same seed)."""
+    from scipy.stats import bootstrap
     from sklearn.metrics import recall_score
 
     y, probs = _fake(90, 2, seed=7)
     pred = probs.argmax(1)
     n_boot = 300
     ci = bootstrap_ci(y, probs, pred, n_boot, seed=11)
-    idx = np.random.default_rng(11).integers(0, len(y), size=(n_boot, len(y)))
-    assert idx.max() == len(y) - 1  # every image can be drawn, the last one too
-    reps: dict[str, list[float]] = {k: [] for k in ci}
-    for rows in idx:
-        yb, pb = y[rows], pred[rows]
-        reps["accuracy"].append(float((yb == pb).mean()))
-        reps["balanced_accuracy"].append(balanced_accuracy_score(yb, pb))
-        reps["auc"].append(roc_auc_score(yb, probs[rows, 1]))
-        for c in (0, 1):
-            reps[f"sensitivity_{c}"].append(recall_score(yb, pb, labels=[c], average=None)[0])
-            reps[f"specificity_{c}"].append(recall_score(yb != c, pb != c))
-    assert set(ci) == {"accuracy", "balanced_accuracy", "auc", "sensitivity_0", "sensitivity_1",
-                       "specificity_0", "specificity_1"}  # fmt: skip
-    for key, values in reps.items():
-        assert ci[key] == pytest.approx(list(np.percentile(values, [2.5, 97.5]))), key
+    metrics = {
+        "accuracy": lambda i: float((y[i] == pred[i]).mean()),
+        "balanced_accuracy": lambda i: balanced_accuracy_score(y[i], pred[i]),
+        "auc": lambda i: roc_auc_score(y[i], probs[i, 1]),
+        **{f"sensitivity_{c}": (lambda i, c=c: recall_score(y[i], pred[i], labels=[c], average=None)[0])
+           for c in (0, 1)},
+        **{f"specificity_{c}": (lambda i, c=c: recall_score(y[i] != c, pred[i] != c)) for c in (0, 1)},
+    }  # fmt: skip
+    assert set(ci) == set(metrics)
+    for key, fn in metrics.items():
+        res = bootstrap((np.arange(len(y)),), fn, n_resamples=n_boot, vectorized=False, method="BCa",
+                        rng=np.random.default_rng(11))  # fmt: skip
+        expected = [res.confidence_interval.low, res.confidence_interval.high]
+        # the same resamples (to the last bit of a float); BCa's bias correction counts the resamples below
+        # the estimate, and an AUC tied with it to 1e-16 may fall on either side: up to ~1e-4 apart
+        assert ci[key] == pytest.approx(expected, abs=2e-4), key
+
+
+def test_a_degenerate_interval_is_not_estimable_never_zero_width():
+    """A perfectly separated small test set: every resample gives AUC 1 and accuracy 1; the interval is
+    None with its reason, not '[1.000, 1.000]'; one class only: not estimable either."""
+    y = np.array([0] * 10 + [1] * 4)
+    p1 = np.r_[np.full(10, 0.1), np.full(4, 0.9)]
+    probs = np.stack([1 - p1, p1], axis=1)
+    m = classification_metrics(y, probs, ["a", "b"], n_boot=200, seed=0)
+    assert m["auc"] == 1.0 and m["auc_ci95"] is None and m["accuracy_ci95"] is None
+    assert "not estimable: every resample gives 1.000" in m["ci_notes"]["auc"]
+    one = classification_metrics(np.zeros(12, int), probs[:12], ["a", "b"], n_boot=200, seed=0)
+    assert one["auc_ci95"] is None and "one class" in one["ci_notes"]["auc"]
+    assert ci_text(m["auc_ci95"]) == "[95% CI not estimable]"
+
+
+def test_single_label_intervals_resample_patients():
+    """With patient groups the bootstrap draws patients: duplicating every image under its own patient id
+    (2 images each) keeps the interval that resampling the single images gives, while treating the copies as
+    independent images narrows it by about 1/sqrt(2)."""
+    y, probs = _fake(200, 2, seed=3)
+    pred = probs.argmax(1)
+    single = bootstrap_ci(y, probs, pred, 400, seed=5)["accuracy"]
+    y2, probs2, pred2 = np.repeat(y, 2), np.repeat(probs, 2, axis=0), np.repeat(pred, 2)
+    groups = [f"p{i}" for i in np.repeat(np.arange(200), 2)]
+    by_patient = bootstrap_ci(y2, probs2, pred2, 400, seed=5, groups=groups)["accuracy"]
+    by_image = bootstrap_ci(y2, probs2, pred2, 400, seed=5)["accuracy"]
+    assert by_patient == pytest.approx(single, abs=1e-12)  # the same draws of the same 200 units
+    width = by_patient[1] - by_patient[0]
+    assert (by_image[1] - by_image[0]) / width == pytest.approx(2**-0.5, abs=0.12)
+
+
+def test_an_estimate_on_the_edge_of_its_interval_is_noted():
+    """nih-1000's Edema was reported as 0.848 [0.700, 0.869]-like intervals: an estimate on the edge of (or
+    outside) its interval gets a note; one strictly inside gets none."""
+    values = np.random.default_rng(0).uniform(0.70, 0.869, 1000)
+    ci, note = cxrlab.stats._interval(0.869, 0.70, 0.869, values, "BCa")
+    assert ci == [0.70, 0.869] and "edge of its interval" in note
+    ci, note = cxrlab.stats._interval(0.90, 0.70, 0.869, values, "BCa")
+    assert "edge of its interval or outside it" in note
+    assert cxrlab.stats._interval(0.80, 0.70, 0.869, values, "BCa") == ([0.70, 0.869], None)
+    with_nan = np.r_[values, [np.nan] * 10]  # 10 of 1010 resamples drew one class: left out, said so
+    ci, note = cxrlab.stats._interval(0.80, np.nan, np.nan, with_nan, "BCa")
+    assert ci == pytest.approx(list(np.percentile(values, [2.5, 97.5]))) and "10 drew one class" in note
+    too_many = np.r_[values, [np.nan] * 100]
+    assert cxrlab.stats._interval(0.80, np.nan, np.nan, too_many, "BCa")[0] is None
 
 
 def test_per_class_specificity_is_the_recall_of_everything_else():

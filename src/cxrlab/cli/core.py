@@ -126,10 +126,11 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
         typer.echo(f"test {summary_line(t)} · {_command_s(metrics):.1f} s")
         typer.echo(f"report: {Path(out) / 'report.html'}")
         return
-    lo, hi = t["accuracy_ci95"] or (float("nan"), float("nan"))
+    from cxrlab.stats import ci_text
+
     auc = t["auc"]
     typer.echo(
-        f"test accuracy {t['accuracy']:.3f} [95% CI {lo:.3f}–{hi:.3f}], n={t['n']}"
+        f"test accuracy {t['accuracy']:.3f} {ci_text(t.get('accuracy_ci95'))}, n={t['n']}"
         + (f", AUC {auc:.3f}" if auc is not None else "")
         + f" · {_command_s(metrics):.1f} s"
     )
@@ -186,19 +187,22 @@ def evaluate(
         typer.echo(summary_line(t))
         if "findings_match" in result:  # external validation: per finding, and what only one side has
             internal = result.get("internal_auc", {})
+            from cxrlab.stats import ci_text
+
             for name, f in t["per_finding"].items():
                 auc = "undefined" if f["auc"] is None else f"{f['auc']:.3f}"
                 ci = f.get("auc_ci95")
-                inside = f" [95% CI {ci[0]:.3f}–{ci[1]:.3f}]" if f["auc"] is not None and ci else ""
+                inside = f" {ci_text(ci)}" if f["auc"] is not None else ""
                 own = internal.get(name, {}).get("auc")
                 typer.echo(f"  {name}: AUC {auc}{inside}, {f['positives']} positive of {f['n']}"
                            + (f" (run's own test: {own:.3f})" if own is not None else ""))  # fmt: skip
             for note in t.get("notes", []):  # one side only, renames, shared file names, undefined AUCs
                 typer.echo(f"note: {note}")
     else:
-        lo, hi = t["accuracy_ci95"] or (float("nan"), float("nan"))
+        from cxrlab.stats import ci_text
+
         auc = f"{t['auc']:.3f}" if t["auc"] == t["auc"] else "undefined (one class)"  # NaN != NaN
-        typer.echo(f"accuracy {t['accuracy']:.3f} [95% CI {lo:.3f}–{hi:.3f}], n={t['n']}, AUC {auc}")
+        typer.echo(f"accuracy {t['accuracy']:.3f} {ci_text(t.get('accuracy_ci95'))}, n={t['n']}, AUC {auc}")
     target = Path(out) if out else Path(run) / ("evaluation" if data is None else "external")
     typer.echo(f"report: {target / 'report.html'}")
 

@@ -157,13 +157,14 @@ def score(
     temperature: float,
     n_boot: int,
     seed: int,
+    groups: list[str] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics at argmax plus the operating point's sensitivity/specificity."""
     probs = logits_to_probs(logits, temperature)
-    metrics = classification_metrics(y, probs, classes, n_boot, seed)
+    metrics = classification_metrics(y, probs, classes, n_boot, seed, groups=groups)
     if op.get("threshold") is not None and op.get("positive_class") is not None:
         pred = thresholded(probs, op, classes)
-        at = classification_metrics(y, probs, classes, n_boot, seed, pred=pred)
+        at = classification_metrics(y, probs, classes, n_boot, seed, pred=pred, groups=groups)
         pos = op["positive_class"]
         metrics["operating_point"] = {
             **op,
@@ -215,7 +216,8 @@ def evaluate_trained(
     val_metrics, _ = score(y_val, outputs["val"][0], data.classes, op, temperature, 0, cfg.train.seed)
     test_logits, test_feats = outputs["test"]
     test_metrics, probs = score(
-        data.labels["test"], test_logits, data.classes, op, temperature, cfg.eval.bootstrap, cfg.train.seed
+        data.labels["test"], test_logits, data.classes, op, temperature, cfg.eval.bootstrap, cfg.train.seed,
+        patient_groups(data, "test"),  # the bootstrap resamples patients where the data has patient ids
     )
 
     meta = model_meta(cfg, trained, op, temperature)

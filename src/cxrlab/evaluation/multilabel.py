@@ -2,83 +2,28 @@
 average precision, prevalence, per-finding operating thresholds chosen on validation data.
 
 Targets are float matrices ``(N, F)``: 1, 0, or NaN (ignored: an uncertain or unknown label), left out
-of every metric of that finding. Point estimates are scikit-learn's; the bootstrap is written here because
-it resamples *patients* (all images of a drawn patient come along, so a patient is never split) and must be
-fast: each resample is a weight per image (how often its patient was drawn) and the weighted
-Mann–Whitney AUC of every resample is computed at once (:func:`weighted_auc`).
+of every metric of that finding. Point estimates are scikit-learn's; the intervals are
+:func:`cxrlab.stats.bootstrap_intervals` (scipy.stats.bootstrap, BCa), resampling *patients* (all images of
+a drawn patient come along, so a patient is never split): each resample is a weight per image (how often its
+patient was drawn) and the weighted Mann–Whitney AUC of every resample is computed at once
+(:func:`cxrlab.stats.weighted_auc`).
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-import cxrlab.stats
-from cxrlab.stats import operating_threshold, percentile_ci
+from cxrlab.stats import bootstrap_intervals, ci_text, operating_threshold, weighted_auc
+
+__all__ = ["multilabel_metrics", "weighted_auc"]  # weighted_auc: from cxrlab.stats
 
 
 def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Per-finding probabilities from logits ``(N, F)``."""
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / temperature))
-
-
-def bootstrap_weights(groups: list[str] | None, n: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """``(n_boot, n)`` resampling weights: patients drawn with replacement (as many draws as patients),
-    each image weighted by how often its patient was drawn; without groups each image is its own.
-
-    Every image of a patient has the same weight in every resample: a patient is never split."""
-    keys = list(groups) if groups is not None else [str(i) for i in range(n)]
-    _, patient = np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)
-    p = int(patient.max()) + 1 if n else 0
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(p, np.full(p, 1.0 / p), size=n_boot) if p else np.zeros((n_boot, 0))
-    return counts[:, patient].astype(np.float64)
-
-
-def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC of ``scores`` for each row of ``weights`` ``(B, n)`` (ties count one half): the weighted
-    Mann–Whitney statistic. NaN where a row has no positive or no negative weight."""
-    order = np.argsort(scores, kind="mergesort")
-    s, pos = scores[order], positive[order].astype(bool)
-    w = weights[:, order]
-    neg_w = np.where(pos, 0.0, w)
-    cum = np.cumsum(neg_w, axis=1)
-    # tie groups: first and last position of each element's score
-    first = np.searchsorted(s, s, side="left")
-    last = np.searchsorted(s, s, side="right") - 1
-    below = np.where(first > 0, cum[:, np.maximum(first - 1, 0)], 0.0)
-    tied = cum[:, last] - below
-    num = (np.where(pos, w, 0.0) * (below + 0.5 * tied)).sum(axis=1)
-    w_pos, w_neg = np.where(pos, w, 0.0).sum(axis=1), neg_w.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((w_pos > 0) & (w_neg > 0), num / (w_pos * w_neg), np.nan)
-
-
-def _by_replicate_blocks(weights: np.ndarray, columns: int, per_block: Any) -> np.ndarray:
-    """``per_block(weights[i:j])`` over row blocks of the ``(n_boot, n)`` weights, concatenated: each block's
-    temporaries span at most :data:`cxrlab.stats.BOOTSTRAP_CELLS` cells of ``columns`` (an AUC over all
-    known cells of NIH's 25,596-image test split has 358k columns: GBs per temporary in one piece)."""
-    rows = max(1, cxrlab.stats.BOOTSTRAP_CELLS // max(columns, 1))
-    return np.concatenate([per_block(weights[i : i + rows]) for i in range(0, len(weights), rows)])
-
-
-def _auc_of(scores: np.ndarray, positive: np.ndarray, known: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """:func:`weighted_auc` over the ``known`` images (1-D mask) or known image × finding cells (2-D)."""
-    if known.ndim == 2:
-        weights = np.broadcast_to(weights[:, :, None], (len(weights), *known.shape))
-    return weighted_auc(scores, positive, weights[:, known])
-
-
-def _rate_of(hit: np.ndarray, among: np.ndarray, known: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return _rate(hit[None, :], among[None, :], weights[:, known])
-
-
-def _rate(hit: np.ndarray, among: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (weights * (hit & among)).sum(1) / (weights * among).sum(1)
 
 
 def _ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
@@ -142,10 +87,8 @@ def multilabel_metrics(
     macro AUC (the headline number sweeps and comparisons read). A finding whose AUC is undefined (no
     positive or no negative here) is reported as None with a note, never a crash."""
     n, k = targets.shape
-    weights = bootstrap_weights(groups, n, n_boot, seed) if n_boot > 0 and n else None
     per: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
-    boot_aucs = []
     for j, name in enumerate(findings):
         known = ~np.isnan(targets[:, j])
         y, p = targets[known, j].astype(int), probs[known, j]
@@ -160,14 +103,9 @@ def multilabel_metrics(
             "brier": float(brier_score_loss(y, p)) if len(y) else None,
             "ece": _ece(y, p) if len(y) else None,
         }
-        defined = 0 < n_pos < len(y)
-        if defined:
+        if 0 < n_pos < len(y):
             entry["auc"] = float(roc_auc_score(y, p))
             entry["average_precision"] = float(average_precision_score(y, p))
-            if weights is not None:
-                b = _by_replicate_blocks(weights, len(y), partial(_auc_of, p, y == 1, known))
-                boot_aucs.append(b)
-                entry["auc_ci95"] = percentile_ci(b)
         else:
             why = "no positive" if n_pos == 0 else "no negative"
             entry["note"] = f"AUC undefined: {why} image among the {len(y)} with a known label"
@@ -179,12 +117,6 @@ def multilabel_metrics(
             entry["threshold"] = thr
             entry["sensitivity"] = float(pred[pos].mean()) if pos.any() else None
             entry["specificity"] = float((~pred[neg]).mean()) if neg.any() else None
-            if weights is not None and len(y):
-                for key, hit, among in (("sensitivity", pred, pos), ("specificity", ~pred, neg)):
-                    rates = partial(_rate_of, hit, among, known)
-                    entry[f"{key}_ci95"] = (
-                        percentile_ci(_by_replicate_blocks(weights, len(y), rates)) if among.any() else None
-                    )
         per[name] = entry
     aucs = [e["auc"] for e in per.values() if e["auc"] is not None]
     macro = float(np.mean(aucs)) if aucs else None
@@ -192,13 +124,15 @@ def multilabel_metrics(
     flat_y = targets[known_all].astype(int)
     flat_p = probs[known_all]
     micro = float(roc_auc_score(flat_y, flat_p)) if 0 < flat_y.sum() < len(flat_y) else None
-    macro_ci = micro_ci = None
-    if weights is not None:
-        if boot_aucs:
-            macro_ci = percentile_ci(np.nanmean(np.stack(boot_aucs), axis=0))
-        if micro is not None:
-            aucs_micro = partial(_auc_of, flat_p, flat_y == 1, known_all)
-            micro_ci = percentile_ci(_by_replicate_blocks(weights, len(flat_y), aucs_micro))
+    intervals = _intervals(targets, probs, findings, per, groups, n_boot, seed)
+    for name, entry in per.items():
+        for key in ("auc", "sensitivity", "specificity"):
+            if entry.get(key) is not None and n_boot > 0 and n:
+                entry[f"{key}_ci95"] = intervals.ci.get(f"{key}:{name}")
+                if f"{key}:{name}" in intervals.notes:
+                    entry.setdefault("ci_notes", {})[key] = intervals.notes[f"{key}:{name}"]
+    macro_ci = intervals.ci.get("macro_auc") if macro is not None else None
+    micro_ci = intervals.ci.get("micro_auc") if micro is not None else None
     aps = [e["average_precision"] for e in per.values() if e["average_precision"] is not None]
     eps = 1e-12
     with np.errstate(invalid="ignore"):
@@ -222,7 +156,55 @@ def multilabel_metrics(
         "notes": notes,
         "bootstrap_resamples": int(n_boot),
         "bootstrap_unit": f"patient ({n_groups} patients)" if groups is not None else "image",
+        "ci_method": intervals.method,
+        "ci_notes": dict(intervals.notes),  # "auc:NAME", "sensitivity:NAME", …, "macro_auc", "micro_auc"
     }
+
+
+def _intervals(
+    targets: np.ndarray,
+    probs: np.ndarray,
+    findings: list[str],
+    per: dict[str, dict[str, Any]],
+    groups: list[str] | None,
+    n_boot: int,
+    seed: int,
+) -> Any:
+    """Patient-level bootstrap intervals (:func:`cxrlab.stats.bootstrap_intervals`) of each finding's AUC and
+    sensitivity/specificity at its threshold (``auc:NAME`` …), the macro AUC (the mean over the findings
+    whose AUC is defined in that resample) and the micro AUC (all known cells pooled)."""
+    known_all = ~np.isnan(targets)
+    columns = []
+    for j, name in enumerate(findings):
+        known = known_all[:, j]
+        y = targets[known, j].astype(int)
+        thr = per[name].get("threshold")
+        called = probs[known, j] >= thr if thr is not None else None
+        columns.append((name, known, y, probs[known, j], called, per[name]["auc"] is not None))
+    flat_y, flat_p = targets[known_all].astype(int), probs[known_all]
+
+    def statistic(w: np.ndarray) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        aucs = []
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for name, known, y, p, called, defined in columns:
+                wk = w[:, known]
+                if defined:
+                    out[f"auc:{name}"] = weighted_auc(p, y == 1, wk)
+                    aucs.append(out[f"auc:{name}"])
+                if called is not None:
+                    out[f"sensitivity:{name}"] = wk @ (called & (y == 1)) / (wk @ (y == 1))
+                    out[f"specificity:{name}"] = wk @ (~called & (y == 0)) / (wk @ (y == 0))
+            if aucs:
+                stacked = np.stack(aucs)
+                some = np.isfinite(stacked).any(axis=0)
+                out["macro_auc"] = np.where(some, np.nanmean(np.where(some, stacked, 0.0), axis=0), np.nan)
+            if 0 < flat_y.sum() < len(flat_y):
+                cells = np.broadcast_to(w[:, :, None], (len(w), *known_all.shape))[:, known_all]
+                out["micro_auc"] = weighted_auc(flat_p, flat_y == 1, cells)
+        return out
+
+    return bootstrap_intervals(statistic, len(targets), groups, n_boot, seed, columns=int(known_all.sum()))
 
 
 def cooccurrence(targets: np.ndarray) -> np.ndarray:
@@ -237,8 +219,7 @@ def summary_line(test: dict[str, Any]) -> str:
     def with_ci(value: float | None, ci: list[float] | None) -> str:
         if value is None:
             return "undefined"
-        inside = f" [95% CI {ci[0]:.3f}–{ci[1]:.3f}]" if ci and all(np.isfinite(ci)) else ""
-        return f"{value:.3f}{inside}"
+        return f"{value:.3f} {ci_text(ci)}"
 
     k = len(test["findings"])
     defined = test["findings_with_auc"]

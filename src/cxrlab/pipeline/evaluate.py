@@ -10,6 +10,7 @@ from cxrlab.config import LabelsConfig
 from cxrlab.evaluation import plots
 from cxrlab.evaluation.evaluate import (
     data_summary,
+    patient_groups,
     predict_codes,
     predict_images,
     score,
@@ -96,6 +97,7 @@ def evaluate_run(
         meta.get("temperature", 1.0),
         loaded.cfg.eval.bootstrap,
         loaded.cfg.train.seed,
+        patient_groups(prepared, "test"),  # patient-level bootstrap where the data has patient ids
     )
     positive = (metrics.get("operating_point") or {}).get("positive_class")
     folder = target / "plots"
