@@ -165,10 +165,9 @@ MUTATIONS: list[Mutation] = [
     M("positive_class_swapped", "evaluation/evaluate.py",
       "return 0 if neg[1] else 1", "return 1 if neg[1] else 0", CALIBRATION,
       "the binary 'disease' class is the one named like normal"),
-    M("threshold_on_test", "evaluation/evaluate.py",
-      'op = operating_point(cfg, data.classes, y_val, logits_to_probs(outputs["val"][0], temperature))',
-      'op = operating_point(cfg, data.classes, data.labels["test"], '
-      'logits_to_probs(outputs["test"][0], temperature))',
+    M("threshold_on_test", "evaluation/scoring.py",
+      'decision = task.choose(cfg, source.predict("val")[0], targets["val"], names)',
+      'decision = task.choose(cfg, source.predict("test")[0], targets["test"], names)',
       CALIBRATION, "operating threshold chosen on the test split instead of validation"),
     M("thresholded_strict", "evaluation/evaluate.py",
       'np.where(probs[:, pos] >= op["threshold"], pos, 1 - pos)',

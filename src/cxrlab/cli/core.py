@@ -126,21 +126,36 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
         typer.echo(f"test {summary_line(t)} · {_command_s(metrics):.1f} s")
         typer.echo(f"report: {Path(out) / 'report.html'}")
         return
-    from cxrlab.stats import ci_text
-
-    auc = t["auc"]
-    typer.echo(
-        f"test accuracy {t['accuracy']:.3f} {ci_text(t.get('accuracy_ci95'))}, n={t['n']}"
-        + (f", AUC {auc:.3f}" if auc is not None else "")
-        + f" · {_command_s(metrics):.1f} s"
-    )
+    typer.echo(f"test {headline_line(t)} · {_command_s(metrics):.1f} s")
     typer.echo(f"report: {Path(out) / 'report.html'}")
+    for warning in metrics.get("warnings") or []:  # a model that predicts one class: the last line
+        typer.echo(f"warning: {warning}")
 
 
 def _command_s(metrics: dict[str, Any]) -> float:
     """The command's wall time (``timing.command_s``: audit, training, evaluation, explain and report)."""
     timing = metrics["timing"]
     return float(timing.get("command_s", timing["total_s"]))
+
+
+def headline_line(t: dict[str, Any]) -> str:
+    """``accuracy 0.887 [95% CI 0.806–0.952] at the threshold 0.41 for covid, n=62, AUC 0.970 (argmax
+    accuracy 0.500)``: the deployed decision first, argmax beside it, labelled."""
+    from cxrlab.stats import ci_text
+
+    op = t.get("operating_point") or {}
+    rule = (
+        f" at the threshold {op['threshold']:.3g} for {op['positive_class']}"
+        if t.get("decision") == "threshold" and op.get("threshold") is not None
+        else ""
+    )
+    auc = t.get("auc")
+    auc_text = f"{auc:.3f}" if isinstance(auc, float) and auc == auc else "undefined (one class)"
+    argmax = (t.get("argmax") or {}).get("accuracy")
+    return (
+        f"accuracy {t['accuracy']:.3f} {ci_text(t.get('accuracy_ci95'))}{rule}, n={t['n']}, AUC {auc_text}"
+        + (f" (argmax accuracy {argmax:.3f})" if isinstance(argmax, float) else "")
+    )
 
 
 @app.command()
@@ -199,12 +214,11 @@ def evaluate(
             for note in t.get("notes", []):  # one side only, renames, shared file names, undefined AUCs
                 typer.echo(f"note: {note}")
     else:
-        from cxrlab.stats import ci_text
-
-        auc = f"{t['auc']:.3f}" if t["auc"] == t["auc"] else "undefined (one class)"  # NaN != NaN
-        typer.echo(f"accuracy {t['accuracy']:.3f} {ci_text(t.get('accuracy_ci95'))}, n={t['n']}, AUC {auc}")
+        typer.echo(headline_line(t))
     target = Path(out) if out else Path(run) / ("evaluation" if data is None else "external")
     typer.echo(f"report: {target / 'report.html'}")
+    for warning in result.get("warnings") or []:
+        typer.echo(f"warning: {warning}")
 
 
 @app.command()

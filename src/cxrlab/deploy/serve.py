@@ -54,6 +54,7 @@ from cxrlab._optional import require
 from cxrlab.deploy.export import contract, run_id
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.inference import LoadedRun, image_run
+from cxrlab.metrics import read_metrics, table_rows
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 TOKEN_ENV = "CXRLAB_SERVE_TOKEN"
@@ -220,19 +221,18 @@ def model_card(loaded: LoadedRun, rid: str) -> dict[str, Any]:
     """What ``GET /v1/model`` returns: contract, headline metrics with CIs, known warnings and limitations."""
     info = contract(loaded, rid)
     metrics: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        metrics = json.loads((loaded.path / "metrics.json").read_text(encoding="utf-8"))
+    with contextlib.suppress(OSError, ValueError, CxrError):
+        metrics = read_metrics(loaded.path / "metrics.json")
     test = metrics.get("test") or {}
     headline: dict[str, Any] = {"n": test.get("n"), "split": "the run's own test split"}
-    for key in ("accuracy", "balanced_accuracy", "auc"):
-        if key in test:
-            headline[key] = {"value": _num(test.get(key)), "ci95": _pair(test.get(f"{key}_ci95"))}
-    op = test.get("operating_point")
-    if op:
-        headline["at_threshold"] = {
-            k: {"value": _num(op.get(k)), "ci95": _pair(op.get(f"{k}_ci95"))}
-            for k in ("accuracy", "sensitivity", "specificity")
-        }
+    task = "multi" if metrics.get("multilabel") else "single"
+    for row in table_rows(test, task, binary=len(metrics.get("classes") or []) == 2):
+        headline[row["name"]] = {"label": row["label"], "value": row["value"], "ci95": _pair(row["ci95"])}
+    op = test.get("operating_point") or {}
+    if test.get("decision") == "threshold":  # every decision metric above is at the served threshold
+        rule = f"{op.get('positive_class')} when P >= {op.get('threshold')}"
+        headline["decision"] = f"{rule} ({op.get('method')})"
+    headline["warnings"] = list(metrics.get("warnings") or [])  # e.g. a model that predicts one class
     audit = list((metrics.get("audit") or {}).get("warnings") or [])
     external = []
     for file in sorted(loaded.path.glob("*/external.json")):

@@ -13,12 +13,12 @@ import torch
 from cxrlab.config import RunConfig
 from cxrlab.data.prepare import PreparedData, to_tensor
 from cxrlab.evaluation import plots
-from cxrlab.figures import figure_output, sample_grid
+from cxrlab.figures import sample_grid
+from cxrlab.metrics import DECISION_KEYS, fill, single_class
 from cxrlab.models.heads import Classifier
 from cxrlab.models.tta import shift_pixels, with_tta
-from cxrlab.runs import read_csv, save_model
 from cxrlab.runtime import batched, inference_dtype, prepare_for_inference
-from cxrlab.stats import classification_metrics, operating_threshold, to_number
+from cxrlab.stats import classification_metrics, operating_threshold
 
 if TYPE_CHECKING:
     from cxrlab.training.train import Trained
@@ -159,111 +159,32 @@ def score(
     seed: int,
     groups: list[str] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Metrics at argmax plus the operating point's sensitivity/specificity."""
+    """A split's metrics at the deployed decision: the saved operating threshold of a binary run (what
+    ``predictions.csv``'s ``pred``, ``predict`` and ``serve`` use), else argmax. A binary run's argmax
+    metrics sit beside them under ``argmax``; ``single_class`` names the one class every image got."""
     probs = logits_to_probs(logits, temperature)
-    metrics = classification_metrics(y, probs, classes, n_boot, seed, groups=groups)
-    if op.get("threshold") is not None and op.get("positive_class") is not None:
-        pred = thresholded(probs, op, classes)
-        at = classification_metrics(y, probs, classes, n_boot, seed, pred=pred, groups=groups)
+    pred = thresholded(probs, op, classes)
+    metrics = classification_metrics(y, probs, classes, n_boot, seed, pred=pred, groups=groups)
+    at_threshold = op.get("threshold") is not None and op.get("positive_class") is not None
+    metrics["decision"] = "threshold" if at_threshold else "argmax"
+    if at_threshold:
+        argmax = classification_metrics(y, probs, classes, n_boot, seed, groups=groups)
+        metrics["argmax"] = {k: argmax[k] for k in DECISION_KEYS if k in argmax}
         pos = op["positive_class"]
-        metrics["operating_point"] = {
+        for key in ("sensitivity", "specificity"):
+            for block, source in ((metrics, metrics), (metrics["argmax"], argmax)):
+                block[key] = source["per_class"][pos][key]
+                block[f"{key}_ci95"] = source["per_class"][pos][f"{key}_ci95"]
+        metrics["operating_point"] = {  # the rule, and (as schema 1 had them) its numbers
             **op,
-            "accuracy": at["accuracy"],
-            "accuracy_ci95": at["accuracy_ci95"],
-            "sensitivity": at["per_class"][pos]["sensitivity"],
-            "sensitivity_ci95": at["per_class"][pos]["sensitivity_ci95"],
-            "specificity": at["per_class"][pos]["specificity"],
-            "specificity_ci95": at["per_class"][pos]["specificity_ci95"],
-            "confusion_matrix": at["confusion_matrix"],
-        }
+            **{k: metrics[k] for k in ("accuracy", "accuracy_ci95", "sensitivity", "sensitivity_ci95",
+                                        "specificity", "specificity_ci95", "confusion_matrix")},
+        }  # fmt: skip
+    metrics["single_class"] = single_class(metrics["confusion_matrix"], classes)
+    if at_threshold:
+        metrics["argmax"]["single_class"] = single_class(metrics["argmax"]["confusion_matrix"], classes)
+    fill(metrics, np.asarray(y), probs, pred, n_boot, seed)
     return metrics, probs
-
-
-def evaluate_trained(
-    cfg: RunConfig, out: Path, trained: Trained, t0: float, progress: bool = True
-) -> dict[str, Any]:
-    """After training: score val/test; save the model with its operating point, predictions.csv and the
-    plots; return the metrics (the pipeline adds the audit and the environment, writes metrics.json and
-    the report)."""
-    t_eval = time.perf_counter()
-    data, model = trained.data, trained.model
-    outputs = {}
-    tta = shift_pixels(cfg.eval.tta_shift, cfg.data.image_size)  # 0 for codes: fit() refuses a shift there
-    for split in ("val", "test"):
-        if split not in data.labels:
-            continue
-        if trained.features is not None and not tta:  # shifted copies need the images, not the cache
-            outputs[split] = predict_features(model, trained.features[split], trained.suffix)
-        elif data.codes is not None:
-            outputs[split] = predict_codes(model, data.codes[split])
-        else:
-            outputs[split] = predict_images(
-                model,
-                data.images[split],
-                trained.channels,
-                trained.spec.mean,
-                trained.spec.std,
-                trained.device,
-                cfg.eval.precision,
-                progress=f"predicting ({split})" if progress else None,
-                tta_shift=tta,
-            )
-    if data.multilabel:
-        return evaluate_multilabel(cfg, out, trained, outputs, t0, t_eval)
-    y_val = data.labels["val"]
-    temperature = fit_temperature(outputs["val"][0], y_val) if cfg.eval.temperature_scaling else 1.0
-    op = operating_point(cfg, data.classes, y_val, logits_to_probs(outputs["val"][0], temperature))
-    val_metrics, _ = score(y_val, outputs["val"][0], data.classes, op, temperature, 0, cfg.train.seed)
-    test_logits, test_feats = outputs["test"]
-    test_metrics, probs = score(
-        data.labels["test"], test_logits, data.classes, op, temperature, cfg.eval.bootstrap, cfg.train.seed,
-        patient_groups(data, "test"),  # the bootstrap resamples patients where the data has patient ids
-    )
-
-    meta = model_meta(cfg, trained, op, temperature)
-    save_model(out, model, meta)
-    write_predictions(
-        out / "predictions.csv",
-        data.paths["test"],
-        data.labels["test"],
-        probs,
-        thresholded(probs, op, data.classes),
-        data.classes,
-    )
-    history = [{k: to_number(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
-    plot_notes: dict[str, str] = {}
-    with figure_output(cfg.eval.figure_format, cfg.eval.figure_dpi):
-        plot_paths = make_plots(
-            out / "plots",
-            history,
-            data.labels["test"],
-            probs,
-            test_feats,
-            test_metrics,
-            data,
-            cfg.eval.tsne,
-            cfg.train.seed,
-            cfg.model.name,
-            plot_notes,
-        )
-    timing = _timing(cfg, trained, history, t0, t_eval)
-    metrics: dict[str, Any] = {
-        "run": str(out),
-        "task": cfg.task or describe_task(data.classes),
-        "model": cfg.model.name,
-        "classes": data.classes,
-        "data": data_summary(data),
-        "test": test_metrics,
-        "val": {
-            k: val_metrics[k]
-            for k in ("n", "accuracy", "balanced_accuracy", "auc", "loss", "ece", "operating_point")
-            if k in val_metrics
-        },
-        "calibration": {"temperature": temperature, "ece": test_metrics["ece"]},
-        "test_time_shift_px": meta["tta_shift_px"],
-        **_run_facts(out, model, trained, timing, plot_paths, plot_notes),
-    }
-    return metrics
 
 
 def _timing(
@@ -292,72 +213,6 @@ def patient_groups(data: PreparedData, split: str) -> list[str] | None:
 
 #: Groups the indexer makes up for images without a patient id (see cxrlab.audit.patients).
 NO_PATIENT = ("file:", "npz:", "synthetic:")
-
-
-def evaluate_multilabel(
-    cfg: RunConfig,
-    out: Path,
-    trained: Trained,
-    outputs: dict[str, tuple[np.ndarray, np.ndarray]],
-    t0: float,
-    t_eval: float,
-) -> dict[str, Any]:
-    """A multi-label run: thresholds per finding on validation, per-finding metrics with patient-level
-    bootstrap CIs on test, predictions.csv, plots; returns metrics.json's content."""
-    from cxrlab.evaluation import multilabel as ml
-
-    data, model = trained.data, trained.model
-    findings = data.findings
-    p_val = ml.sigmoid(outputs["val"][0])
-    p_test = ml.sigmoid(outputs["test"][0])
-    thresholds = ml.choose_thresholds(
-        data.targets["val"], p_val, findings, cfg.eval.threshold, cfg.eval.target_sensitivity
-    )
-    val_metrics = ml.multilabel_metrics(data.targets["val"], p_val, findings, thresholds, n_boot=0)
-    test_metrics = ml.multilabel_metrics(
-        data.targets["test"], p_test, findings, thresholds, patient_groups(data, "test"),
-        cfg.eval.bootstrap, cfg.train.seed,
-    )  # fmt: skip
-    test_metrics["label_policy"] = ml.label_policy(cfg.data.labels)  # named in metrics.json and the report
-    op = {"positive_class": None, "threshold": None, "method": "per finding, chosen on validation"}
-    meta = model_meta(cfg, trained, op, 1.0)
-    meta.update(task="multilabel", findings=findings,
-                thresholds={f: round(t["threshold"], 6) for f, t in thresholds.items()})  # fmt: skip
-    save_model(out, model, meta)
-    write_multilabel_predictions(out / "predictions.csv", data.paths["test"], patient_groups(data, "test"),
-                                 data.targets["test"], p_test, findings, thresholds)  # fmt: skip
-    history = [{k: to_number(v) for k, v in row.items()} for row in read_csv(out / "history.csv")]
-    plot_notes: dict[str, str] = {}
-    if cfg.eval.tsne:
-        plot_notes["tsne"] = "t-SNE is drawn for single-label runs only (a point has several findings)"
-    if cfg.eval.temperature_scaling:
-        plot_notes["temperature"] = (
-            "temperature scaling is single-label only; multi-label probabilities unscaled"
-        )
-    with figure_output(cfg.eval.figure_format, cfg.eval.figure_dpi):
-        plot_paths = make_multilabel_plots(out / "plots", history, data, p_test, test_metrics, cfg.model.name)
-    timing = _timing(cfg, trained, history, t0, t_eval)
-    summary = data_summary(data)
-    return {
-        "run": str(out),
-        "task": cfg.task or f"multi-label ({len(findings)} findings)",
-        "multilabel": True,
-        "model": cfg.model.name,
-        "classes": findings,
-        "findings": findings,
-        "data": summary,
-        "test": test_metrics,
-        "val": {
-            k: val_metrics[k]
-            for k in ("n", "auc", "macro_auc", "micro_auc", "loss", "mean_average_precision")
-        },
-        "thresholds": thresholds,
-        "pos_weight": trained.pos_weight,
-        "label_policy": test_metrics["label_policy"],
-        "calibration": {"temperature": 1.0},
-        "test_time_shift_px": meta["tta_shift_px"],
-        **_run_facts(out, model, trained, timing, plot_paths, plot_notes),
-    }
 
 
 def make_multilabel_plots(

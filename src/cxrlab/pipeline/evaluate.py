@@ -11,27 +11,22 @@ from cxrlab.evaluation import plots
 from cxrlab.evaluation.evaluate import (
     data_summary,
     patient_groups,
-    predict_codes,
-    predict_images,
-    score,
-    thresholded,
     tsne_plot,
-    write_predictions,
 )
 from cxrlab.evaluation.inference import load_run, prepare_eval_data
+from cxrlab.evaluation.scoring import InputSource, MultiLabel, SingleLabel, loaded_source, score_split
 from cxrlab.explain.report import for_run as attention_for_run
 from cxrlab.figures import figure_output
+from cxrlab.metrics import read_metrics, single_class_warnings, write_metrics
 from cxrlab.pipeline.external import write_external
 from cxrlab.reports.html import write_eval_report
 from cxrlab.runs import (
     check_out_folder,
     check_outside_inputs,
     check_writable,
-    read_json,
     require_run,
     run_lock,
     settle_stale,
-    write_json,
 )
 from cxrlab.runtime import resolve_device
 
@@ -68,37 +63,21 @@ def evaluate_run(
     check_outside_inputs(target, (data,))
     check_out_folder(target, EVAL_OUTPUTS)  # never into a run folder or a folder of other files
     check_writable(target)
-    dev = resolve_device(device)
     meta = loaded.meta
-    if prepared.codes is not None:  # a run trained on autoencoder codes
-        logits, feats = predict_codes(loaded.model, prepared.codes["test"])
-    else:
-        logits, feats = predict_images(
-            loaded.model,
-            prepared.images["test"],
-            meta["channels"],
-            tuple(meta["mean"]),
-            tuple(meta["std"]),
-            dev,
-            loaded.cfg.eval.precision,
-            progress="predicting" if progress else None,
-            tta_shift=loaded.tta_shift,
-        )
+    source = loaded_source(loaded, prepared, resolve_device(device), progress)  # pixels or codes
     if meta.get("task") == "multilabel":
-        result = _multilabel_result(loaded, prepared, logits, target, labels)
+        result = _multilabel_result(loaded, prepared, source, target, labels)
         write_eval_report(target, result)
         return result
     y = prepared.labels["test"]
-    metrics, probs = score(
-        y,
-        logits,
-        loaded.classes,
-        meta.get("operating_point") or {},
-        meta.get("temperature", 1.0),
-        loaded.cfg.eval.bootstrap,
-        loaded.cfg.train.seed,
+    task = SingleLabel()
+    scored = score_split(  # the one scoring path (cxrlab.evaluation.scoring), as training's evaluation
+        task, source, "test", y, task.saved(meta, loaded.classes, loaded.classes), loaded.classes,
+        loaded.cfg.eval.bootstrap, loaded.cfg.train.seed,
         patient_groups(prepared, "test"),  # patient-level bootstrap where the data has patient ids
-    )
+        target / "predictions.csv", prepared.paths["test"],
+    )  # fmt: skip
+    metrics, probs, feats = scored.metrics, scored.probs, scored.features
     positive = (metrics.get("operating_point") or {}).get("positive_class")
     folder = target / "plots"
     with figure_output(loaded.cfg.eval.figure_format, loaded.cfg.eval.figure_dpi):  # the run's own settings
@@ -123,20 +102,14 @@ def evaluate_run(
         "plots": {k: str(v.relative_to(target)) for k, v in plot_paths.items()},
         "plot_notes": plot_notes,
     }
-    write_predictions(
-        target / "predictions.csv",
-        prepared.paths["test"],
-        y,
-        probs,
-        thresholded(probs, meta.get("operating_point") or {}, loaded.classes),
-        loaded.classes,
-    )
     # the Grad-CAM gallery and lung-attention score on these images (cxrlab.explain.report)
     result.update(
         attention_for_run(loaded, prepared.images.get("test"), target, warn=_warn, progress=progress)
     )
-    write_json(target / "metrics.json", result)
-    internal = read_json(loaded.path / "metrics.json") if (loaded.path / "metrics.json").is_file() else None
+    result["warnings"] = single_class_warnings(result)
+    write_metrics(target / "metrics.json", result)
+    own = loaded.path / "metrics.json"
+    internal = read_metrics(own) if own.is_file() else None
     write_eval_report(target, result)
     if data is not None and internal is not None:
         write_external(target, loaded, internal, result)
@@ -150,7 +123,7 @@ def _warn(line: str) -> None:
 
 
 def _multilabel_result(
-    loaded: Any, prepared: Any, logits: Any, target: Path, labels: LabelsConfig | None = None
+    loaded: Any, prepared: Any, source: InputSource, target: Path, labels: LabelsConfig | None = None
 ) -> dict[str, Any]:
     """`cxr evaluate` of a multi-label run on its test split or another dataset: per-finding metrics at the
     saved thresholds (chosen on validation when it was trained) on the findings both sides share, plots
@@ -160,7 +133,6 @@ def _multilabel_result(
 
     from cxrlab.errors import DataError
     from cxrlab.evaluation import multilabel as ml
-    from cxrlab.evaluation.evaluate import patient_groups, write_multilabel_predictions
 
     index = prepared.index
     match = prepared.findings_match
@@ -173,13 +145,14 @@ def _multilabel_result(
     targets = np.stack([by_path[p].targets for p in prepared.paths["test"]]).astype(np.float32)
     prepared.targets = {"test": targets}
     names = list(index.findings)  # the run's findings, or those another dataset shares with it
-    probs = ml.sigmoid(logits)[:, [loaded.classes.index(f) for f in names]]
-    saved = loaded.meta.get("thresholds", {})
-    thresholds = {f: {"threshold": float(saved.get(f, 0.5)), "method": "saved with the run"} for f in names}
+    task = MultiLabel()
+    decision = task.saved(loaded.meta, names, loaded.classes)  # the saved thresholds of these findings
+    thresholds = decision["thresholds"]
     groups = patient_groups(prepared, "test")
     cfg = loaded.cfg
-    metrics = ml.multilabel_metrics(targets, probs, names, thresholds, groups, cfg.eval.bootstrap,
-                                    cfg.train.seed)  # fmt: skip
+    scored = score_split(task, source, "test", targets, decision, names, cfg.eval.bootstrap, cfg.train.seed,
+                         groups, target / "predictions.csv", prepared.paths["test"])  # fmt: skip
+    metrics, probs = scored.metrics, scored.probs
     if match is not None:
         overlap = _name_overlap(loaded, prepared.paths["test"])
         metrics.setdefault("notes", [])[:0] = ml.match_notes(match) + overlap
@@ -208,9 +181,7 @@ def _multilabel_result(
         "plots": {k: str(v.relative_to(target)) for k, v in plot_paths.items()},
         "plot_notes": {},
     }
-    write_json(target / "metrics.json", result)
-    write_multilabel_predictions(target / "predictions.csv", prepared.paths["test"], groups, targets, probs,
-                                 names, thresholds)  # fmt: skip
+    write_metrics(target / "metrics.json", result)
     return result
 
 
@@ -237,5 +208,5 @@ def _name_overlap(loaded: Any, paths: list[str]) -> list[str]:
 def _internal_auc(loaded: Any, names: list[str]) -> dict[str, Any]:
     """The run's own test AUC (with CI) of each finding, next to the external one; {} without metrics."""
     path = loaded.path / "metrics.json"
-    per = read_json(path).get("test", {}).get("per_finding", {}) if path.is_file() else {}
+    per = read_metrics(path).get("test", {}).get("per_finding", {}) if path.is_file() else {}
     return {f: {"auc": per[f].get("auc"), "auc_ci95": per[f].get("auc_ci95")} for f in names if f in per}

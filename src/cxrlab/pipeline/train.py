@@ -25,9 +25,10 @@ from cxrlab.data.index import codes_meta
 from cxrlab.data.prepare import PreparedData, prepare_data
 from cxrlab.data.splits import COLUMNS, SPLITS_FILE, split_rows
 from cxrlab.errors import CxrError
-from cxrlab.evaluation.evaluate import evaluate_trained
 from cxrlab.evaluation.inference import load_run
+from cxrlab.evaluation.scoring import evaluate_trained
 from cxrlab.explain.report import for_run as attention_for_run
+from cxrlab.metrics import write_metrics
 from cxrlab.models import ModelSpec, get_spec, load_torchvision_weights
 from cxrlab.reports.html import write_run_report
 from cxrlab.runs import (
@@ -44,7 +45,6 @@ from cxrlab.runs import (
     run_lock,
     settle_stale,
     write_csv,
-    write_json,
     write_status,
 )
 from cxrlab.runtime import environment, quiet_lightning, resolve_device
@@ -348,11 +348,11 @@ def _write_results(out: Path, cfg: RunConfig, metrics: dict[str, Any], clock: St
     and JSON agree), which is the only part of the command outside them (one more rendering, a fraction of
     a second)."""
     metrics["timing"].update(clock.timing())
-    write_json(out / "metrics.json", metrics)
+    write_metrics(out / "metrics.json", metrics)
     write_run_report(out, cfg, metrics)
     clock.lap("report")
     metrics["timing"].update(clock.timing())
-    write_json(out / "metrics.json", metrics)
+    write_metrics(out / "metrics.json", metrics)
     write_run_report(out, cfg, metrics)
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from cxrlab import pages
 from cxrlab.config import RunConfig
+from cxrlab.metrics import table_rows
+from cxrlab.pages import ci
 
 RUN_FIGURES = (
     ("curves", "training curves (loss and accuracy, train vs validation)"),
@@ -18,6 +20,16 @@ RUN_FIGURES = (
     ("samples", "training images as the model sees them"),
     ("synthetic", "synthetic (--extra-train) training images per class, as the model sees them"),
 )
+
+
+def metric_table(test: dict[str, Any], classes: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """Header and cells of the report's metric table: one row per registered metric (registry order);
+    a binary run at its threshold gets the argmax value beside each decision metric, labelled."""
+    rows = table_rows(test, "single", binary=len(classes) == 2)
+    if test.get("argmax"):
+        header = ["metric", "value (at the threshold)", "95% CI (bootstrap)", "at argmax (not deployed)"]
+        return header, [[r["label"], r["value"], ci(r["ci95"]), r["argmax"]] for r in rows]
+    return ["metric", "value", "95% CI (bootstrap)"], [[r["label"], r["value"], ci(r["ci95"])] for r in rows]
 
 
 def run_report_context(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -39,6 +51,8 @@ def run_report_context(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> di
         "warnings": metrics.get("audit", {}).get("warnings", []),
         "test": metrics["test"],
         "classes": metrics["classes"],
+        "metric_table": metric_table(metrics["test"], metrics["classes"]),
+        "headline_warnings": metrics.get("warnings") or [],
         "figures": [{"path": plots[k], "caption": cap} for k, cap in RUN_FIGURES if k in plots],
         "plot_notes": list(metrics.get("plot_notes", {}).values()),
         "data": metrics["data"],
@@ -93,6 +107,8 @@ def eval_report_context(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
         "run": str(result["run"]),
         "test": result["test"],
         "classes": result["classes"],
+        "metric_table": metric_table(result["test"], result["classes"]),
+        "headline_warnings": result.get("warnings") or [],
         "figures": [{"path": folder / v, "caption": k} for k, v in result.get("plots", {}).items()],
         "data": result["data"],
         "multilabel": bool(result.get("multilabel")),
