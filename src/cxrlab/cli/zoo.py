@@ -49,6 +49,10 @@ def models(
 
     typer.echo(f"\nweights offline = checkpoint present in {torch_home()} (set TORCH_HOME to change)")
     typer.echo(
+        "xrv/… (chest-X-ray pretrained, pip install 'cxrlab[xrv]'): torchxrayvision's cache, "
+        "~/.torchxrayvision/models_data; `cxr zoo xrv/NAME --out RUN` makes a zero-shot run of one"
+    )
+    typer.echo(
         "Also: any timm model as timm/NAME (e.g. timm/mobilenetv1_100; list with --timm 'PATTERN*'). "
         "Details: cxr summary MODEL."
     )
@@ -147,3 +151,34 @@ def _label_file_findings(cfg: Any) -> list[str] | None:
                          findings=read.findings)  # fmt: skip
     apply_task(index, labels.task, labels.no_finding)
     return list(index.findings) if index.task == "multilabel" else None
+
+
+@app.command()
+def zoo(
+    model: Annotated[str, typer.Argument(help="a pretrained classifier: an xrv/… name from `cxr models`")],
+    out: Annotated[
+        Path, Opt("--out", "-o", help="run folder to create (must not exist, unless --overwrite)")
+    ],
+    overwrite: Annotated[bool, Opt(help="replace an existing run folder at --out")] = False,
+    as_json: Annotated[bool, Opt("--json", help="print model.json instead of a summary")] = False,
+) -> None:
+    """Write a run folder holding a pretrained classifier as it is (no training), for zero-shot use.
+
+    torchxrayvision's networks (xrv/…) predict the findings they were trained on. The folder works with
+    `cxr evaluate RUN --data DATA --labels FILE` (findings matched by name; --label-map DATA=MODEL for
+    other spellings; the unmatched ones are listed), `cxr predict`, `cxr serve` and `cxr explain`.
+    Example: cxr zoo xrv/densenet121-res224-nih --out runs/xrv-nih
+    """
+    from cxrlab.pipeline.pretrained import pretrained_run
+
+    meta = pretrained_run(model, out, overwrite)
+    if as_json:
+        typer.echo(json.dumps(meta, indent=2))
+        return
+    typer.echo(
+        f"{out}: {model} as {meta['pretrained']['source']} trained it, {len(meta['findings'])} findings: "
+        + ", ".join(meta["findings"])
+    )
+    typer.echo(
+        f"next: cxr evaluate {out} --data IMAGES --labels LABELS.csv (zero-shot), cxr predict {out} IMAGE"
+    )

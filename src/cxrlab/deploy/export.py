@@ -3,10 +3,11 @@
 The exported graph takes what a deployment can produce without cxrlab: a batch of grey images
 ``float32 (N, 1, H, W)`` scaled to [0, 1] (8-bit grey / 255, after the run's resize rule). Inside the graph
 the grey channel is replicated to the network's channels, normalised with the run's mean/std, run through
-the network and turned into calibrated probabilities ``(N, K)`` (the saved temperature, softmax or sigmoid).
-The contract — input size, channels, mean/std, resize rule, class names, operating threshold, temperature,
-cxrlab version, run id — travels inside the file: ONNX ``metadata_props`` (one ``cxrlab`` JSON entry plus flat
-keys) or a TorchScript extra file ``cxrlab.json``. Before the file is written, a parity check runs the export
+the network and turned into calibrated probabilities ``(N, K)`` (the saved temperature, softmax or sigmoid;
+a multi-label run: one sigmoid per finding, with its threshold per finding). The contract — input size,
+channels, mean/std, resize rule, class names, operating threshold, temperature, cxrlab version, run id —
+travels inside the file: ONNX ``metadata_props`` (one ``cxrlab`` JSON entry plus flat keys) or a TorchScript
+extra file ``cxrlab.json``. Before the file is written, a parity check runs the export
 on 32 real test images of the run and compares its probabilities with cxrlab's own inference.
 """
 
@@ -60,11 +61,14 @@ class Exported(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.temperature = float(meta.get("temperature", 1.0))
+        self.multilabel = meta.get("task") == "multilabel"  # one sigmoid per finding, not a softmax
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels != 1:
             x = x.expand(-1, self.channels, -1, -1)
         z = self.model((x - self.mean) / self.std) / self.temperature
+        if self.multilabel:
+            return torch.sigmoid(z)
         if z.shape[1] == 1:
             p = torch.sigmoid(z)
             return torch.cat([1 - p, p], dim=1)
@@ -85,6 +89,12 @@ def contract(loaded: LoadedRun, rid: str | None = None) -> dict[str, Any]:
     meta = loaded.meta
     op = meta.get("operating_point") or {}
     size = int(meta["image_size"])
+    multilabel = meta.get("task") == "multilabel"
+    extra: dict[str, Any] = {}
+    if multilabel:  # one probability per finding, each with its own threshold
+        extra["thresholds"] = dict(meta.get("thresholds") or {})
+    if meta.get("pretrained"):  # e.g. torchxrayvision's weights and their input contract
+        extra["pretrained"] = meta["pretrained"]
     return {
         "format": CONTRACT_VERSION,
         "cxrlab_version": __version__,
@@ -101,7 +111,7 @@ def contract(loaded: LoadedRun, rid: str | None = None) -> dict[str, Any]:
             "channels": int(meta["channels"]),
             "mean": list(meta["mean"]),
             "std": list(meta["std"]),
-            "normalisation": "inside the graph: grey replicated to `channels`, then (x - mean) / std",
+            "normalisation": _normalisation(meta),
             "test_time_shift_px": loaded.tta_shift,
             "test_time_augmentation": (
                 f"inside the graph: the mean over the image and four copies shifted by {loaded.tta_shift} px"
@@ -109,14 +119,29 @@ def contract(loaded: LoadedRun, rid: str | None = None) -> dict[str, Any]:
                 else "none"
             ),
         },
-        "output": {"name": "probabilities", "shape": ["N", len(meta["classes"])], "calibrated": True},
+        "task": "multilabel" if multilabel else "single-label",
+        "output": {
+            "name": "probabilities",
+            "shape": ["N", len(meta["classes"])],
+            "calibrated": not multilabel,
+            "activation": "sigmoid per finding" if multilabel else "softmax",
+        },
         "temperature": float(meta.get("temperature", 1.0)),
         "operating_point": {
             "positive_class": op.get("positive_class"),
             "threshold": op.get("threshold"),
             "method": op.get("method", "argmax"),
         },
+        **extra,
     }
+
+
+def _normalisation(meta: dict[str, Any]) -> str:
+    """How the graph scales its [0, 1] input, in words (torchxrayvision's models: their [-1024, 1024])."""
+    text = "inside the graph: grey replicated to `channels`, then (x - mean) / std"
+    if list(meta["mean"]) == [0.5] and list(meta["std"]) == [1 / 2048]:
+        text += " = (2x - 1) * 1024, torchxrayvision's [-1024, 1024] scaling (xrv.utils.normalize(img, 255))"
+    return text
 
 
 def _flat(info: dict[str, Any]) -> dict[str, str]:
@@ -135,6 +160,8 @@ def _flat(info: dict[str, Any]) -> dict[str, str]:
         "temperature": repr(info["temperature"]),
         "positive_class": str(op["positive_class"] or ""),
         "threshold": "" if op["threshold"] is None else repr(op["threshold"]),
+        "task": info["task"],
+        "normalisation": inp["normalisation"],
     }
 
 
@@ -229,7 +256,10 @@ def parity(loaded: LoadedRun, data: bytes, fmt: str, n: int = PARITY_IMAGES) -> 
         loaded.model, images, meta["channels"], tuple(meta["mean"]), tuple(meta["std"]), "cpu", "32",
         tta_shift=loaded.tta_shift,
     )  # fmt: skip
-    reference = logits_to_probs(logits, meta.get("temperature", 1.0))
+    if meta.get("task") == "multilabel":
+        reference = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    else:
+        reference = logits_to_probs(logits, meta.get("temperature", 1.0))
     x = (images.astype(np.float32) / 255.0)[:, None]
     got = run_exported(data, fmt, x)
     diff = float(np.abs(got.astype(np.float64) - reference).max())

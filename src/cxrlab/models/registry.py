@@ -1,9 +1,9 @@
 """One registry of models: name → builder + default cfg (input size, channels, mean/std, weights).
 
 A leaf module: model families (:mod:`~cxrlab.models.zoo`, :mod:`~cxrlab.models.small`,
-:mod:`~cxrlab.models.codes`, :mod:`~cxrlab.models.timm_models`) import it and register into it, as timm's
-``@register_model`` does; importing :mod:`cxrlab.models` loads them all. Building a model from a spec is
-:func:`cxrlab.models.build.build_model`.
+:mod:`~cxrlab.models.codes`, :mod:`~cxrlab.models.timm_models`, :mod:`~cxrlab.models.xrv`) import it and
+register into it, as timm's ``@register_model`` does; importing :mod:`cxrlab.models` loads them all.
+Building a model from a spec is :func:`cxrlab.models.build.build_model`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,16 @@ class ModelSpec:
     #: split function: backbone -> its blocks in order (their chain is the backbone), or None where the
     #: family has no clean split; used by ``freeze: blocks:K`` and partial fine-tuning (models/split.py)
     blocks: Callable[[nn.Module], list[nn.Module] | None] | None = None
+    #: what the family's pretrained weights were trained on, when not ImageNet (e.g. chest radiographs)
+    pretrained_on: str = ""
+    #: the pip extra the family needs (``pip install 'cxrlab[EXTRA]'``), or None for the base install
+    extra: str | None = None
+    #: families with their own weight cache (not torchvision's): True when the pretrained weights are on
+    #: disk, None when that cannot be told (the family's package is missing)
+    weights_cached: Callable[[], bool | None] | None = None
+    #: families with their own weight cache: fail within seconds, in one line, when ``--pretrained`` weights
+    #: are neither on disk nor downloadable (called before any image is decoded)
+    ensure_weights: Callable[[], None] | None = None
 
 
 REGISTRY: dict[str, ModelSpec] = {}

@@ -319,10 +319,18 @@ def backbone_params(name: str) -> tuple[int, tuple[int, ...]]:
     return sum(p.numel() for p in model.backbone.parameters()), model.head.in_shape
 
 
+def _offline_weights(spec: Any) -> bool | None:
+    """Whether ``spec``'s pretrained weights are on disk (None: no weights, or its extra is missing)."""
+    from cxrlab.models.weights import weights_available
+
+    if spec.weights_cached is not None:
+        return spec.weights_cached()
+    return weights_available(spec.weights) if spec.weights else None
+
+
 def model_table() -> list[dict[str, Any]]:
     """One row per registered model for `cxr models` (parameters counted on the meta device)."""
     from cxrlab.models.registry import get_spec, model_names
-    from cxrlab.models.weights import weights_available
 
     rows = []
     for name in model_names():
@@ -338,8 +346,10 @@ def model_table() -> list[dict[str, Any]]:
                 "input": f"{spec.channels}×{spec.input_size}×{spec.input_size}",
                 "features": _shape(shape),
                 "backbone params": params,
-                "pretrained": spec.weights is not None,
-                "weights offline": weights_available(spec.weights) if spec.weights else None,
+                "pretrained": spec.weights is not None or spec.weights_cached is not None,
+                "pretrained on": spec.pretrained_on or ("ImageNet" if spec.weights else None),
+                "weights offline": _offline_weights(spec),
+                "needs": f"cxrlab[{spec.extra}]" if spec.extra else None,
                 "description": spec.description,
             }
         )

@@ -296,6 +296,8 @@ def _run(
         from cxrlab.models.timm_models import ensure_timm_weights
 
         ensure_timm_weights(spec.name)
+    if cfg.model.pretrained and spec.ensure_weights is not None:  # families with their own cache (xrv/…)
+        spec.ensure_weights()
     _codes_input(cfg, spec)  # autoencoder codes as --data: input size and channels come from them
     if cfg.data.image_size is None:
         cfg.data.image_size = spec.input_size
