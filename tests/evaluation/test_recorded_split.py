@@ -217,3 +217,16 @@ def nih_labels() -> Path:
     from tests.conftest import DATA, _need
 
     return _need(DATA / "nih-1000" / "labels.csv", "nih-1000 label file")
+
+
+def test_training_and_rescoring_resample_patients(carved):
+    """kermany's PNEUMONIA file names carry patient ids (personN_): the CIs of training and of `cxr evaluate`
+    resample the test split's patients (NORMAL files, without an id, are each their own unit)."""
+    _, run = carved
+    units = len({r["group"] for r in _test_rows(run)})
+    assert units < len(_test_rows(run))  # some patients have several test images
+    assert _evaluate(run).returncode == 0
+    for path in (run / "metrics.json", run / "evaluation" / "metrics.json"):
+        test = json.loads(path.read_text())["test"]
+        assert test["bootstrap_unit"] == "patient", path
+        assert f"resamples of the {units} patients" in test["ci_method"], path
