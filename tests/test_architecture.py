@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cxrlab"
 
 LAYERS: list[set[str]] = [
     {"_version", "errors"},
+    {"_optional"},  # optional dependencies: the one-line "needs cxrlab[EXTRA]" error
     {"config"},
     {"runs", "runtime", "stats"},  # run folders, device/precision, statistics
     {"metrics"},  # metrics.json: its schema, reader/writer and the metric registry
