@@ -291,6 +291,8 @@ def test_zero_shot_run_evaluates_nih_labels_with_mapped_and_unmatched_findings(x
         and meta["thresholds"]["Effusion"] < 0.5  # torchxrayvision's operating point, not 0.5
     )
     assert (meta["channels"], meta["mean"], meta["std"], meta["image_size"]) == (1, [0.5], [1 / 2048], 224)
+    alone = run_cli("evaluate", str(run))  # no data of its own: one line saying what to give
+    assert alone.returncode != 0 and "no test split of its own" in alone.stderr and "--data" in alone.stderr
     out = tmp_path / "eval"
     proc = run_cli("evaluate", str(run), *_labels_args(images, labels), "--out", str(out), "-q")
     assert proc.returncode == 0, proc.stderr

@@ -92,6 +92,11 @@ def prepare_eval_data(
         raise DataError(
             "--allow-changed applies to the run's own test split (its splits.csv); it does not go with --data"
         )
+    if data is None and not cfg.data.path:  # a `cxr zoo` run: a pretrained model as it is, no data of its own
+        raise DataError(
+            f"{loaded.path} has no test split of its own (a pretrained model as it is, made by `cxr zoo`): "
+            f"score it on a dataset with `cxr evaluate {loaded.path} --data IMAGES --labels FILE`"
+        )
     if data is None:
         index = recorded_test_index(loaded, allow_changed)
     else:
