@@ -129,6 +129,12 @@ def bootstrap_intervals(
     units, n_units = resampling_units(groups, n)
     point = {k: float(v[0]) for k, v in statistic(np.ones((1, n))).items()}
     names = list(point)
+    if n_units < 2:  # every resample is the test set itself: nothing to resample
+        word = "patient" if groups is not None else "image"
+        for name in names:
+            out.ci[name] = None
+            out.notes[name] = f"not estimable: the test images come from a single {word}"
+        return out
 
     def stat(ids: np.ndarray, axis: int = -1) -> np.ndarray:
         ids = np.moveaxis(np.asarray(ids), axis, -1)

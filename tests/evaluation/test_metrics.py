@@ -214,6 +214,15 @@ def test_a_degenerate_interval_is_not_estimable_never_zero_width():
     assert ci_text(m["auc_ci95"]) == "[95% CI not estimable]"
 
 
+def test_a_test_split_from_one_patient_is_not_estimable():
+    """Every image from the same patient: there is one unit to resample, so each interval is None with the
+    reason (scipy.stats.bootstrap would raise 'two or more observations')."""
+    y, probs = _fake(30, 2, seed=1)
+    m = classification_metrics(y, probs, ["a", "b"], n_boot=200, seed=0, groups=["p1"] * 30)
+    assert m["accuracy_ci95"] is None and m["auc_ci95"] is None
+    assert "single patient" in m["ci_notes"]["accuracy"]
+
+
 def test_single_label_intervals_resample_patients():
     """With patient groups the bootstrap draws patients: duplicating every image under its own patient id
     (2 images each) keeps the interval that resampling the single images gives, while treating the copies as
