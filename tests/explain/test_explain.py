@@ -10,34 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import DATA, _need, run_cli
-from tests.trust.conftest import copy_subset, one_line_error
+from tests.trust.conftest import one_line_error
 
 COVID_IEEE = DATA / "covid-ieee"
 #: The shipped segmenter must reach this mean Dice on held-out patients' images (docs/explain.md).
 DICE_FLOOR = 0.85  # measured: 0.942 on the 44 held-out frontal images
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, covid_dir) -> Path:
-    """small_cnn, 64 px, 1 epoch on 16 + 16 real covid-challenge images (covid vs normal)."""
-    root = tmp_path_factory.mktemp("explain")
-    data = copy_subset(covid_dir, root / "data", {"train": 16, "test": 4}, ("covid", "normal"))
-    out = root / "run"
-    run_cli(
-        "train", "--data", str(data), "--model", "small_cnn", "--image-size", "64", "--epochs", "1", "-q",
-        "--no-tensorboard", "--set", "eval.tsne=false", "--set", "eval.bootstrap=50", "--out", str(out),
-        check=True,
-    )  # fmt: skip
-    return out
-
-
-@pytest.fixture(scope="module")
-def images(run) -> list[Path]:
-    test = run.parent / "data" / "test"
-    return sorted((test / "covid").iterdir())[:2] + sorted((test / "normal").iterdir())[:2]
 
 
 def test_shipped_segmenter_dice_on_heldout_patients():
@@ -74,24 +55,21 @@ def test_lung_share_equals_hand_computation():
 
 
 def test_heatmaps_of_a_real_run(run, images):
-    """Grad-CAM (and the three other methods) on the real run: one non-negative map per image, input-sized."""
+    """The engine on the real run: the registry's target layer, fp32 input, one input-sized map per image."""
     from cxrlab.data.images import load_gray
-    from cxrlab.data.prepare import to_tensor
     from cxrlab.evaluation.inference import load_run
-    from cxrlab.explain.cam import explainable_copy, heatmaps, resolve_layer
+    from cxrlab.explain.cam import CamEngine
 
-    loaded = load_run(run)
-    net = explainable_copy(loaded.model)
-    name, layer = resolve_layer(net, "small_cnn", None)
-    assert name == "backbone"  # the registry's cam_layer for the small family
-    m = loaded.meta
-    x = to_tensor(
-        np.stack([load_gray(p, 64) for p in images]), m["channels"], tuple(m["mean"]), tuple(m["std"])
-    )
-    for method in ("gradcam", "gradcam++", "eigencam", "layercam"):
-        maps = heatmaps(net, layer, method, x, [0, 0, 1, 1], sigmoid=False)
-        assert maps.shape == (4, 64, 64) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
-        assert np.isfinite(maps).all() and (maps.reshape(4, -1).max(1) > 0).any()
+    engine = CamEngine.for_run(load_run(run))
+    assert engine.layer_name == "backbone" and engine.method.name == "gradcam"  # the small family's cam_layer
+    assert not engine.sigmoid and next(engine.net.parameters()).dtype == torch.float32
+    arrays = np.stack([load_gray(p, 64) for p in images])
+    assert engine.tensor(arrays).dtype == torch.float32
+    maps = engine(arrays, [0, 0, 1, 1])
+    assert maps.shape == (4, 64, 64) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    assert np.isfinite(maps).all() and (maps.reshape(4, -1).max(1) > 0).any()
+    with pytest.raises(ValueError, match="4 images but 3 targets"):
+        engine(arrays, [0, 0, 1])
 
 
 def test_cxr_explain_writes_overlays_json_and_scores(run, images, tmp_path):
@@ -160,13 +138,14 @@ def test_unknown_method_mlp_without_conv_and_the_last_conv_fallback():
 
     from cxrlab.config import ModelConfig
     from cxrlab.errors import CxrError, ModelError
-    from cxrlab.explain.cam import method_class, resolve_layer
+    from cxrlab.explain.cam import resolve_layer
+    from cxrlab.explain.methods import get_method
     from cxrlab.models import build_model, get_spec
     from cxrlab.models.registry import cam_layer
 
     with pytest.raises(CxrError, match="unknown --method 'shap'; choose one of gradcam, gradcam"):
-        method_class("shap")
-    assert method_class("GradCAM++")[0] == "gradcam++"
+        get_method("shap")
+    assert get_method("GradCAM++").name == get_method("grad-cam-plus-plus").name == "gradcam++"
     mlp = build_model(ModelConfig(name="mlp"), 2, 32)
     with pytest.raises(ModelError, match="no convolutional layer"):
         resolve_layer(mlp, "mlp", None)

@@ -20,6 +20,7 @@ from cxrlab.cli.options import (
     with_config_flags,
 )
 from cxrlab.errors import ConfigError, CxrError
+from cxrlab.explain.methods import method_help
 
 Opt = typer.Option
 
@@ -241,6 +242,7 @@ def predict(
         bool,
         Opt("--explain", help="also a Grad-CAM overlay per image and the lung-attention share (--out DIR)"),
     ] = False,
+    method: Annotated[str, Opt(help="with --explain, the " + method_help() + " [default: gradcam]")] = None,
 ) -> None:
     """Predict the class and class probabilities of each image (binary runs use the saved threshold).
 
@@ -253,7 +255,12 @@ def predict(
 
     lock = explainer = None
     created = out is not None and not out.exists()
+    if method is not None and not explain:
+        raise ConfigError("--method chooses --explain's heatmap method: add --explain --out DIR")
     if explain:
+        from cxrlab.explain.methods import get_method
+
+        get_method(method or "gradcam")  # an unknown --method: one line before anything loads
         if out is None:
             raise ConfigError("--explain writes an overlay per image: give --out DIR (a new or empty folder)")
         from cxrlab.runs import check_out_path
@@ -266,7 +273,7 @@ def predict(
         from cxrlab.explain.inline import Explainer
         from cxrlab.runs import claim_folder
 
-        explainer = Explainer(loaded)
+        explainer = Explainer(loaded, method=method or "gradcam")
         protect = (Path(loaded.path), *(Path(i) for i in images if Path(i).is_dir()))
         lock = claim_folder(
             out, "predict", ("*.png", "predictions.csv"), "a `cxr predict --explain` folder", overwrite,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cxrlab.cli import app
+from cxrlab.explain.methods import method_help
 
 Opt = typer.Option
 
@@ -61,7 +62,7 @@ def serve(
             "without it, only on POST /v1/predict?heatmap=true"
         ),
     ] = False,
-    method: Annotated[str, Opt(help="heatmap method: gradcam | gradcam++ | eigencam | layercam")] = "gradcam",
+    method: Annotated[str, Opt(help=method_help())] = "gradcam",
     layer: Annotated[str, Opt(help="heatmap target module (default: the model family's)")] = None,
 ) -> None:
     """Serve a run's model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /docs and a web page at /.
@@ -73,10 +74,10 @@ def serve(
     for module in ("fastapi", "uvicorn", "python_multipart"):  # no [serve] extra: one line, first
         require(module, "serve", "cxr serve")
     from cxrlab.deploy.serve import serve as run_serve
-    from cxrlab.explain.cam import method_class
     from cxrlab.explain.inline import Explainer
+    from cxrlab.explain.methods import get_method
 
-    method_class(method)  # an unknown --method: one line before anything loads
+    get_method(method)  # an unknown --method: one line before anything loads
 
     def explainer(loaded):
         return Explainer(loaded, method=method, layer=layer)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cxrlab.cli import app
+from cxrlab.explain.methods import method_help
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -58,7 +59,7 @@ def explain(
     run: Annotated[Path, Arg(help="a run folder written by `cxr train`")],
     images: Annotated[list[str], Arg(help="image files, folders (searched recursively) or globs")],
     out: Annotated[Path, Opt("--out", "-o", help="folder for the overlays, JSON files and summary.json")],
-    method: Annotated[str, Opt(help="gradcam | gradcam++ | eigencam | layercam")] = "gradcam",
+    method: Annotated[str, Opt(help=method_help())] = "gradcam",
     layer: Annotated[
         str, Opt(help="target module name (default: the model family's, from the registry; e.g. backbone)")
     ] = None,

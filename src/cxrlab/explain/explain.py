@@ -47,34 +47,32 @@ def explain(
 
     Returns the summary: settings, lung share per explained class and per image folder (mean, 95%
     bootstrap CI, mean lung area), warnings, and the count of images skipped (each reported to ``warn``)."""
-    from PIL import Image
 
-    from cxrlab.data.prepare import to_tensor
     from cxrlab.evaluation.inference import _decode, expand_inputs, image_run, predict_arrays
-    from cxrlab.explain.cam import cam_model, heatmaps, method_class, overlay
-    from cxrlab.explain.lungs import Segmenter, find_user_mask, user_mask
-    from cxrlab.explain.score import lung_share, summarise, warnings_for
+    from cxrlab.explain.inline import Explainer
+    from cxrlab.explain.lungs import find_user_mask, user_mask
+    from cxrlab.explain.methods import get_method
+    from cxrlab.explain.score import summarise, warnings_for
     from cxrlab.runs import check_out_path, claim_folder, write_csv, write_json
 
-    method_key, _ = method_class(method)
+    get_method(method)  # an unknown --method: one line before the run loads
     loaded = image_run(run)
     classes = loaded.classes
     if target is not None and target not in classes:
         raise CxrError(f"--class {target!r} is not a class of this model; it has: {', '.join(classes)}")
-    net, layer_name, layer_module = cam_model(loaded.model, loaded.cfg.model.name, layer)
     masks_dir = Path(masks) if masks is not None else None
     if masks_dir is not None and not masks_dir.is_dir():
         raise CxrError(f"--masks {masks}: not a folder; give a folder of mask images named like the images")
     if not 0 < min_share < 1:
         raise CxrError(f"--min-share {min_share}: give a share between 0 and 1 (default {MIN_LUNG_SHARE})")
-    seg = Segmenter.load(segmenter)
+    explainer = Explainer(loaded, method, layer, segmenter)
+    seg, method_key, layer_name = explainer.seg, explainer.method, explainer.layer_name
     paths = expand_inputs(images)
     if not paths:
         raise CxrError("no images given")
     meta = loaded.meta
     size, resize = int(meta["image_size"]), meta.get("resize", "squash")
-    sigmoid = loaded.model.head.out.out_features == 1 and meta.get("task") != "multilabel"
-    multilabel = meta.get("task") == "multilabel"
+    multilabel = explainer.multilabel
 
     decoded: list[tuple[str, np.ndarray]] = []
     skipped = 0
@@ -101,7 +99,7 @@ def explain(
         rows: list[dict[str, Any]] = []
         used: set[str] = set()
         user_masks = 0
-        display = max(size, 256)
+        display = explainer.display
         for start in range(0, len(decoded), CHUNK):
             part = decoded[start : start + CHUNK]
             arrays = np.stack([a for _, a in part])
@@ -111,8 +109,7 @@ def explain(
                 idx = [classes.index(target)] * len(part)
             else:
                 idx = [int(t) if multilabel else int(k) for t, k in zip(top, preds, strict=True)]
-            x = to_tensor(arrays, meta["channels"], tuple(meta["mean"]), tuple(meta["std"]))
-            cams = heatmaps(net, layer_module, method_key, x, idx, sigmoid)
+            cams = explainer.cams(arrays, idx)
             for j, (path, _arr) in enumerate(part):
                 cam, k, p = cams[j], idx[j], probs[j]
                 predicted = classes[int(top[j])] if multilabel else classes[int(preds[j])]
@@ -124,11 +121,13 @@ def explain(
                 else:
                     mask, source = seg.mask_for(path, size, resize), "segmenter"
                     outline = seg.mask_for(path, display, resize)
-                share = lung_share(cam, mask)
                 name = _unique_name(path, used)
                 gray = _decode(path, display, resize)
-                if isinstance(gray, np.ndarray):
-                    Image.fromarray(overlay(gray, cam, outline)).save(out / f"{name}.png")
+                heat = explainer.describe(
+                    cam, mask, gray if isinstance(gray, np.ndarray) else None, outline, k
+                )
+                if heat["png"] is not None:
+                    (out / f"{name}.png").write_bytes(heat["png"])
                 row = {
                     "image": path,
                     "folder": Path(path).parent.name,
@@ -138,8 +137,8 @@ def explain(
                     "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
                     "method": method_key,
                     "layer": layer_name,
-                    "lung_share": None if share is None else round(share, 4),
-                    "lung_area": round(float(mask.mean()), 4),
+                    "lung_share": heat["lung_share"],
+                    "lung_area": heat["lung_area"],
                     "mask": source,
                     "overlay": f"{name}.png",
                     "heatmap_size": list(cam.shape),

@@ -1,13 +1,14 @@
-"""One image at a time: the heatmap, its overlay PNG and the lung-attention share for a loaded run.
+"""Per image: the heatmap (the one engine, :class:`~cxrlab.explain.cam.CamEngine`), its overlay PNG and the
+lung-attention share for a loaded run.
 
-Used where images are predicted anyway: ``cxr predict --explain`` (masks from the image files, exactly as
-``cxr explain`` makes them) and ``cxr serve`` (masks from the decoded upload, which never touches disk).
+Used by ``cxr explain`` (masks from the image files or the user's mask files), ``cxr predict --explain``
+(masks from the image files, exactly as ``cxr explain`` makes them) and ``cxr serve`` (masks from the decoded
+upload, which never touches disk).
 """
 
 from __future__ import annotations
 
 import io
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from cxrlab.evaluation.inference import LoadedRun
 
 
 class Explainer:
-    """A run's model prepared for CAM (a gradient-enabled copy, the target layer) and the lung segmenter."""
+    """A run's :class:`~cxrlab.explain.cam.CamEngine` (the one heatmap engine: method, target layer,
+    gradient-enabled fp32 copy) and the lung segmenter: heatmap, overlay and lung share per image."""
 
     def __init__(
         self,
@@ -26,19 +28,18 @@ class Explainer:
         layer: str | None = None,
         segmenter: str | Path | None = None,
     ):
-        from cxrlab.explain.cam import cam_model, method_class
+        from cxrlab.explain.cam import CamEngine
         from cxrlab.explain.lungs import Segmenter
 
         self.loaded = loaded
-        self.method, _ = method_class(method)
-        self.net, self.layer_name, self.layer = cam_model(loaded.model, loaded.cfg.model.name, layer)
+        self.engine = CamEngine.for_run(loaded, method, layer)
+        self.method = self.engine.method.name
+        self.layer_name = self.engine.layer_name
         self.seg = Segmenter.load(segmenter)
         meta = loaded.meta
         self.size, self.resize = int(meta["image_size"]), meta.get("resize", "squash")
         self.display = max(self.size, 256)  # overlay side, as `cxr explain` writes it
-        self.multilabel = meta.get("task") == "multilabel"
-        self.sigmoid = loaded.model.head.out.out_features == 1 and not self.multilabel
-        self._lock = threading.Lock()  # the CAM hooks sit on one network: one batch at a time
+        self.multilabel = self.engine.multilabel
 
     def target(self, probs: np.ndarray) -> int:
         """The class a heatmap explains: the decision at the saved threshold (multi-label: the most
@@ -52,28 +53,25 @@ class Explainer:
 
     def cams(self, images: np.ndarray, targets: list[int]) -> np.ndarray:
         """Heatmaps ``(N, S, S)`` in [0, 1] for uint8 images ``(N, S, S)`` at the run's input size."""
-        from cxrlab.data.prepare import to_tensor
-        from cxrlab.explain.cam import heatmaps
+        return self.engine(images, targets)
 
-        meta = self.loaded.meta
-        x = to_tensor(images, meta["channels"], tuple(meta["mean"]), tuple(meta["std"]))
-        with self._lock:
-            return heatmaps(self.net, self.layer, self.method, x, targets, self.sigmoid)
-
-    def describe(self, cam: np.ndarray, mask: np.ndarray, gray: np.ndarray, outline: np.ndarray,
+    def describe(self, cam: np.ndarray, mask: np.ndarray, gray: np.ndarray | None, outline: np.ndarray,
                  target: int) -> dict[str, Any]:  # fmt: skip
-        """``png`` (the overlay, bytes), ``lung_share`` (None for an all-zero heatmap), ``lung_area``,
-        ``class``, ``method`` and ``layer`` of one heatmap."""
+        """``png`` (the overlay over ``gray``, bytes; None without ``gray``), ``lung_share`` (None for an
+        all-zero heatmap), ``lung_area``, ``class``, ``method`` and ``layer`` of one heatmap."""
         from PIL import Image
 
         from cxrlab.explain.cam import overlay
         from cxrlab.explain.score import lung_share
 
         share = lung_share(cam, mask)
-        buf = io.BytesIO()
-        Image.fromarray(overlay(gray, cam, outline)).save(buf, format="PNG")
+        png = None
+        if gray is not None:
+            buf = io.BytesIO()
+            Image.fromarray(overlay(gray, cam, outline)).save(buf, format="PNG")
+            png = buf.getvalue()
         return {
-            "png": buf.getvalue(),
+            "png": png,
             "lung_share": None if share is None else round(share, 4),
             "lung_area": round(float(mask.mean()), 4),
             "class": self.loaded.classes[target],

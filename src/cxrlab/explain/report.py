@@ -29,6 +29,7 @@ import numpy as np
 from cxrlab._optional import available, message
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.inference import LoadedRun
+from cxrlab.explain.methods import DEFAULT_METHOD
 from cxrlab.explain.score import MIN_LUNG_SHARE
 
 #: The lung score needs images at least this large (the segmenter reads 128 px; below 64 px it guesses).
@@ -74,14 +75,16 @@ def attention_report(
     n_boot: int = 1000,
     min_share: float = MIN_LUNG_SHARE,
     progress: bool = True,
+    method: str = DEFAULT_METHOD,
 ) -> dict[str, dict[str, Any]]:
     """metrics.json's ``gallery`` and ``lung_attention`` for the test images ``images`` (uint8, the
     classifier's geometry) with true ``labels``, calibrated ``probs`` and thresholded ``preds``; gallery
     thumbnails are written to ``folder/plots/gallery/`` (paths in the result relative to ``folder``).
-    ``progress``: a progress bar over the heatmaps (on a terminal only), once they are being computed."""
-    from cxrlab.data.prepare import to_tensor
-    from cxrlab.explain.cam import cam_model, heatmaps
+    ``progress``: a progress bar over the heatmaps (on a terminal only), once they are being computed;
+    ``method``: the CAM method (:data:`cxrlab.explain.methods.METHODS`, ``eval.explain_method``)."""
+    from cxrlab.explain.cam import CamEngine
     from cxrlab.explain.lungs import Segmenter, square_gray
+    from cxrlab.explain.methods import get_method
     from cxrlab.runtime import progress as progress_bar
 
     started = time.perf_counter()
@@ -91,14 +94,15 @@ def attention_report(
         return skipped(reason[1], reason[0])
     if not len(images):
         return skipped("no test images")
+    cam_method = get_method(method, "eval.explain_method")  # an unknown name: the command's one line
     try:
-        # on the CPU (`cxr evaluate` may have moved the model to a GPU), gradients from the layer up only
-        net, layer_name, layer = cam_model(loaded.model, loaded.cfg.model.name)
+        # on the CPU (`cxr evaluate` may have moved the model to a GPU), fp32, gradients from the layer up
+        engine = CamEngine.for_run(loaded, cam_method.name)
     except CxrError as exc:
-        return skipped(f"no Grad-CAM target layer: {exc}")
+        return skipped(f"no {cam_method.label} target layer: {exc}")
+    layer_name = engine.layer_name
     meta, classes = loaded.meta, loaded.classes
     size = int(meta["image_size"])
-    sigmoid = loaded.model.head.out.out_features == 1
     preds = np.asarray(preds, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
     gallery_idx = _gallery_picks(labels, probs, preds, len(classes))
@@ -109,12 +113,11 @@ def attention_report(
 
     cams: dict[int, np.ndarray] = {}
     lungs: dict[int, np.ndarray] = {}  # lung probability at the segmenter's size
-    what = "explaining test images (Grad-CAM" + (", lung attention)" if score_lungs else ")")
+    what = f"explaining test images ({cam_method.label}" + (", lung attention)" if score_lungs else ")")
     bar = progress_bar(desc=what, total=len(wanted), quiet=not progress)
     for start in range(0, len(wanted), CHUNK):
         part = wanted[start : start + CHUNK]
-        x = to_tensor(images[part], meta["channels"], tuple(meta["mean"]), tuple(meta["std"]))
-        maps = heatmaps(net, layer, "gradcam", x, [int(preds[i]) for i in part], sigmoid)
+        maps = engine(images[part], [int(preds[i]) for i in part])
         small = np.stack([square_gray(images[i], seg.size) for i in part])
         for i, cam, lung in zip(part, maps, seg.predict(small), strict=True):
             cams[i], lungs[i] = cam, lung
@@ -132,7 +135,7 @@ def attention_report(
     out: dict[str, dict[str, Any]] = {
         "gallery": {
             "status": "done",
-            "method": "gradcam",
+            "method": cam_method.name,
             "layer": layer_name,
             "selection": "per predicted class: the most confident correct and the most confident wrong "
             "test image; heatmap for the predicted class",
@@ -143,7 +146,7 @@ def attention_report(
         out["lung_attention"] = _lung_summary(
             sample, labels, preds, classes, share_of, len(images), max_images, seed, n_boot, min_share, seg
         )
-        out["lung_attention"].update(method="gradcam", layer=layer_name)
+        out["lung_attention"].update(method=cam_method.name, layer=layer_name)
     else:
         out["lung_attention"] = {
             "status": "skipped",
@@ -280,6 +283,7 @@ def for_run(
         return attention_report(
             loaded, images, [r["path"] for r in rows], labels, probs, preds, folder, cfg.eval.explain,
             cfg.eval.explain_images, cfg.train.seed, cfg.eval.bootstrap or 1000, progress=progress,
+            method=cfg.eval.explain_method,
         )  # fmt: skip
     except Exception as exc:  # the run is trained and scored: a failed gallery must not fail it
         note = f"failed: {exc.__class__.__name__}: {exc}"

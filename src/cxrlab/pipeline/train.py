@@ -290,6 +290,10 @@ def _run(
         if stale:
             print(f"warning: {out} was interrupted ({stale}); resuming it", file=sys.stderr)
     spec = get_spec(cfg.model.name)
+    if cfg.eval.explain != "off":
+        from cxrlab.explain.methods import get_method
+
+        get_method(cfg.eval.explain_method, "eval.explain_method")  # an unknown name: one line, at once
     if cfg.model.pretrained and spec.weights and spec.family == "torchvision":
         load_torchvision_weights(spec.weights)  # fail in seconds, before decoding any image
     if cfg.model.pretrained and spec.family == "timm":
