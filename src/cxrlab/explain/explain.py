@@ -15,19 +15,6 @@ OUT_ENTRIES = ("*.png", "*.json", "explain.csv")
 CHUNK = 16
 
 
-def _unique_name(path: str, used: set[str]) -> str:
-    stem = Path(path).stem or "image"
-    name, parent = stem, Path(path).parent.name
-    if name in used and parent:
-        name = f"{parent}_{stem}"
-    i = 2
-    base = name
-    while name in used or name == "summary":
-        name, i = f"{base}_{i}", i + 1
-    used.add(name)
-    return name
-
-
 def explain(
     run: str | Path,
     images: list[str],
@@ -49,7 +36,7 @@ def explain(
     bootstrap CI, mean lung area), warnings, and the count of images skipped (each reported to ``warn``)."""
 
     from cxrlab.evaluation.inference import _decode, expand_inputs, image_run, predict_arrays
-    from cxrlab.explain.inline import Explainer
+    from cxrlab.explain.inline import Explainer, unique_name
     from cxrlab.explain.lungs import find_user_mask, user_mask
     from cxrlab.explain.methods import get_method
     from cxrlab.explain.score import summarise, warnings_for
@@ -121,7 +108,7 @@ def explain(
                 else:
                     mask, source = seg.mask_for(path, size, resize), "segmenter"
                     outline = seg.mask_for(path, display, resize)
-                name = _unique_name(path, used)
+                name = unique_name(path, used)
                 gray = _decode(path, display, resize)
                 heat = explainer.describe(
                     cam, mask, gray if isinstance(gray, np.ndarray) else None, outline, k

@@ -141,6 +141,13 @@ def explain_predictions(
 def unique_name(path: str, used: set[str]) -> str:
     """A file stem for ``path``'s overlay, unique among ``used`` (the parent folder's name prefixed on a
     clash, then a counter)."""
-    from cxrlab.explain.explain import _unique_name
-
-    return _unique_name(path, used)
+    stem = Path(path).stem or "image"
+    name, parent = stem, Path(path).parent.name
+    if name in used and parent:
+        name = f"{parent}_{stem}"
+    i = 2
+    base = name
+    while name in used or name == "summary":
+        name, i = f"{base}_{i}", i + 1
+    used.add(name)
+    return name
