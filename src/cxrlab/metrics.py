@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cxrlab.errors import CxrError
 from cxrlab.runs import read_json, write_json
-from cxrlab.stats import bootstrap_index_blocks, percentile_ci, to_number
+from cxrlab.stats import bootstrap_intervals, to_number
 
 #: the version this cxrlab writes; :data:`MIGRATIONS` brings every older one up to it
 SCHEMA_VERSION = 2
@@ -137,21 +137,48 @@ def registered(metric: Metric) -> Iterator[Metric]:
 
 
 def fill(
-    split: dict[str, Any], y: np.ndarray, probs: np.ndarray, pred: np.ndarray, n_boot: int, seed: int
+    split: dict[str, Any],
+    y: np.ndarray,
+    probs: np.ndarray,
+    pred: np.ndarray,
+    n_boot: int,
+    seed: int,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Compute every single-label registry metric with a ``fn`` that ``split`` lacks (and its bootstrap
-    CI when asked for), in place; returns ``split``."""
+    CI when asked for, by the same patient-level bootstrap as the built-in metrics:
+    :func:`cxrlab.stats.bootstrap_intervals`), in place; returns ``split``."""
+    n = len(y)
     for m in metrics_for("single"):
         if m.fn is None or m.value(split) is not None:
             continue
         split[m.name] = float(m.fn(y, probs, pred))
-        if m.ci == "bootstrap":
-            reps = []
-            rng = np.random.default_rng(seed)
-            for block in bootstrap_index_blocks(rng, len(y), n_boot):
-                reps += [m.fn(y[i], probs[i], pred[i]) for i in block]
-            split[f"{m.name}_ci95"] = percentile_ci(np.asarray(reps, dtype=float)) if reps else None
+        if m.ci == "bootstrap" and n_boot > 0 and n:
+            iv = bootstrap_intervals(_plug_in(m.name, m.fn, y, probs, pred), n, groups, n_boot, seed)
+            split[f"{m.name}_ci95"] = iv.ci.get(m.name)
+            if m.name in iv.notes:
+                split.setdefault("ci_notes", {})[m.name] = iv.notes[m.name]
     return split
+
+
+def _plug_in(
+    name: str, fn: Callable[..., float], y: np.ndarray, probs: np.ndarray, pred: np.ndarray
+) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """A registry metric as a bootstrap statistic: each row of resampling weights (how often each image
+    was drawn) becomes that resample's images; NaN where the metric is undefined on it."""
+    index = np.arange(len(y))
+
+    def statistic(weights: np.ndarray) -> dict[str, np.ndarray]:
+        out = np.empty(len(weights))
+        for b, row in enumerate(weights):
+            i = np.repeat(index, row.astype(np.int64))
+            try:
+                out[b] = float(fn(y[i], probs[i], pred[i]))
+            except ValueError:  # e.g. one class only in this resample
+                out[b] = np.nan
+        return {name: out}
+
+    return statistic
 
 
 def table_rows(split: dict[str, Any], task: str = "single", binary: bool = True) -> list[dict[str, Any]]:

@@ -284,3 +284,24 @@ def test_target_sensitivity_one_is_reached_when_the_lowest_validation_score_is_a
     assert op["method"] == "sensitivity >= 1.0 on validation"
     pred = thresholded(probs, op, classes)
     assert (pred[y_val == 0] == 0).all()  # every covid image of validation called covid: sensitivity 1.0
+
+
+def test_a_plug_in_registry_metric_gets_the_same_patient_bootstrap_as_the_built_in_ones():
+    """A metric added to the registry (here accuracy again, under another name) gets exactly the interval
+    the built-in accuracy gets — the one scipy BCa bootstrap over patients — not an image-level one."""
+    from cxrlab.metrics import Metric, fill, registered
+
+    y, probs = _fake(120, 2, seed=4)
+    y2, probs2 = np.repeat(y, 2), np.repeat(probs, 2, axis=0)
+    groups = [f"p{i}" for i in np.repeat(np.arange(120), 2)]
+    pred2 = probs2.argmax(1)
+    builtin = classification_metrics(y2, probs2, ["a", "b"], n_boot=300, seed=2, pred=pred2, groups=groups)
+    acc = Metric(
+        "accuracy_again", "accuracy again", ci="bootstrap", fn=lambda t, p, d: float(np.mean(t == d))
+    )
+    with registered(acc):
+        split = fill({}, y2, probs2, pred2, 300, 2, groups)
+        by_image = fill({}, y2, probs2, pred2, 300, 2)
+    assert split["accuracy_again"] == pytest.approx(builtin["accuracy"])
+    assert split["accuracy_again_ci95"] == pytest.approx(builtin["accuracy_ci95"], abs=1e-9)
+    assert by_image["accuracy_again_ci95"] != pytest.approx(builtin["accuracy_ci95"], abs=1e-3)

@@ -183,7 +183,7 @@ def score(
     metrics["single_class"] = single_class(metrics["confusion_matrix"], classes)
     if at_threshold:
         metrics["argmax"]["single_class"] = single_class(metrics["argmax"]["confusion_matrix"], classes)
-    fill(metrics, np.asarray(y), probs, pred, n_boot, seed)
+    fill(metrics, np.asarray(y), probs, pred, n_boot, seed, groups)
     return metrics, probs
 
 
