@@ -194,6 +194,7 @@ def table_rows(split: dict[str, Any], task: str = "single", binary: bool = True)
                 "label": m.label,
                 "value": value,
                 "ci95": m.interval(split),
+                "bootstrapped": m.ci == "bootstrap" and bool(split.get("bootstrap_resamples")),
                 "text": m.format(value),
                 "higher_is_better": m.higher_is_better,
                 "decision": m.decision,

@@ -212,6 +212,13 @@ def test_a_degenerate_interval_is_not_estimable_never_zero_width():
     one = classification_metrics(np.zeros(12, int), probs[:12], ["a", "b"], n_boot=200, seed=0)
     assert one["auc_ci95"] is None and "one class" in one["ci_notes"]["auc"]
     assert ci_text(m["auc_ci95"]) == "[95% CI not estimable]"
+    from cxrlab.reports.html import metric_table
+
+    header, cells = metric_table(m, ["a", "b"])
+    by_label = {row[0]: row[header.index("95% CI (bootstrap)")] for row in cells}
+    assert by_label["accuracy"] == "not estimable" and by_label["ROC AUC"] == "not estimable"
+    no_boot = classification_metrics(y, probs, ["a", "b"], n_boot=0, seed=0)
+    assert {row[2] for row in metric_table(no_boot, ["a", "b"])[1]} == {""}  # none asked for: blank
 
 
 def test_a_test_split_from_one_patient_is_not_estimable():

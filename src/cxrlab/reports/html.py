@@ -28,8 +28,14 @@ def metric_table(test: dict[str, Any], classes: list[str]) -> tuple[list[str], l
     rows = table_rows(test, "single", binary=len(classes) == 2)
     if test.get("argmax"):
         header = ["metric", "value (at the threshold)", "95% CI (bootstrap)", "at argmax (not deployed)"]
-        return header, [[r["label"], r["value"], ci(r["ci95"]), r["argmax"]] for r in rows]
-    return ["metric", "value", "95% CI (bootstrap)"], [[r["label"], r["value"], ci(r["ci95"])] for r in rows]
+        return header, [[r["label"], r["value"], ci_cell(r), r["argmax"]] for r in rows]
+    return ["metric", "value", "95% CI (bootstrap)"], [[r["label"], r["value"], ci_cell(r)] for r in rows]
+
+
+def ci_cell(row: dict[str, Any]) -> str:
+    """A metric table's CI cell: '[lo, hi]'; 'not estimable' where the bootstrap ran and gave no interval
+    (its reason is in the notes below the table); blank where no interval was asked for."""
+    return ci(row["ci95"]) or ("not estimable" if row.get("bootstrapped") else "")
 
 
 def run_report_context(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> dict[str, Any]:
