@@ -119,9 +119,9 @@ def check_writable(folder: Path) -> None:
     """Create ``folder`` and prove it can be written, or fail with one line."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".cxrlab-write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        # a probe of this process's own: two workers of one sweep check the same folder at the same moment
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=WRITE_PROBE):
+            pass
     except OSError as exc:
         raise CxrError(f"cannot write to {folder}: {exc.strerror or exc}; choose another --out") from None
 
@@ -174,7 +174,8 @@ def load_state(run: Path) -> dict[str, Any]:
 
 MARKER = ".cxrlab-run"  # JSON {kind, version, created}: written when cxrlab creates an output folder
 LOCK = ".cxrlab-lock"  # advisory lock (fcntl.flock) held by the one process writing the folder
-_OWN = (MARKER, LOCK, ".cxrlab-write-test")
+WRITE_PROBE = ".cxrlab-write-test-"  # check_writable's probe file (a unique suffix per process)
+_OWN = (MARKER, LOCK)
 
 # Top-level entries `cxr train` and `cxr evaluate` write into a run folder.
 RUN_ENTRIES: tuple[str, ...] = (
@@ -250,7 +251,7 @@ def _danger(out: Path, extra: tuple[str | Path, ...] = ()) -> str | None:
 def _allowed(name: str, entries: tuple[str, ...]) -> bool:
     import fnmatch
 
-    if name in _OWN:
+    if name in _OWN or name.startswith(WRITE_PROBE):
         return True
     return any(fnmatch.fnmatchcase(name, e) or fnmatch.fnmatchcase(name, f".{e}.*.tmp") for e in entries)
 

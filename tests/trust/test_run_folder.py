@@ -416,3 +416,21 @@ def test_compare_reports_a_run_whose_process_died_as_interrupted_not_running(tmp
     line = one_line_error(run_cli("compare", str(run), str(run), "--out", str(tmp_path / "cmp")))
     assert f"interrupted (process {dead.pid} ended without updating status)" in line
     assert f"cxr train --resume {run}" in line
+
+
+def _check_writable_many(folder: str) -> int:
+    from cxrlab.runs import check_writable
+
+    for _ in range(1500):
+        check_writable(Path(folder))
+    return 0
+
+
+def test_processes_checking_one_out_folder_at_once_all_pass(tmp_path):
+    """Workers of one sweep check the same --out at the same moment: each writes its own probe (a shared
+    probe name let one worker delete the other's: 'cannot write to …: No such file or directory')."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert pool.map(_check_writable_many, [str(tmp_path)] * 4) == [0, 0, 0, 0]
+    assert list(tmp_path.iterdir()) == []  # no probe left behind
