@@ -90,9 +90,9 @@ class Metric:
 
 REGISTRY: list[Metric] = [
     Metric("accuracy", "accuracy", ci="bootstrap", decision=True, abbrev="test accuracy"),
-    Metric("balanced_accuracy", "balanced accuracy", ci="bootstrap", decision=True),
-    Metric("sensitivity", "sensitivity", ci="bootstrap", decision=True, binary=True),
-    Metric("specificity", "specificity", ci="bootstrap", decision=True, binary=True),
+    Metric("balanced_accuracy", "balanced accuracy", ci="bootstrap", decision=True, abbrev="bal. acc."),
+    Metric("sensitivity", "sensitivity", ci="bootstrap", decision=True, binary=True, abbrev="sens."),
+    Metric("specificity", "specificity", ci="bootstrap", decision=True, binary=True, abbrev="spec."),
     Metric("auc", "ROC AUC", ci="bootstrap", abbrev="AUC"),
     Metric("precision_macro", "macro precision", decision=True, path=("macro", "precision"),
            abbrev="macro P"),

@@ -21,6 +21,7 @@ from cxrlab.experiments.compare import (
     main_table,
     pair_table,
 )
+from cxrlab.experiments.compare.rendering import column_legend
 from cxrlab.runs import check_out_folder
 
 TIMING_KEYS = [
@@ -182,7 +183,7 @@ def write_comparison_report(runs: list[str | Path], out: str | Path, title: str 
     tasks = sorted({str(s.metrics.get("task")) for s in summaries})
     heading = title or f"{' / '.join(tasks)}: {len(summaries)} runs compared"
     models = ", ".join(f"{s.name} ({s.metrics.get('model')})" for s in summaries)
-    header, cells = main_table(compared["rows"])
+    header, cells = main_table(compared["rows"], all_intervals=False)
     pheader, pcells = pair_table(compared["pairs"]) if compared["pairs"] else ([], [])
     plots = compared["plots"]
     path = out / "report.html"
@@ -197,6 +198,7 @@ def write_comparison_report(runs: list[str | Path], out: str | Path, title: str 
         **hyperparameters(summaries, cfgs),
         header=header,
         cells=cells,
+        other_intervals=column_legend(compared["rows"]),
         footnotes=compared["footnotes"],
         pair_header=pheader,
         pair_cells=pcells,

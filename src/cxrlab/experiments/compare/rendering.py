@@ -62,21 +62,25 @@ def table_metrics(rows: list[dict[str, Any]]) -> list[Metric]:
     return [m for m in metrics_for("single") if any(r.get(f"test_{m.name}") is not None for r in rows)]
 
 
-def _metric_cell(r: dict[str, Any], m: Metric) -> Any:
+def _metric_cell(r: dict[str, Any], m: Metric, with_ci: bool = True) -> Any:
     value = r.get(f"test_{m.name}")
-    if m.ci == "none":
+    if m.ci == "none" or not with_ci:
         return value
     return _with_ci(value, r.get(f"test_{m.name}_ci95_lo"), r.get(f"test_{m.name}_ci95_hi"))
 
 
-def main_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+def main_table(rows: list[dict[str, Any]], all_intervals: bool = True) -> tuple[list[str], list[list[Any]]]:
     """Header and cells of the human-readable comparison table: the runs' facts, then one column per
-    registered metric (:data:`cxrlab.metrics.REGISTRY`, at each run's decision), then the device."""
+    registered metric (:data:`cxrlab.metrics.REGISTRY`, at each run's decision), then the device.
+
+    ``all_intervals=False`` (the HTML pages, which must fit a 1280-px window): only the headline metric
+    (the registry's first) carries its 95% CI; compare.md and compare.csv carry every one."""
     shown = table_metrics(rows)
+    with_ci = [m.ci != "none" and (all_intervals or i == 0) for i, m in enumerate(shown)]
     header = [
         "test set", "run", "model", "params PyTorch (trainable)", "params Keras (trainable)", "s/epoch",
         "s/step", "total s",
-        *(m.short + (" [95% CI]" if m.ci != "none" else "") for m in shown),
+        *(m.short + (" [95% CI]" if ci else "") for m, ci in zip(shown, with_ci, strict=True)),
         "device",
     ]  # fmt: skip
     cells = [
@@ -89,12 +93,22 @@ def main_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
             _timed(r, "s_per_epoch"),
             _timed(r, "s_per_step"),
             r["total_s"],
-            *(_metric_cell(r, m) for m in shown),
+            *(_metric_cell(r, m, ci) for m, ci in zip(shown, with_ci, strict=True)),
             r["device"],
         ]  # fmt: skip
         for r in rows
     ]
     return header, cells
+
+
+#: Under the HTML comparison tables, which show the headline metric's interval only.
+OTHER_INTERVALS = "95% CIs of the other metrics: compare.md and compare.csv (columns *_ci95_lo / *_ci95_hi)."
+
+
+def column_legend(rows: list[dict[str, Any]]) -> str:
+    """What the comparison table's abbreviated metric columns stand for (from the registry)."""
+    short = [f"{m.short} = {m.label}" for m in table_metrics(rows) if m.short != m.label]
+    return f"Columns: {'; '.join(short)}. {OTHER_INTERVALS}" if short else OTHER_INTERVALS
 
 
 def group_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -160,6 +174,7 @@ def context(
 ) -> dict[str, Any]:
     """The one template context of compare.html and compare.md."""
     header, cells = main_table(rows)
+    html_header, html_cells = main_table(rows, all_intervals=False)
     pair_header, pair_cells = pair_table(pairs)
     group_header, group_cells = group_table(group_rows)
     group_test_header, group_test_cells = group_test_table(group_tests)
@@ -168,6 +183,9 @@ def context(
         "notes": notes(summaries),
         "header": header,
         "cells": cells,
+        "html_header": html_header,  # the same table, only the headline's CI (fits a 1280-px page)
+        "html_cells": html_cells,
+        "other_intervals": column_legend(rows),
         "footnotes": footnotes(rows),
         "pair_header": pair_header,
         "pair_cells": pair_cells,
