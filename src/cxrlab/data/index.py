@@ -235,6 +235,19 @@ def codes_file(path: str | Path | None) -> Path | None:
     return None
 
 
+def code_rows(source: str | Path) -> tuple[dict[str, tuple[str, int]], dict[str, np.ndarray]]:
+    """A codes file's rows: where each image path sits (``split``, row) and each split's codes array."""
+    with np.load(source, allow_pickle=False) as npz:
+        where = {
+            str(p): (split, i)
+            for split in SPLITS
+            if f"{split}_paths" in npz.files
+            for i, p in enumerate(npz[f"{split}_paths"])
+        }
+        arrays = {split: npz[f"{split}_codes"] for split in SPLITS if f"{split}_codes" in npz.files}
+    return where, arrays
+
+
 def codes_meta(path: str | Path | None) -> dict | None:
     """The ``meta`` record of a codes file (shape, encode time, autoencoder…), or None for image data."""
     import json

@@ -174,17 +174,10 @@ def _from_npz(out: PreparedData, size: int) -> None:
 
 def from_codes(out: PreparedData) -> None:
     """Fill ``out.codes`` (not ``images``) from a codes file, following the index's samples and splits."""
-    from cxrlab.data.index import codes_meta
+    from cxrlab.data.index import code_rows, codes_meta
 
     out.codes, out.codes_meta = {}, codes_meta(out.index.source)
-    with np.load(out.index.source, allow_pickle=False) as npz:
-        where = {
-            str(p): (split, i)
-            for split in SPLITS
-            if f"{split}_paths" in npz.files
-            for i, p in enumerate(npz[f"{split}_paths"])
-        }
-        arrays = {split: npz[f"{split}_codes"] for split in SPLITS if f"{split}_codes" in npz.files}
+    where, arrays = code_rows(out.index.source)
     for split in SPLITS:
         samples = out.index.split(split)
         if not samples:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrlab.data.index import SPLITS, DatasetIndex, Sample
+from cxrlab.data.index import DatasetIndex, Sample, code_rows
 from cxrlab.errors import DataError
 
 SPLITS_FILE = "splits.csv"
@@ -58,15 +58,7 @@ class ContentHasher:
 
     def _code_rows(self) -> tuple[dict[str, tuple[str, int]], dict[str, np.ndarray]]:
         if self._codes is None:
-            with np.load(self.index.source, allow_pickle=False) as npz:
-                where = {
-                    str(p): (split, i)
-                    for split in SPLITS
-                    if f"{split}_paths" in npz.files
-                    for i, p in enumerate(npz[f"{split}_paths"])
-                }
-                arrays = {s: npz[f"{s}_codes"] for s in SPLITS if f"{s}_codes" in npz.files}
-            self._codes = (where, arrays)
+            self._codes = code_rows(self.index.source)
         return self._codes
 
 
