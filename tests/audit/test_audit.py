@@ -81,7 +81,7 @@ def test_content_hash_is_the_sha256_of_all_the_bytes(tmp_path):
     with its last pixel byte changed are different files."""
     import hashlib
 
-    from cxrlab.audit.properties import content_hash
+    from cxrlab.data.splits import file_sha256 as content_hash
     from tests.conftest import DATA, _need
 
     real = _need(DATA / "dicom", "real DICOMs")

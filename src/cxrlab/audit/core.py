@@ -20,9 +20,10 @@ import numpy as np
 from cxrlab.audit.baselines import image_baseline, make_folds, metadata_baseline
 from cxrlab.audit.duplicates import NEAR_DISTANCE, THUMBNAIL, find_duplicates, perceptual_hashes, thumbnails
 from cxrlab.audit.patients import patient_ids, patient_overlap
-from cxrlab.audit.properties import array_hash, content_hash, per_class_summary, read_properties
+from cxrlab.audit.properties import per_class_summary, read_properties
 from cxrlab.data.images import is_image_file
 from cxrlab.data.index import SPLITS, DatasetIndex, small_val_warning
+from cxrlab.data.splits import array_sha256, file_sha256
 from cxrlab.runs import atomic_write
 
 #: Metadata-only balanced accuracy this far above chance (1/k), with p < 0.01, triggers a warning.
@@ -83,7 +84,7 @@ def audit_dataset(
         samples = index.samples
         arrays = [_npz_array(index, s.path) for s in samples]
         props: list[dict[str, Any]] | None = None
-        hashes: list[str | None] = [array_hash(a) for a in arrays]
+        hashes: list[str | None] = [array_sha256(a) for a in arrays]
         thumbs = thumbnails(arrays)
     else:
         paths = [s.path for s in index.samples]
@@ -98,7 +99,7 @@ def audit_dataset(
         keep = [i for i, p in enumerate(paths) if p not in unreadable]
         samples = [index.samples[i] for i in keep]
         props = [header[i] for i in keep]  # type: ignore[misc]
-        hashes = [content_hash(paths[i]) for i in progress_bar(keep, "hashing files", quiet=not progress)]
+        hashes = [file_sha256(paths[i]) for i in progress_bar(keep, "hashing files", quiet=not progress)]
         # filled row by row, each decoded thumbnail let go once copied: one copy at a time (at 100k images
         # a list plus np.stack held two, 2 x 400 MB)
         thumbs = np.empty((len(keep), THUMBNAIL, THUMBNAIL), np.uint8)
@@ -210,9 +211,9 @@ def _quick(data: Any) -> dict[str, Any]:
         props = header if not unreadable_headers else None
     thumbs = thumbnails(arrays) if arrays is not None else None
     if on_disk:
-        hashes: list[str | None] = [content_hash(p) for p in paths]
+        hashes: list[str | None] = [file_sha256(p) for p in paths]
     elif arrays is not None:
-        hashes = [array_hash(a) for a in arrays]
+        hashes = [array_sha256(a) for a in arrays]
     else:
         hashes = [None] * len(paths)
     unreadable = dict(index.skipped)

@@ -20,7 +20,6 @@ import numpy as np
 
 from cxrlab.data.dicom import DicomError, is_dicom, read_header
 from cxrlab.data.images import ImageReadError, read_info
-from cxrlab.data.splits import array_sha256, file_sha256
 
 NUMERIC = ("width", "height", "aspect_ratio", "bytes_per_pixel")
 CATEGORICAL = ("format", "color_mode", "bit_depth")
@@ -105,16 +104,6 @@ def property_keys(props: list[dict[str, Any] | None]) -> tuple[str, ...]:
 def categorical_keys(props: list[dict[str, Any] | None]) -> tuple[str, ...]:
     """The categorical properties these rows carry (:data:`CATEGORICAL`, plus the DICOM ones)."""
     return tuple(k for k in property_keys(props) if k in CATEGORICAL or k in DICOM_CATEGORICAL)
-
-
-def content_hash(path: str) -> str | None:
-    """SHA-256 of the file's bytes (``None`` when it cannot be read): the hash splits.csv records."""
-    return file_sha256(path)
-
-
-def array_hash(array: np.ndarray) -> str:
-    """SHA-256 of an array's bytes (images that come as arrays, e.g. MedMNIST)."""
-    return array_sha256(array)
 
 
 def per_class_summary(

@@ -119,8 +119,8 @@ def _sentence(name: str, row: dict[str, Any]) -> str:
 def training_overlap(loaded: LoadedRun, external: dict[str, Any], target: Path) -> dict[str, Any]:
     """External images that are exact or near duplicates of the run's training/validation images."""
     from cxrlab.audit.duplicates import NEAR_DISTANCE, THUMBNAIL, close_pairs, perceptual_hashes
-    from cxrlab.audit.properties import content_hash
     from cxrlab.data.cache import ImageCache
+    from cxrlab.data.splits import file_sha256
 
     train = [r["path"] for r in read_csv(loaded.path / "splits.csv") if r.get("split") in ("train", "val")]
     train = [p for p in train if os.path.isfile(p)]
@@ -135,10 +135,10 @@ def training_overlap(loaded: LoadedRun, external: dict[str, Any], target: Path) 
     train_ok = [i for i, x in enumerate(b) if x is not None]
     ha = perceptual_hashes(np.stack([a[i] for i in ext_ok]))
     hb = perceptual_hashes(np.stack([b[i] for i in train_ok]))
-    train_hash = {content_hash(train[i]): train[i] for i in train_ok}
+    train_hash = {file_sha256(train[i]): train[i] for i in train_ok}
     pairs = []
     for i in ext_ok:
-        h = content_hash(ext[i])
+        h = file_sha256(ext[i])
         if h in train_hash:
             pairs.append({"external": ext[i], "training": train_hash[h], "kind": "exact", "distance": 0})
     exact = {p["external"] for p in pairs}
