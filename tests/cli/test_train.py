@@ -248,3 +248,16 @@ def test_timing_is_the_whole_command_stage_by_stage(small_covid, tmp_path):
     html = (out / "report.html").read_text()
     assert f"{timing['command_s']:.1f} s in all" in html
     assert all(f"<td>{name}</td>" in html for name in stages)
+
+    # `cxr evaluate` records its own command the same way (issue 27 item 8)
+    t0 = time.perf_counter()
+    proc = run_cli("evaluate", str(out), "-q", check=True)
+    wall = time.perf_counter() - t0
+    timing = json.loads((out / "evaluation" / "metrics.json").read_text())["timing"]
+    stages = timing["stages"]
+    assert {"startup", "load and decode", "score", "plots", "explain", "report"} <= stages.keys()
+    assert sum(stages.values()) == pytest.approx(timing["command_s"], abs=0.01)
+    assert 0 < timing["command_s"] <= wall
+    assert f"· {timing['command_s']:.1f} s" in proc.stdout.splitlines()[0]
+    html = (out / "evaluation" / "report.html").read_text()
+    assert f"{timing['command_s']:.1f} s in all" in html and "<td>score</td>" in html

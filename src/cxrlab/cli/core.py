@@ -136,7 +136,7 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
 def _command_s(metrics: dict[str, Any]) -> float:
     """The command's wall time (``timing.command_s``: audit, training, evaluation, explain and report)."""
     timing = metrics["timing"]
-    return float(timing.get("command_s", timing["total_s"]))
+    return float(timing["command_s"] if "command_s" in timing else timing["total_s"])
 
 
 def headline_line(t: dict[str, Any]) -> str:
@@ -180,6 +180,9 @@ def evaluate(
     **flags: Any,
 ) -> None:
     """Evaluate a trained run (metrics with 95% CIs, plots, report) on its test split or on other data."""
+    import time
+
+    started = time.perf_counter()  # metrics.json's timing.stages.startup, as for `cxr train`
     from cxrlab.pipeline.evaluate import evaluate_run
     from cxrlab.runtime import resolve_device
 
@@ -195,12 +198,13 @@ def evaluate(
         labels_config(o),
         progress=not quiet,
         allow_changed=allow_changed,
+        started=started,
     )
     t = result["test"]
     if result.get("multilabel"):
         from cxrlab.evaluation.multilabel import summary_line
 
-        typer.echo(summary_line(t))
+        typer.echo(f"{summary_line(t)} · {_command_s(result):.1f} s")
         if "findings_match" in result:  # external validation: per finding, and what only one side has
             internal = result.get("internal_auc", {})
             from cxrlab.stats import ci_text
@@ -215,7 +219,7 @@ def evaluate(
             for note in t.get("notes", []):  # one side only, renames, shared file names, undefined AUCs
                 typer.echo(f"note: {note}")
     else:
-        typer.echo(headline_line(t))
+        typer.echo(f"{headline_line(t)} · {_command_s(result):.1f} s")
     target = Path(out) if out else Path(run) / ("evaluation" if data is None else "external")
     typer.echo(f"report: {target / 'report.html'}")
     for warning in result.get("warnings") or []:

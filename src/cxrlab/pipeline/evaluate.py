@@ -19,6 +19,7 @@ from cxrlab.explain.report import for_run as attention_for_run
 from cxrlab.figures import figure_output
 from cxrlab.metrics import read_metrics, single_class_warnings, write_metrics
 from cxrlab.pipeline.external import write_external
+from cxrlab.pipeline.train import Stages
 from cxrlab.reports.html import write_eval_report
 from cxrlab.runs import (
     check_out_folder,
@@ -43,6 +44,7 @@ def evaluate_run(
     labels: LabelsConfig | None = None,
     progress: bool = True,
     allow_changed: bool = False,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Score a run on its test split or on another dataset; writes metrics, plots and a report.
     ``progress``: progress bars (decoding, predicting, explaining; drawn on a terminal only).
@@ -52,7 +54,12 @@ def evaluate_run(
     ``labels`` (``data.labels``: a label file, its preset and findings) reads the other dataset ``data``
     from a label file. A multi-label run is scored per finding on the findings both sides share (renamed by
     ``label_map``, data name → model name); ``findings_match`` in the result lists the findings that exist
-    on only one side."""
+    on only one side.
+
+    ``started``: the command's ``time.perf_counter()`` at its start (the CLI's imports become the stage
+    ``startup``); metrics.json's ``timing``: the command's wall time to the report written, by stage.
+    """
+    clock = Stages(started)
     _lock = run_lock(require_run(run), "wait for it to finish, then evaluate")  # held until we return
     settle_stale(run)  # a "running" status whose process is gone is recorded as interrupted
     loaded = load_run(run)
@@ -65,9 +72,10 @@ def evaluate_run(
     check_writable(target)
     meta = loaded.meta
     source = loaded_source(loaded, prepared, resolve_device(device), progress)  # pixels or codes
+    clock.lap("load and decode")
     if meta.get("task") == "multilabel":
-        result = _multilabel_result(loaded, prepared, source, target, labels)
-        write_eval_report(target, result)
+        result = _multilabel_result(loaded, prepared, source, target, clock, labels)
+        _write_results(target, result, clock)
         return result
     y = prepared.labels["test"]
     task = SingleLabel()
@@ -78,6 +86,7 @@ def evaluate_run(
         target / "predictions.csv", prepared.paths["test"],
     )  # fmt: skip
     metrics, probs, feats = scored.metrics, scored.probs, scored.features
+    clock.lap("score")
     positive = (metrics.get("operating_point") or {}).get("positive_class")
     folder = target / "plots"
     with figure_output(loaded.cfg.eval.figure_format, loaded.cfg.eval.figure_dpi):  # the run's own settings
@@ -93,6 +102,7 @@ def evaluate_run(
             t = tsne_plot(feats, y, loaded.classes, folder / "tsne.png", loaded.cfg.train.seed, plot_notes)
             if t:
                 plot_paths["tsne"] = t
+    clock.lap("plots")
     result = {
         "run": str(loaded.path),
         "model": loaded.cfg.model.name,
@@ -107,13 +117,26 @@ def evaluate_run(
         attention_for_run(loaded, prepared.images.get("test"), target, warn=_warn, progress=progress)
     )
     result["warnings"] = single_class_warnings(result)
-    write_metrics(target / "metrics.json", result)
+    clock.lap("explain")
+    _write_results(target, result, clock)
     own = loaded.path / "metrics.json"
     internal = read_metrics(own) if own.is_file() else None
-    write_eval_report(target, result)
     if data is not None and internal is not None:
         write_external(target, loaded, internal, result)
     return result
+
+
+def _write_results(target: Path, result: dict[str, Any], clock: Stages) -> None:
+    """metrics.json and report.html with the command's wall time in ``timing``, measured as training's
+    (:func:`cxrlab.pipeline.train._write_results`): both written once to time the report, then again with
+    the final numbers so that the HTML and the JSON agree."""
+    result["timing"] = clock.timing()
+    write_metrics(target / "metrics.json", result)
+    write_eval_report(target, result)
+    clock.lap("report")
+    result["timing"] = clock.timing()
+    write_metrics(target / "metrics.json", result)
+    write_eval_report(target, result)
 
 
 def _warn(line: str) -> None:
@@ -123,12 +146,17 @@ def _warn(line: str) -> None:
 
 
 def _multilabel_result(
-    loaded: Any, prepared: Any, source: InputSource, target: Path, labels: LabelsConfig | None = None
+    loaded: Any,
+    prepared: Any,
+    source: InputSource,
+    target: Path,
+    clock: Stages,
+    labels: LabelsConfig | None = None,
 ) -> dict[str, Any]:
     """`cxr evaluate` of a multi-label run on its test split or another dataset: per-finding metrics at the
     saved thresholds (chosen on validation when it was trained) on the findings both sides share, plots
     and predictions.csv; writes metrics.json (with ``findings_match`` and the run's own test AUC per
-    finding for another dataset)."""
+    finding for another dataset); metrics.json is written by the caller."""
     import numpy as np
 
     from cxrlab.errors import DataError
@@ -153,6 +181,7 @@ def _multilabel_result(
     scored = score_split(task, source, "test", targets, decision, names, cfg.eval.bootstrap, cfg.train.seed,
                          groups, target / "predictions.csv", prepared.paths["test"])  # fmt: skip
     metrics, probs = scored.metrics, scored.probs
+    clock.lap("score")
     if match is not None:
         overlap = _name_overlap(loaded, prepared.paths["test"])
         metrics.setdefault("notes", [])[:0] = ml.match_notes(match) + overlap
@@ -181,7 +210,7 @@ def _multilabel_result(
         "plots": {k: str(v.relative_to(target)) for k, v in plot_paths.items()},
         "plot_notes": {},
     }
-    write_metrics(target / "metrics.json", result)
+    clock.lap("plots")
     return result
 
 

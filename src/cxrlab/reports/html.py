@@ -120,6 +120,7 @@ def eval_report_context(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
         "multilabel": bool(result.get("multilabel")),
         "thresholds": result.get("thresholds"),
         **attention_context(folder, result),
+        **timing_context(result.get("timing") or {}),  # absent in older evaluations
     }
 
 
