@@ -47,6 +47,14 @@ def test_test_metrics_reach_tensorboard(runs):
         for metric in ("accuracy", "balanced_accuracy", "auc", "loss", "ece"):
             (event,) = ea.Scalars(f"test/{metric}")
             assert event.step == epochs and event.value == pytest.approx(test[metric], rel=1e-6)
+        # every registered metric the split has (cxrlab.metrics), e.g. macro F1 at the deployed decision
+        scalars = set(ea.Tags()["scalars"])
+        assert {"test/sensitivity", "test/specificity", "test/f1_macro", "test/precision_weighted"} <= scalars
+        assert ea.Scalars("test/f1_macro")[0].value == pytest.approx(test["macro"]["f1"], rel=1e-6)
+        if test.get("decision") == "threshold":  # argmax beside the deployed decision, labelled
+            assert ea.Scalars("test_argmax/accuracy")[0].value == pytest.approx(
+                test["argmax"]["accuracy"], rel=1e-6
+            )
 
 
 def test_multilabel_run_logs_sample_images_and_test_metrics(tmp_path):

@@ -81,17 +81,26 @@ def finding_picture(images: np.ndarray, targets: np.ndarray, findings: list[str]
 
 
 def log_test_metrics(folder: Path, test: dict[str, Any], step: int) -> None:
-    """The test metrics (metrics.json's ``test``) as TensorBoard scalars in ``folder`` at ``step``:
-    ``test/<name>`` for every number (accuracy, AUC, loss, ECE; multi-label: macro and micro AUC, mean
-    average precision), ``test_auc/<finding>`` per finding with a defined AUC. Training's logger is
-    closed by then, so this writes one more event file beside its own."""
+    """The test metrics (metrics.json's ``test``) as TensorBoard scalars in ``folder`` at ``step``: every
+    metric of the registry (:mod:`cxrlab.metrics`) the split has, as ``test/<name>`` (the deployed decision)
+    and, for decision metrics of a thresholded binary run, ``test_argmax/<name>``; ``test_auc/<finding>``
+    per finding with a defined AUC. Training's logger is closed by then, so this writes one more event file
+    beside its own."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from cxrlab.metrics import metrics_for
+
+    multi = "per_finding" in test
+    argmax = test.get("argmax") or {}
     writer = SummaryWriter(str(folder))
     try:
-        for name, value in test.items():
-            if _scalar(value) and name not in ("n", "bootstrap_resamples", "findings_with_auc"):
-                writer.add_scalar(f"test/{name}", float(value), step)
+        for metric in metrics_for("multi" if multi else "single", binary="sensitivity" in test):
+            value = metric.value(test)
+            if value is not None and np.isfinite(value):
+                writer.add_scalar(f"test/{metric.name}", value, step)
+            at_argmax = metric.value(argmax) if metric.decision else None
+            if at_argmax is not None and np.isfinite(at_argmax):
+                writer.add_scalar(f"test_argmax/{metric.name}", at_argmax, step)
         for name, finding in (test.get("per_finding") or {}).items():
             if _scalar(finding.get("auc")):
                 writer.add_scalar(f"test_auc/{name}", float(finding["auc"]), step)
