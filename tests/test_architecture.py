@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"metrics"},  # metrics.json: its schema, reader/writer and the metric registry
     {"figures", "pages"},  # pictures and HTML pages
     {"data"},
+    {"datasets"},  # cxrlab.datasets.open: a torch Dataset with a metadata table over the data floor's readers
     {"models"},
     {"training"},
     {"evaluation", "audit"},

@@ -86,3 +86,74 @@ def serve(
         run, host, port, token, max_upload_mb, decode_workers, announce=lambda s: typer.echo(s, err=True),
         explain=explainer, heatmaps=heatmaps,
     )  # fmt: skip
+
+
+@app.command()
+def node(
+    run: Annotated[Path, typer.Argument(help="a run folder written by `cxr train`")],
+    out: Annotated[
+        Path, Opt("--out", "-o", help="folder for node.log, results.jsonl, failures.jsonl, seen.txt")
+    ],
+    port: Annotated[int, Opt(help="receive C-STORE on this port (with --allow)")] = None,
+    host: Annotated[str, Opt(help="address --port listens on")] = "127.0.0.1",
+    ae_title: Annotated[
+        str, Opt("--ae-title", help="this node's AE title (the called AE title it accepts)")
+    ] = "CXRLAB",
+    allow: Annotated[
+        str, Opt(help="calling AE titles allowed to send, comma-separated (every other one is rejected)")
+    ] = "",
+    pacs: Annotated[
+        str,
+        Opt(help="store the SR and heatmap back by C-STORE to HOST:PORT:AET (default: STOW-RS to --watch)"),
+    ] = None,
+    watch: Annotated[
+        str,
+        Opt(
+            help="poll this DICOMweb server (QIDO-RS) for new images, fetch them (WADO-RS), e.g. "
+            "http://127.0.0.1:8042/dicom-web"
+        ),
+    ] = None,
+    poll: Annotated[float, Opt(help="seconds between two --watch polls")] = 10.0,
+    modalities: Annotated[str, Opt(help="with --watch, the modalities processed, comma-separated")] = "CR,DX",
+    retries: Annotated[int, Opt(help="retries of a failed fetch or store before it is reported")] = 3,
+    backoff: Annotated[float, Opt(help="seconds before the first retry (doubled at each next one)")] = 2.0,
+    once: Annotated[bool, Opt(help="with --watch: poll once, process what is new, exit")] = False,
+    heatmap: Annotated[bool, Opt(help="a Grad-CAM overlay as a Secondary Capture beside the SR")] = True,
+    method: Annotated[str, Opt(help=method_help())] = "gradcam",
+) -> None:
+    """A model as a DICOM node: images in from a PACS, a Structured Report and a heatmap back into the study.
+
+    In: C-STORE to --port from the AE titles in --allow, and/or a DICOMweb server watched with --watch.
+    Out, into the image's own study: a Comprehensive SR (findings, probabilities, the operating threshold,
+    model name and run id, the out-of-distribution verdict, a reference to the image) and the heatmap as a
+    Secondary Capture, sent by C-STORE to --pacs or by STOW-RS to the --watch server. Failed fetches and
+    stores are retried with backoff, then logged and listed in OUT/failures.jsonl; logs never hold patient
+    names or ids. Example, with Orthanc on 127.0.0.1 (docs/serving.md):
+    cxr node runs/covid --out node-out --port 11112 --allow ORTHANC --pacs 127.0.0.1:4242:ORTHANC
+    """
+    import signal
+
+    from cxrlab._optional import require
+
+    for module in ("pynetdicom", "highdicom", "dicomweb_client", "pydicom"):  # no [pacs]: one line, first
+        require(module, "pacs", "cxr node")
+    from cxrlab.deploy.node import Node, NodeOptions, Peer, setup_logging
+    from cxrlab.evaluation.inference import image_run
+
+    opts = NodeOptions(
+        out=out, port=port, host=host, ae_title=ae_title,
+        allow=tuple(a.strip() for a in allow.split(",") if a.strip()),
+        pacs=Peer.parse(pacs) if pacs else None, watch=watch, poll_s=poll,
+        modalities=tuple(m.strip().upper() for m in modalities.split(",") if m.strip()), retries=retries,
+        backoff_s=backoff, once=once,
+    )  # fmt: skip
+    loaded = image_run(run)
+    explainer = None
+    if heatmap:
+        from cxrlab.explain.inline import Explainer
+
+        explainer = Explainer(loaded, method=method)
+    the_node = Node(loaded, opts, explainer)
+    setup_logging(out, echo=lambda line: typer.echo(line, err=True))
+    signal.signal(signal.SIGTERM, lambda *_: the_node.stop())
+    the_node.run()

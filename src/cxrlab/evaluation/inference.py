@@ -13,6 +13,7 @@ import numpy as np
 from cxrlab.config import LabelsConfig, RunConfig, validate_model_meta
 from cxrlab.data.images import ImageReadError, load_gray
 from cxrlab.data.index import DatasetIndex, discover
+from cxrlab.data.memory import ACCEPTED, MemoryImage, from_memory, is_memory_image, kind
 from cxrlab.data.prepare import PreparedData, _from_npz, apply_task, from_codes
 from cxrlab.errors import CxrError, DataError, ModelError
 from cxrlab.evaluation.evaluate import logits_to_probs, predict_images, thresholded
@@ -347,12 +348,13 @@ def _not_a_file(path: str) -> str | None:
 GLOB_CHARS = frozenset("*?[")
 
 
-def expand_inputs(items: list[str]) -> list[str | dict[str, Any]]:
+def expand_inputs(items: list[Any]) -> list[Any]:
     """Files as given; folders walked recursively and globs expanded (``**`` included) to their image files.
 
     Returns the paths in input order (each once), with an ``{"image", "error"}`` entry in place of an
     argument that names nothing usable (a folder or a glob without image files). Hidden files and folders
-    are skipped; symlinked folders are followed once (loops are broken)."""
+    are skipped; symlinked folders are followed once (loops are broken). In-memory images
+    (:class:`~cxrlab.data.memory.MemoryImage`) pass through in their place."""
     import glob
     import os
 
@@ -367,7 +369,9 @@ def expand_inputs(items: list[str]) -> list[str | dict[str, Any]]:
             paths.append(path)
 
     for item in items:
-        if os.path.isdir(item):
+        if isinstance(item, MemoryImage):
+            paths.append(item)
+        elif os.path.isdir(item):
             found = _walk_images(item)
             if not found:
                 paths.append({"image": item, "error": "a folder with no image files (searched recursively)"})
@@ -409,8 +413,10 @@ def _walk_images(folder: str) -> list[str]:
     return found
 
 
-def _decode(path: str, size: int, resize: str) -> np.ndarray | str:
+def _decode(path: str | MemoryImage, size: int, resize: str) -> np.ndarray | str:
     """The decoded image, or why it cannot be used (one short reason)."""
+    if isinstance(path, MemoryImage):
+        return path.gray(size, resize)
     why = _not_a_file(path)
     if why:
         return why
@@ -492,16 +498,46 @@ def iter_predictions(
             yield results
 
 
-def predict(run: str | Path, images: list[str]) -> list[dict[str, Any]]:
-    """Class and probabilities for each image (files, folders searched recursively, globs); the operating
-    threshold is applied for binary runs. Unusable inputs come back as ``{"image", "error"}`` entries."""
+def predict(run: str | Path, images: Any) -> list[dict[str, Any]]:
+    """Class and probabilities for each image; the operating threshold is applied for binary runs.
+
+    ``images``: a list (or one) of file paths (folders searched recursively, globs), numpy arrays
+    (``H×W`` grey or ``H×W×3``; uint8, or float in [0, 1]), torch tensors (``H×W`` or ``C×H×W``) and PIL
+    images, mixed as you like (:mod:`cxrlab.data.memory`: the pixels are decoded as the file's are, so an
+    image gives the same probabilities as its path); a 4-D array or tensor is a batch. An in-memory image
+    is named ``"<KIND #i>"`` (its position in the list) in the results. Unusable files come back as
+    ``{"image", "error"}`` entries; an object that cannot be an image is one line (:class:`CxrError`)."""
     loaded = image_run(run)
-    results = [r for part in iter_predictions(loaded, expand_inputs(images)) for r in part]
+    results = [r for part in iter_predictions(loaded, expand_inputs(as_inputs(images))) for r in part]
     if not results:
         raise CxrError("no images given")
     if not any("class" in r for r in results):
         raise CxrError(f"no readable image: {results[0]['image']}: {results[0]['error']}")
     return results
+
+
+def as_inputs(images: Any) -> list[str | MemoryImage]:
+    """:func:`predict`'s ``images`` as a list of paths and in-memory images (:class:`MemoryImage`): one
+    image becomes a list of one, a 4-D array or tensor a list of its images; anything else is one line."""
+    import os
+
+    if isinstance(images, str | os.PathLike) or is_memory_image(images):
+        batch = getattr(images, "ndim", 0) == 4
+        items = list(images) if batch else [images]
+    else:
+        try:
+            items = list(images)
+        except TypeError:
+            raise CxrError(f"images is a {kind(images)}; give a list of {ACCEPTED}") from None
+    out: list[str | MemoryImage] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str | os.PathLike):
+            out.append(os.fspath(item))
+        elif is_memory_image(item):
+            out.append(from_memory(item, f"<{kind(item)} #{i}>"))
+        else:
+            raise CxrError(f"image #{i} is a {kind(item)}; give {ACCEPTED}")
+    return out
 
 
 def sample_test_images(loaded: LoadedRun, n: int = 32) -> tuple[np.ndarray, list[str]]:
