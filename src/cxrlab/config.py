@@ -349,6 +349,17 @@ class EvalConfig(_Section):
         "this fraction of its side (up, down, left, right; edges repeated), in evaluation, predict, serve "
         "and export alike; 0 = off",
     )
+    subgroups: list[str] | None = Field(
+        None,
+        description="subgroup metrics (cxrlab.evaluation.subgroups): roles (sex, age, view, manufacturer) or "
+        "column names of the label file, --patient-csv or DICOM keywords; null: the preset's (sex, age band, "
+        "view; DICOM: sex, age band, view, manufacturer); []: none",
+    )
+    subgroup_min_n: int = Field(
+        20,
+        ge=1,
+        description="a subgroup (or an intersection's cell) with fewer test images is named, not computed",
+    )
     explain: Literal["auto", "off"] = Field(
         "auto",
         description="report's Grad-CAM gallery and lung-attention score (auto: when the model has a CAM "

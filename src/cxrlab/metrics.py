@@ -237,6 +237,18 @@ class SplitMetrics(_Open):
     confusion_matrix: list[list[int]] | None = None
 
 
+class Subgroups(_Open):
+    """``subgroups``: performance per subgroup (:mod:`cxrlab.evaluation.subgroups`); absent in older files."""
+
+    attributes: list[dict[str, Any]] = []
+    min_n: int = 20
+    groups: list[dict[str, Any]] = []
+    gaps: list[dict[str, Any]] = []
+    too_small: list[dict[str, Any]] = []
+    summary: list[str] = []
+    warnings: list[str] = []
+
+
 class MetricsFile(_Open):
     """``metrics.json`` of a run (``cxr train``) or of an evaluation (``cxr evaluate``)."""
 
@@ -249,6 +261,7 @@ class MetricsFile(_Open):
     test: SplitMetrics
     val: SplitMetrics | None = None
     warnings: list[str] = []
+    subgroups: Subgroups | None = None
 
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:

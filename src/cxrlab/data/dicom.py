@@ -17,8 +17,9 @@ transfer syntaxes with no installed decoder, damaged or truncated files.
 
 Privacy: :func:`read_header` returns only acquisition attributes (:data:`ATTRIBUTES`) and the Patient ID;
 the Patient ID leaves this module only through :func:`patient_group`, as a salted hash unless the user
-asks for raw ids (``data.dicom_patient_ids: raw``). Patient name, birth date, sex, age, accession number,
-institution… are never read into anything cxrlab keeps, and messages never quote header values.
+asks for raw ids (``data.dicom_patient_ids: raw``). Patient name, birth date, accession number,
+institution… are never read into anything cxrlab keeps, and messages never quote header values. Sex and
+age are read by :func:`subgroup_header` for subgroup metrics only and kept as counts per group and age band.
 """
 
 from __future__ import annotations
@@ -164,6 +165,22 @@ def read_header(path: str | Path) -> DicomHeader:
     """Geometry, pixel format and :data:`ATTRIBUTES` from the header only (``stop_before_pixels``)."""
     ds = _dcmread(path, header_only=True)
     return _header(path, ds, has_pixels=_has_pixel_tag(path, ds))
+
+
+#: Header attributes read for subgroup metrics only (cxrlab.evaluation.subgroups); sex and age leave it as
+#: counts per group and age band, never per image.
+SUBGROUP_KEYWORDS = ("PatientSex", "PatientAge", "ViewPosition", "Manufacturer")
+
+
+def subgroup_header(path: str | Path) -> dict[str, str]:
+    """:data:`SUBGROUP_KEYWORDS` as text from the header only ({} when the header cannot be read)."""
+    try:
+        ds = _dcmread(path, header_only=True)
+    except DicomError:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {k: str(ds.get(k) or "").strip() for k in SUBGROUP_KEYWORDS}
 
 
 def _has_pixel_tag(path: str | Path, ds: Any) -> bool:

@@ -304,3 +304,36 @@ def calibration_grid(targets: np.ndarray, probs: np.ndarray, findings: list[str]
     fig.supxlabel("mean predicted probability", fontsize=9)
     fig.supylabel("observed frequency", fontsize=9)
     return save_figure(fig, path)
+
+
+SUBGROUP_PANELS = (("auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+                   ("underdiagnosis_rate", "underdiagnosis rate"))  # fmt: skip
+
+
+def subgroup_forest(subgroups: dict, path: Path) -> Path | None:
+    """Forest plot of subgroup metrics (cxrlab.evaluation.subgroups): one panel per metric, each group's
+    value with its 95% CI, the overall value as a dashed line; None when no group was computed."""
+    rows = subgroups.get("groups") or []
+    if not rows:
+        return None
+    overall = subgroups.get("overall") or {}
+    labels = [f"{r['attribute']}: {r['group']} (n={r['n_images']})" for r in rows]
+    size = (3.0 * len(SUBGROUP_PANELS) + 2.5, 0.32 * len(rows) + 1.4)
+    fig, axes = plt.subplots(1, len(SUBGROUP_PANELS), figsize=size, sharey=True)
+    y = np.arange(len(rows))[::-1]
+    for ax, (key, label) in zip(axes, SUBGROUP_PANELS, strict=True):
+        for yi, r in zip(y, rows, strict=True):
+            v, ci = r.get(key), r.get(f"{key}_ci95")
+            if v is None:
+                continue
+            if ci:
+                ax.plot(ci, [yi, yi], "-", color="tab:blue", lw=1.4)
+            ax.plot([v], [yi], "o", color="tab:blue", ms=4)
+        if overall.get(key) is not None:
+            ax.axvline(overall[key], color="0.3", ls="--", lw=1, label="overall")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].set_ylim(-0.7, len(rows) - 0.3)
+    return save_figure(fig, path)

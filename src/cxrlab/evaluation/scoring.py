@@ -163,6 +163,7 @@ class Scored:
     metrics: dict[str, Any]
     probs: np.ndarray
     features: np.ndarray
+    subgroups: dict[str, Any] | None = None  # metrics.json's "subgroups" (cxrlab.evaluation.subgroups)
 
 
 class Task(ABC):
@@ -212,6 +213,13 @@ class SingleLabel(Task):
     def write_predictions(self, path, paths, targets, probs, decision, names, groups) -> None:  # noqa: ANN001
         write_predictions(path, paths, targets, probs, thresholded(probs, decision["op"], names), names)
 
+    def outcome(self, targets, probs, decision, names):  # noqa: ANN001, ANN201
+        """Positive / called per image for subgroup metrics, at the decision predictions.csv records."""
+        from cxrlab.evaluation import subgroups
+
+        pred, positive = thresholded(probs, decision["op"], names), decision["op"].get("positive_class")
+        return subgroups.single_label_outcome(targets, probs, pred, names, positive)
+
 
 class MultiLabel(Task):
     """Several findings per image: a sigmoid and a threshold per finding; unknown labels (NaN) left out."""
@@ -245,6 +253,12 @@ class MultiLabel(Task):
     def write_predictions(self, path, paths, targets, probs, decision, names, groups) -> None:  # noqa: ANN001
         write_multilabel_predictions(path, paths, groups, targets, probs, names, decision["thresholds"])
 
+    def outcome(self, targets, probs, decision, names):  # noqa: ANN001, ANN201
+        """Any finding present / any finding at or above its threshold, per image (subgroup metrics)."""
+        from cxrlab.evaluation import subgroups
+
+        return subgroups.multilabel_outcome(targets, probs, names, decision["thresholds"])
+
 
 def task_for(multilabel: bool) -> Task:
     """The task object of a run."""
@@ -263,14 +277,43 @@ def score_split(
     groups: list[str] | None = None,
     predictions: Path | None = None,
     paths: list[str] | None = None,
+    subgroups: Any = None,
 ) -> Scored:
     """The one scoring function: predict ``split`` from ``source``, score it at ``decision`` (bootstrap
-    CIs by patient when ``groups`` are given) and, with ``predictions``, write that predictions.csv."""
+    CIs by patient when ``groups`` are given) and, with ``predictions``, write that predictions.csv.
+    ``subgroups`` (:func:`subgroup_data`): also score each subgroup at the same decision
+    (:mod:`cxrlab.evaluation.subgroups`), into ``Scored.subgroups``."""
     logits, feats = source.predict(split)
     metrics, probs = task.score(targets, logits, decision, names, n_boot, seed, groups)
     if predictions is not None:
         task.write_predictions(predictions, list(paths or []), targets, probs, decision, names, groups)
-    return Scored(metrics, probs, feats)
+    sub = None
+    if subgroups is not None:
+        from cxrlab.evaluation import subgroups as sg
+
+        sub = sg.evaluate(subgroups, task.outcome(targets, probs, decision, names), groups, n_boot, seed)
+        if sub.get("skipped"):
+            import sys
+
+            print(f"note: {sub['skipped']}", file=sys.stderr)
+        elif predictions is not None and sub.get("groups"):
+            from cxrlab.evaluation.plots import subgroup_forest
+
+            figure = subgroup_forest(sub, predictions.parent / "plots" / "subgroups.png")
+            if figure is not None:
+                sub["figure"] = str(figure.relative_to(predictions.parent))
+    return Scored(metrics, probs, feats, sub)
+
+
+def subgroup_data(
+    eval_cfg: Any, index: Any, paths: list[str], patient_csv: str | None = None, file_column: str = "filename"
+) -> Any:
+    """The subgroup attributes of ``paths`` (``eval.subgroups``; None when it is ``[]``)."""
+    if eval_cfg.subgroups is not None and not eval_cfg.subgroups:
+        return None
+    from cxrlab.evaluation import subgroups as sg
+
+    return sg.collect(index, paths, eval_cfg.subgroups, eval_cfg.subgroup_min_n, patient_csv, file_column)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -290,12 +333,14 @@ def evaluate_trained(
     decision = task.choose(cfg, source.predict("val")[0], targets["val"], names)
     groups = patient_groups(data, "test")  # the bootstrap resamples patients where the data has patient ids
     val = score_split(task, source, "val", targets["val"], decision, names, 0, cfg.train.seed)
+    sub = subgroup_data(cfg.eval, data.index, data.paths["test"], cfg.data.patient_csv, cfg.data.file_column)
     test = score_split(
         task, source, "test", targets["test"], decision, names, cfg.eval.bootstrap, cfg.train.seed, groups,
-        out / "predictions.csv", data.paths["test"],
+        out / "predictions.csv", data.paths["test"], sub,
     )  # fmt: skip
     if data.multilabel:
-        return _multilabel_metrics(cfg, out, trained, decision, val, test, t0, t_eval)
+        metrics = _multilabel_metrics(cfg, out, trained, decision, val, test, t0, t_eval)
+        return {**metrics, **({"subgroups": test.subgroups} if test.subgroups else {})}
     op, temperature = decision["op"], decision["temperature"]
     meta = model_meta(cfg, trained, op, temperature)
     save_model(out, trained.model, meta)
@@ -323,6 +368,7 @@ def evaluate_trained(
         "calibration": {"temperature": temperature, "ece": test.metrics["ece"]},
         "test_time_shift_px": meta["tta_shift_px"],
         **_run_facts(out, trained.model, trained, timing, plot_paths, plot_notes),
+        **({"subgroups": test.subgroups} if test.subgroups else {}),
     }
     metrics["warnings"] = single_class_warnings(metrics)  # at the top of the report, the CLI's last line
     return metrics

@@ -83,7 +83,7 @@ def evaluate_run(
         task, source, "test", y, task.saved(meta, loaded.classes, loaded.classes), loaded.classes,
         loaded.cfg.eval.bootstrap, loaded.cfg.train.seed,
         patient_groups(prepared, "test"),  # patient-level bootstrap where the data has patient ids
-        target / "predictions.csv", prepared.paths["test"],
+        target / "predictions.csv", prepared.paths["test"], _subgroup_data(loaded, prepared, data),
     )  # fmt: skip
     metrics, probs, feats = scored.metrics, scored.probs, scored.features
     clock.lap("score")
@@ -111,6 +111,7 @@ def evaluate_run(
         "test": metrics,
         "plots": {k: str(v.relative_to(target)) for k, v in plot_paths.items()},
         "plot_notes": plot_notes,
+        **({"subgroups": scored.subgroups} if scored.subgroups else {}),
     }
     # the Grad-CAM gallery and lung-attention score on these images (cxrlab.explain.report)
     result.update(
@@ -137,6 +138,16 @@ def _write_results(target: Path, result: dict[str, Any], clock: Stages) -> None:
     result["timing"] = clock.timing()
     write_metrics(target / "metrics.json", result)
     write_eval_report(target, result)
+
+
+def _subgroup_data(loaded: Any, prepared: Any, data: str | None) -> Any:
+    """The subgroup attributes of the evaluated images (``eval.subgroups`` of the run; its patient CSV
+    when it scores its own test split)."""
+    from cxrlab.evaluation.scoring import subgroup_data
+
+    cfg = loaded.cfg
+    csv = cfg.data.patient_csv if data is None else None
+    return subgroup_data(cfg.eval, prepared.index, prepared.paths["test"], csv, cfg.data.file_column)
 
 
 def _warn(line: str) -> None:
@@ -179,7 +190,8 @@ def _multilabel_result(
     groups = patient_groups(prepared, "test")
     cfg = loaded.cfg
     scored = score_split(task, source, "test", targets, decision, names, cfg.eval.bootstrap, cfg.train.seed,
-                         groups, target / "predictions.csv", prepared.paths["test"])  # fmt: skip
+                         groups, target / "predictions.csv", prepared.paths["test"],
+                         _subgroup_data(loaded, prepared, None))  # fmt: skip
     metrics, probs = scored.metrics, scored.probs
     clock.lap("score")
     if match is not None:
@@ -209,6 +221,7 @@ def _multilabel_result(
         "thresholds": thresholds,
         "plots": {k: str(v.relative_to(target)) for k, v in plot_paths.items()},
         "plot_notes": {},
+        **({"subgroups": scored.subgroups} if scored.subgroups else {}),
     }
     clock.lap("plots")
     return result
