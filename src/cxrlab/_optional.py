@@ -39,6 +39,7 @@ EXTRAS: dict[str, str] = {
     "torchxrayvision": "xrv",
     "timm": "timm",
     "psycopg2": "postgres",
+    "fairlearn": "fairness",
 }
 
 #: The distribution (what ``pip install`` takes) where it differs from the import name.

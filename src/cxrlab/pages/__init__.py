@@ -20,7 +20,7 @@ from markupsafe import Markup, escape
 from cxrlab.runs import atomic_write
 
 TEMPLATES = Path(__file__).parent / "templates"
-SHARED = ("base.html", "macros.html", "style.css")
+SHARED = ("base.html", "macros.html", "subgroups.html", "style.css")
 
 
 def fmt(value: Any, digits: int = 3) -> str:

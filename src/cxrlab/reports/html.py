@@ -67,6 +67,7 @@ def run_report_context(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> di
         "pos_weight": metrics.get("pos_weight"),
         "config_yaml": cfg.to_yaml(),
         "environment": metrics.get("environment", {}),
+        "subgroups": subgroup_context(run, metrics),
         **attention_context(run, metrics),
     }
 
@@ -99,6 +100,43 @@ def attention_context(folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
             ],
         }
     return {"gallery": gallery, "lung_attention": metrics.get("lung_attention")}
+
+
+SUBGROUP_COLUMNS = (("prevalence", "prevalence"), ("auc", "AUC"), ("sensitivity", "sensitivity"),
+                    ("specificity", "specificity"), ("underdiagnosis_rate", "underdiagnosis"))  # fmt: skip
+
+
+def subgroup_context(folder: Path, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The subgroup section's table rows (value [CI] per metric), gap rows, too-small cells and forest plot
+    path from metrics.json's ``subgroups`` (None when absent, e.g. an older run)."""
+    s = metrics.get("subgroups")
+    if not s:
+        return None
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        value = row.get(key)
+        if value is None:
+            return "—"
+        interval = ci(row.get(f"{key}_ci95"))
+        return f"{value:.3f} {interval}" if interval else f"{value:.3f}"
+
+    rows = [r for r in [s.get("overall")] if r] + list(s.get("groups", []))
+    return {
+        **s,
+        "figure": folder / s["figure"] if s.get("figure") else None,
+        "header": ["attribute", "group", "images", "patients", *[label for _, label in SUBGROUP_COLUMNS]],
+        "rows": [[r["attribute"], r["group"], r["n_images"], r["n_patients"],
+                  *[cell(r, k) for k, _ in SUBGROUP_COLUMNS]] for r in rows],  # fmt: skip
+        "gap_rows": [
+            [g["attribute"], g["metric"].replace("_", " "), f"{g['high']} → {g['low']}",
+             f"{g['high_value']:.3f} vs {g['low_value']:.3f}",
+             f"{g['difference']:.3f} {ci(g.get('difference_ci95')) or '(CI not estimable)'}",
+             "yes" if g.get("excludes_zero") else "no"]
+            for g in s.get("gaps", [])
+        ],  # fmt: skip
+        "too_small": [f"{c['attribute']} {c['group']} ({c['n_images']} images, {c['n_patients']} patients)"
+                      for c in s.get("too_small", [])],  # fmt: skip
+    }
 
 
 def write_run_report(run: Path, cfg: RunConfig, metrics: dict[str, Any]) -> Path:
