@@ -419,7 +419,7 @@ class ChestXrayDataset(Dataset):
         out.data = source.data.model_copy(deep=True)
         out.data.resize = self.resize
         out.train.seed = source.seed
-        out.model.image_size = self.size
+        out.data.image_size = self.size
         return out
 
     # ------------------------------------------------------------------ helpers
