@@ -97,21 +97,21 @@ def from_memory(obj: Any, name: str) -> MemoryImage:
 
 
 def _from_array(a: np.ndarray, name: str, channels_first: bool) -> Image.Image:
-    what = "tensor" if channels_first else "array"
+    what = "a tensor" if channels_first else "an array"
     layout = "H×W, 1×H×W, 3×H×W or 4×H×W" if channels_first else "H×W, H×W×1, H×W×3 or H×W×4"
     if a.ndim == 3 and channels_first:
         if a.shape[0] not in (1, 3, 4):
             hint = " (channels last? tensors are channels first: x.permute(2, 0, 1))" if a.shape[-1] in (
                 1, 3, 4) else ""  # fmt: skip
-            raise DataError(f"{name}: a {what} of shape {tuple(a.shape)}; give {layout}{hint}")
+            raise DataError(f"{name}: {what} of shape {tuple(a.shape)}; give {layout}{hint}")
         a = np.moveaxis(a, 0, -1)
     elif a.ndim == 3 and a.shape[-1] not in (1, 3, 4):
         hint = (" (channels first? numpy arrays are channels last: np.moveaxis(a, 0, -1))"
                 if a.shape[0] in (1, 3, 4) else "")  # fmt: skip
-        raise DataError(f"{name}: an {what} of shape {a.shape}; give {layout}{hint}")
+        raise DataError(f"{name}: {what} of shape {a.shape}; give {layout}{hint}")
     elif a.ndim not in (2, 3):
         batch = " (a batch: pass a list of images, e.g. list(batch))" if a.ndim == 4 else ""
-        raise DataError(f"{name}: a {what} of shape {tuple(a.shape)}; give {layout}{batch}")
+        raise DataError(f"{name}: {what} of shape {tuple(a.shape)}; give {layout}{batch}")
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     a = np.ascontiguousarray(a)
@@ -119,20 +119,20 @@ def _from_array(a: np.ndarray, name: str, channels_first: bool) -> Image.Image:
         return Image.fromarray(a, {2: "L", 3: "RGB", 4: "RGBA"}[a.ndim if a.ndim == 2 else a.shape[-1]])
     if a.dtype == np.uint16:
         if a.ndim != 2:
-            raise DataError(f"{name}: a uint16 {what} must be grey (H×W), as a 16-bit file is; got {a.shape}")
+            raise DataError(f"{name}: a uint16 image must be grey (H×W), as a 16-bit file is; got {a.shape}")
         return Image.fromarray(a.astype(np.int32), "I")  # to_gray stretches it as it does a 16-bit file
     if np.issubdtype(a.dtype, np.floating):
         finite = np.isfinite(a)
         if not finite.all():
-            raise DataError(f"{name}: a float {what} with {int((~finite).sum()):,} NaN or infinite values")
+            raise DataError(f"{name}: a float image with {int((~finite).sum()):,} NaN or infinite values")
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         if lo < 0 or hi > 1:
             raise DataError(
-                f"{name}: a float {what} with values from {lo:.4g} to {hi:.4g}; float images must lie in "
+                f"{name}: a float image with values from {lo:.4g} to {hi:.4g}; float images must lie in "
                 "[0, 1] (uint8: 0-255) — undo any normalisation first"
             )
         return _from_array(np.rint(a.astype(np.float64) * 255.0).astype(np.uint8), name, False)
     raise DataError(
-        f"{name}: a {what} of dtype {a.dtype}; give uint8 (0-255), uint16 (grey) or float in [0, 1] "
+        f"{name}: {what} of dtype {a.dtype}; give uint8 (0-255), uint16 (grey) or float in [0, 1] "
         "(e.g. a.astype(np.uint8))"
     )
