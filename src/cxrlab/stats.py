@@ -289,12 +289,26 @@ def percentile_ci(values: np.ndarray) -> list[float]:
 
 
 def paired_bootstrap_difference(
-    correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = 2000, seed: int = 0
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    n_boot: int = 2000,
+    seed: int = 0,
+    groups: list[str] | None = None,
 ) -> list[float]:
-    """95% CI of accuracy(a) - accuracy(b) on the same images, resampling images (pairs kept together)."""
+    """95% CI of accuracy(a) - accuracy(b) on the same images, pairs kept together: patients resampled with
+    replacement when ``groups`` names them (a patient is never split), else images."""
     rng = np.random.default_rng(seed)
-    blocks = bootstrap_index_blocks(rng, len(correct_a), n_boot)
-    return percentile_ci(np.concatenate([correct_a[idx].mean(1) - correct_b[idx].mean(1) for idx in blocks]))
+    if groups is None:
+        blocks = bootstrap_index_blocks(rng, len(correct_a), n_boot)
+        diffs = [correct_a[idx].mean(1) - correct_b[idx].mean(1) for idx in blocks]
+        return percentile_ci(np.concatenate(diffs))
+    units, p = resampling_units(groups, len(correct_a))
+    diff = np.asarray(correct_a, dtype=np.float64) - np.asarray(correct_b, dtype=np.float64)
+    out = []
+    for idx in bootstrap_index_blocks(rng, p, n_boot):  # patients drawn; each image weighted by its draws
+        w = np.stack([np.bincount(row, minlength=p) for row in idx])[:, units].astype(np.float64)
+        out.append((w @ diff) / w.sum(1))
+    return percentile_ci(np.concatenate(out))
 
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:

@@ -96,6 +96,8 @@ def test_compare_table_groups_by_test_set_and_tests_pairs(runs, tmp_path):
     assert (int(pair["a_only_correct"]), int(pair["b_only_correct"])) == (a_only, b_only)
     assert float(pair["p_mcnemar"]) == pytest.approx(mcnemar_exact(a_only, b_only), abs=1e-4)
     assert float(pair["accuracy_a"]) == pytest.approx(float(by["mnv2"]["test_accuracy"]), abs=1e-3)
+    # covid-challenge's covid and normal images name no patient: images are the resampling unit
+    assert {r["patient"] for r in _rows(runs["mnv2"] / "predictions.csv")} == {""} and not pair["patients"]
     significant = float(pair["p_holm"]) < 0.05
     assert ("better" in pair["verdict"]) == significant
     md = (out / "compare.md").read_text()
@@ -105,6 +107,30 @@ def test_compare_table_groups_by_test_set_and_tests_pairs(runs, tmp_path):
     check_page(out / "compare.html", "compare")
     for plot in ("val_curves.png", "accuracy_vs_time.png"):
         assert (out / "plots" / plot).stat().st_size > 5000
+
+
+def test_paired_difference_resamples_the_patients_predictions_name(runs, tmp_path):
+    """Runs whose predictions.csv names patients (data with patient ids): the accuracy difference's CI
+    resamples patients (pairwise.csv and compare.md say how many)."""
+    copies = {}
+    for name in ("mnv2", "cnn"):
+        copies[name] = tmp_path / name
+        shutil.copytree(runs[name], copies[name])
+    rows = {n: _rows(copies[n] / "predictions.csv") for n in copies}
+    order = sorted(image_key(r["path"]) for r in rows["mnv2"])
+    patient = {k: f"p{i // 4}" for i, k in enumerate(order)}  # four consecutive test images per patient
+    for name, table in rows.items():
+        with (copies[name] / "predictions.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows({**r, "patient": patient[image_key(r["path"])]} for r in table)
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", str(copies["mnv2"]), str(copies["cnn"]), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (pair,) = _rows(out / "pairwise.csv")
+    assert int(pair["patients"]) == len(set(patient.values())) == (len(order) + 3) // 4
+    md = (out / "compare.md").read_text()
+    assert f"({pair['patients']} patients)" in md
 
 
 def test_compare_bad_input_is_one_line(runs, tmp_path):

@@ -319,20 +319,28 @@ def param_counts(model: Classifier) -> dict[str, Any]:
 
 
 def write_predictions(
-    path: Path, paths: list[str], y: np.ndarray, probs: np.ndarray, pred: np.ndarray, classes: list[str]
+    path: Path,
+    paths: list[str],
+    y: np.ndarray,
+    probs: np.ndarray,
+    pred: np.ndarray,
+    classes: list[str],
+    groups: list[str] | None = None,
 ) -> None:
-    """One row per test image: path, true and predicted class, class probabilities (for paired tests)."""
+    """One row per test image: path, its patient (empty without patient ids), true and predicted class,
+    class probabilities (for paired tests, which resample patients)."""
     from cxrlab.runs import write_csv
 
-    fields = ["path", "true", "pred"] + [f"p_{c}" for c in classes]
+    fields = ["path", "patient", "true", "pred"] + [f"p_{c}" for c in classes]
     rows = [
         {
             "path": p,
+            "patient": groups[i] if groups else "",
             "true": classes[int(t)],
             "pred": classes[int(k)],
             **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, pr, strict=True)},
         }
-        for p, t, k, pr in zip(paths, y, pred, probs, strict=True)
+        for i, (p, t, k, pr) in enumerate(zip(paths, y, pred, probs, strict=True))
     ]
     write_csv(path, rows, fields)
 

@@ -72,6 +72,13 @@ class RunSummary:
             out[image_key(row["path"])] = pred == row["true"]
         return out
 
+    def patients(self, keys: list[str]) -> list[str] | None:
+        """The patient of each test image ``keys`` names (predictions.csv's ``patient``), or None when the
+        file names none (an older run, or data without patient ids): then images are the resampling unit."""
+        by_key = {image_key(row["path"]): row.get("patient") or "" for row in self.predictions}
+        groups = [by_key.get(k, "") for k in keys]
+        return groups if all(groups) else None
+
     def row(self) -> dict[str, Any]:
         """The run's line in compare.csv."""
         m = self.metrics

@@ -298,7 +298,7 @@ def pair_table(pairs: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]
             p["test_set"],
             p["run_a"],
             p["run_b"],
-            p["n"],
+            p["n"] if not p.get("patients") else f"{p['n']} ({p['patients']} patients)",
             f"{p['difference']:+.3f} [{p['difference_ci95_lo']:+.3f}, {p['difference_ci95_hi']:+.3f}]",
             p["a_only_correct"],
             p["b_only_correct"],

@@ -14,8 +14,9 @@ from cxrlab.stats import holm, mcnemar_exact, paired_bootstrap_difference, resam
 
 ALPHA = 0.05
 PAIR_FIELDS = [
-    "test_set", "run_a", "run_b", "n", "accuracy_a", "accuracy_b", "difference", "difference_ci95_lo",
-    "difference_ci95_hi", "a_only_correct", "b_only_correct", "p_mcnemar", "p_holm", "verdict",
+    "test_set", "run_a", "run_b", "n", "patients", "accuracy_a", "accuracy_b", "difference",
+    "difference_ci95_lo", "difference_ci95_hi", "a_only_correct", "b_only_correct", "p_mcnemar", "p_holm",
+    "verdict",
 ]  # fmt: skip
 AUC_PAIR_FIELDS = [
     "test_set", "run_a", "run_b", "n", "patients", "finding", "auc_a", "auc_b", "difference",
@@ -60,13 +61,15 @@ def paired_tests(summaries: list[RunSummary], n_boot: int = 2000, seed: int = 0)
             xa = np.array([ca[k] for k in keys])
             xb = np.array([cb[k] for k in keys])
             a_only, b_only = int((xa & ~xb).sum()), int((~xa & xb).sum())
-            lo, hi = paired_bootstrap_difference(xa, xb, n_boot, seed)
+            groups = a.patients(keys)  # patient-level when predictions.csv names the patients
+            lo, hi = paired_bootstrap_difference(xa, xb, n_boot, seed, groups)
             pairs.append(
                 {
                     "test_set": a.test_set,
                     "run_a": a.name,
                     "run_b": b.name,
                     "n": len(keys),
+                    "patients": len(set(groups)) if groups else None,
                     "accuracy_a": round(float(xa.mean()), 4),
                     "accuracy_b": round(float(xb.mean()), 4),
                     "difference": round(float(xa.mean() - xb.mean()), 4),
