@@ -26,7 +26,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cxrlab.data.dicom import DicomError, is_dicom, patient_group, read_dicom, read_header
+from cxrlab.data.dicom import DicomError, decode_dataset, is_dicom, patient_group, read_dicom, read_header
 from cxrlab.data.images import ImageReadError, is_image_file, load_gray, read_info
 from cxrlab.data.index import discover
 from tests.conftest import DATA, run_cli
@@ -110,6 +110,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def test_real_dicoms_decode(dicom_dir, name):
     image = read_dicom(dicom_dir / name)
     assert image.shape == (1024, 1024) and image.dtype == np.uint8
+    assert np.array_equal(decode_dataset(pydicom.dcmread(dicom_dir / name)), image)  # in memory: the same
     assert image.std() > 20 and image.max() >= 250  # a full-range radiograph, not a blank
     assert load_gray(dicom_dir / name, 64).shape == (64, 64)
     info = read_info(dicom_dir / name)
@@ -137,25 +138,42 @@ def test_header_attributes_without_identity(dicom_dir):
 # --------------------------------------------------------------------------- generated around real pixels
 
 
+def _stored_window(values: np.ndarray) -> np.ndarray:
+    """The documented rule for > 8-bit images without a VOI: the 0.5–99.5 percentiles → 0–255."""
+    lo, hi = np.percentile(values.astype(np.float64), [0.5, 99.5])
+    return np.clip(np.floor((values - lo) / (hi - lo) * 255 + 0.5), 0, 255)
+
+
 def test_12_bit_with_rescale(tmp_path, base):
     stored = base.astype(np.uint16) * 16  # 0…4080 in 12 bits
     path = write_dicom(tmp_path / "a.dcm", stored, 12, RescaleSlope=0.5, RescaleIntercept=-1024)
     out = read_dicom(path)
-    # modality range [-1024, 1023.5] maps to 0…255: the image keeps its real grey levels
-    assert np.abs(out.astype(int) - np.rint(stored / 4095 * 255)).max() <= 1
+    # no VOI: windowed on the percentiles of the rescaled values (an affine rescale changes nothing)
+    assert np.abs(out.astype(int) - _stored_window(stored * 0.5 - 1024)).max() <= 1
+    assert np.array_equal(out, read_dicom(write_dicom(tmp_path / "plain.dcm", stored, 12)))
 
 
 def test_16_bit_signed_with_rescale(tmp_path, base):
     stored = (base.astype(np.int32) * 256 - 32768).astype(np.int16)
     path = write_dicom(tmp_path / "b.dcm", stored, 16, signed=True, RescaleSlope=2, RescaleIntercept=100)
     out = read_dicom(path)
-    assert np.abs(out.astype(int) - base.astype(int)).max() <= 1
+    assert np.abs(out.astype(int) - _stored_window(stored * 2.0 + 100)).max() <= 1
+    assert _corr(out, base) > 0.99
 
 
-def test_16_bit_scaled_by_bits_stored_not_by_content(tmp_path, base):
-    stored = base.astype(np.uint16) * 16  # 12-bit content declared as 16 bits stored: stays dark
+def test_12_bit_values_in_16_bits_keep_their_contrast(tmp_path, base):
+    """Bits Stored 16 holding 12-bit values: windowed on the stored values, not on 0…65535 (which kept
+    17 grey levels)."""
+    stored = base.astype(np.uint16) * 16
     out = read_dicom(write_dicom(tmp_path / "c.dcm", stored, 16))
-    assert out.max() <= 16 and _corr(out, base) > 0.99
+    assert np.abs(out.astype(int) - _stored_window(stored)).max() <= 1
+    assert len(np.unique(out)) >= min(200, len(np.unique(base)) - 5) and _corr(out, base) > 0.99
+
+
+def test_8_bit_keeps_its_stored_values(tmp_path, base):
+    """8 bits stored, no VOI: the stored values are the image (no percentile stretch)."""
+    dim = (base // 2).astype(np.uint8)  # a dim 8-bit image stays dim
+    assert np.array_equal(read_dicom(write_dicom(tmp_path / "d.dcm", dim, 8)), dim)
 
 
 def test_window_center_width(tmp_path, base):
@@ -186,10 +204,11 @@ def test_generated_monochrome1_inverted(tmp_path, base):
 
 
 def test_12_bit_levels_are_rounded_to_8_bits(tmp_path):
-    # every 12-bit level once: level v becomes round(v * 255 / 4095), half up (no level falls on a half)
+    # every 12-bit level once, no VOI: the percentile window, each level rounded half up
     stored = np.arange(4096, dtype=np.uint16).reshape(64, 64)
     out = read_dicom(write_dicom(tmp_path / "ramp.dcm", stored, 12)).astype(int)
-    assert np.array_equal(out, np.floor(stored.astype(np.float64) * 255 / 4095 + 0.5).astype(int))
+    assert np.abs(out - _stored_window(stored)).max() <= 1 and (out == _stored_window(stored)).mean() > 0.99
+    assert out.min() == 0 and out.max() == 255 and (np.diff(out.ravel()) >= 0).all()
 
 
 def test_monochrome1_through_rescale_and_window_is_inverted(tmp_path, base):

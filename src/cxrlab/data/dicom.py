@@ -1,19 +1,29 @@
-"""Read DICOM radiographs into 8-bit grayscale arrays, and their non-identifying header attributes.
+"""Read DICOM images into 8-bit grayscale arrays, and their non-identifying header attributes.
 
 Pixels, in this order (DICOM PS3.4 N.2, the grayscale pipeline):
 
-1. decode the Pixel Data with pydicom (transfer syntaxes and decoder packages: :data:`DECODERS`);
+1. **decode** the first frame with pydicom's decoder for the transfer syntax (``get_decoder(uid).as_array``;
+   which plugins and packages per syntax: :func:`decoder_plugins`, docs/datasets.md). pydicom checks the
+   Pixel Data length itself (YBR_FULL_422 native data is 2/3 of RGB) and returns YBR_FULL / YBR_FULL_422
+   as RGB; JPEG 2000 decoders invert YBR_ICT / YBR_RCT;
 2. **Modality LUT**: the Modality LUT Sequence, else Rescale Slope / Intercept (``apply_modality_lut``);
 3. **VOI LUT**: the first VOI LUT Sequence item, else the first Window Center / Width
-   (``apply_voi_lut``); none when the file has neither;
-4. **to 8 bits**: the output range of the step before (for stored pixels: ``0 … 2**BitsStored - 1``, or the
-   signed range, through the rescale; for a window: the same range; for a VOI LUT: its entry bits) maps
-   linearly onto 0–255;
+   (``apply_voi_lut``, ``prefer_lut=True``);
+4. **to 8 bits**, linearly onto 0–255 (rounded half up, clipped): a VOI LUT's output range (its entry
+   bits); a window's output range (the Modality-LUT range of the stored bits, as pydicom windows); with no
+   VOI, for Bits Stored ≤ 8, the Modality-LUT range of the stored bits (8-bit files keep their values); for
+   Bits Stored > 8 the 0.5th–99.5th percentiles of the image's own Modality-LUT output
+   (:data:`PERCENTILES`, :func:`stored_window`), so a CT or a 12-bit value in 16 bits keeps its contrast;
 5. **MONOCHROME1** (white = low values) is inverted, so bone is bright in every image.
 
+Colour: RGB (and YBR, decoded to RGB) becomes ITU-R BT.601 luma (:data:`LUMA`) over ``2**BitsStored - 1``;
+PALETTE COLOR goes through ``apply_color_lut`` first, then luma over the LUT's ``2**bits - 1``.
+
 Refused, as :class:`DicomError` (one line naming the file and the reason): objects without Pixel Data
-(structured reports, presentation states…), multi-frame images, colour spaces other than grayscale/RGB/YBR,
-transfer syntaxes with no installed decoder, damaged or truncated files.
+(structured reports, presentation states…), multi-frame images (the first frame is never taken silently),
+float pixel data, photometric interpretations other than grayscale/RGB/YBR/palette, transfer syntaxes with
+no (installed) decoder — naming the syntax and the packages to install — pixel data every installed decoder
+fails on (each decoder's reason, in one line), truncated or damaged files.
 
 Privacy: :func:`read_header` returns only acquisition attributes (:data:`ATTRIBUTES`) and the Patient ID;
 the Patient ID leaves this module only through :func:`patient_group`, as a salted hash unless the user
@@ -28,6 +38,7 @@ import functools
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import sys
 import warnings
@@ -53,17 +64,6 @@ ATTRIBUTES = {
     "PhotometricInterpretation": "photometric",
     "BitsStored": "bits_stored",
     "PixelSpacing": "pixel_spacing",
-}
-
-#: Transfer syntaxes by family, with the package that decodes them (documented in docs/datasets.md).
-DECODERS = {
-    "uncompressed (implicit/explicit VR little endian, big endian, deflated)": "pydicom",
-    "RLE Lossless": "pydicom",
-    "JPEG Baseline / Extended": "pillow or python-gdcm",
-    "JPEG Lossless (Process 14, SV1)": "python-gdcm",
-    "JPEG-LS lossless / near-lossless": "python-gdcm",
-    "JPEG 2000 (lossless and lossy)": "pylibjpeg-openjpeg, python-gdcm or pillow",
-    "HTJ2K": "pylibjpeg-openjpeg",
 }
 
 #: ``data.dicom_patient_ids`` choices.
@@ -253,8 +253,8 @@ def _frames(ds: Any) -> int:
 
 
 def read_dicom(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
-    """Decode one single-frame DICOM radiograph into a 2-D ``uint8`` array (module docstring for the
-    steps); raise :class:`DicomError` naming the file and the reason when it cannot be used."""
+    """Decode one single-frame DICOM image into a 2-D ``uint8`` array (module docstring for the steps);
+    raise :class:`DicomError` naming the file and the reason when it cannot be used."""
     ds = _dcmread(path, header_only=False)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         # pydicom drops a Pixel Data element cut off by the end of the file (and, when encapsulated, every
@@ -265,8 +265,16 @@ def read_dicom(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
         if len(head) == 0:
             raise DicomError(path, "damaged or truncated DICOM file (no data element can be read)")
         raise DicomError(path, f"no pixel data: a non-image DICOM object{_sop_name(head)}; give image files")
+    return decode_dataset(ds, path, max_pixels)
+
+
+def decode_dataset(ds: Any, path: str | Path = "<dataset>", max_pixels: int | None = None) -> np.ndarray:
+    """:func:`read_dicom` for a dataset already in memory (e.g. received over the network); ``path``
+    names it in messages."""
     if "PixelData" not in ds:
-        raise DicomError(path, "float pixel data (parametric maps) is not a radiograph; give image files")
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise DicomError(path, "float pixel data (parametric maps) is not a radiograph; give image files")
+        raise DicomError(path, f"no pixel data: a non-image DICOM object{_sop_name(ds)}; give image files")
     header = _header(path, ds, has_pixels=True)
     if header.frames > 1:
         raise DicomError(
@@ -280,28 +288,41 @@ def read_dicom(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
             f"{header.columns}x{header.rows} exceeds the {max_pixels:,}-pixel limit "
             "(set CXRLAB_MAX_PIXELS to allow larger images)",
         )
-    _check_decoder(path, header)
-    _check_length(path, ds, header)
+    decoder = _check_decoder(path, header)
+    raw, photometric = _decode(path, ds, decoder)
+    return to_uint8(raw, ds, path, photometric=photometric)
+
+
+def _decode(path: str | Path, ds: Any, decoder: Any) -> tuple[np.ndarray, str]:
+    """The first frame as pydicom's decoder returns it (YBR_FULL/YBR_FULL_422 already converted to RGB,
+    ``as_rgb``), with the photometric interpretation of that array."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            raw = ds.pixel_array
+            arr, meta = decoder.as_array(ds, index=0, as_rgb=True)
     except MemoryError:
         raise DicomError(path, "pixel data too large to decode in memory") from None
     except Exception as exc:  # noqa: BLE001 - decoder plugins raise anything: one line, never a traceback
-        raise DicomError(path, f"pixel data cannot be decoded ({_decoder_reason(exc)})") from None
-    return to_uint8(raw, ds, path)
+        if _is_truncated(ds):
+            raise DicomError(path, _TRUNCATED) from None
+        raise DicomError(path, _decode_failure(decoder, exc)) from None
+    photometric = str(meta.get("photometric_interpretation") or ds.get("PhotometricInterpretation") or "")
+    return arr, photometric.strip().upper()
 
 
-def to_uint8(raw: np.ndarray, ds: Any, path: str | Path = "<dataset>") -> np.ndarray:
-    """Stored pixel values → Modality LUT → VOI LUT → 0–255 → MONOCHROME1 inverted (module docstring)."""
+def to_uint8(
+    raw: np.ndarray, ds: Any, path: str | Path = "<dataset>", photometric: str | None = None
+) -> np.ndarray:
+    """Decoded pixels → 8-bit grey (module docstring). ``photometric``: the interpretation of ``raw`` when
+    the decoder changed it (pydicom returns YBR_FULL/YBR_FULL_422 as RGB); default the header's."""
     require("pydicom", "dicom", "DICOM input")
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    if photometric is None:
+        photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
     arr = np.asarray(raw)
     if photometric in _COLOUR:
-        return _colour_to_gray(arr, ds, path)
+        return _colour_to_gray(arr, ds, path, photometric)
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DicomError(
             path, f"photometric interpretation {photometric or 'missing'} is neither grayscale nor colour"
@@ -313,6 +334,7 @@ def to_uint8(raw: np.ndarray, ds: Any, path: str | Path = "<dataset>") -> np.nda
         try:
             lo, hi = _modality_range(ds)
             voi = _voi_kind(ds)
+            bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
             plain = voi == "none" and not ds.get("ModalityLUTSequence")
             if plain and arr.dtype == np.uint8 and (lo, hi) == (0.0, 255.0):
                 out = arr.copy()  # 8 bits stored, identity rescale, no VOI: the stored values are the image
@@ -322,6 +344,8 @@ def to_uint8(raw: np.ndarray, ds: Any, path: str | Path = "<dataset>") -> np.nda
                 values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
                 if voi == "lut":
                     lo, hi = 0.0, float(2 ** _lut_bits(ds.VOILUTSequence[0]) - 1)
+            elif bits > 8:
+                lo, hi = stored_window(values)
         except DicomError:
             raise
         except Exception as exc:  # noqa: BLE001 - malformed LUTs or windows: one line
@@ -330,17 +354,34 @@ def to_uint8(raw: np.ndarray, ds: Any, path: str | Path = "<dataset>") -> np.nda
     return 255 - out if photometric == "MONOCHROME1" else out
 
 
+#: Without a VOI LUT or window, > 8-bit images are windowed on these percentiles of their own
+#: Modality-LUT output (the darkest and brightest 0.5 % clip), so their contrast survives 8 bits.
+PERCENTILES = (0.5, 99.5)
+
+#: ITU-R BT.601 luma weights of R, G, B (colour images become grey as other colour images do).
+LUMA = (0.299, 0.587, 0.114)
+
 _COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR"})
 
 
+def stored_window(values: np.ndarray) -> tuple[float, float]:
+    """The window of an image without a VOI: :data:`PERCENTILES` of its values, or its minimum and
+    maximum when those percentiles coincide (a mostly uniform image)."""
+    lo, hi = (float(v) for v in np.percentile(values, PERCENTILES))
+    if hi <= lo:
+        lo, hi = float(np.min(values)), float(np.max(values))
+    return lo, hi
+
+
 def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``lo … hi`` linearly onto 0–255, clipped, rounded half up; all zeros when ``hi == lo``."""
     if hi < lo:
         lo, hi = hi, lo
     if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
         lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
         if hi <= lo:
             return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    scaled = (values - lo) * (255.0 / (hi - lo))
     np.clip(scaled, 0, 255, out=scaled)
     return (scaled + 0.5).astype(np.uint8)  # round half up; values are finite (integers through LUTs)
 
@@ -378,24 +419,30 @@ def _voi_kind(ds: Any) -> str:
     return "none"
 
 
-def _colour_to_gray(arr: np.ndarray, ds: Any, path: str | Path) -> np.ndarray:
-    """Secondary-capture colour images: RGB (converted from YBR or a palette by pydicom) → ITU-R 601 luma."""
+def _colour_to_gray(arr: np.ndarray, ds: Any, path: str | Path, photometric: str) -> np.ndarray:
+    """Colour images → ITU-R 601 luma scaled by the samples' range (``2**BitsStored - 1``; for a palette,
+    the LUT entries' ``2**bits - 1``). ``arr`` is RGB as pydicom decodes it (YBR_FULL/422 converted;
+    YBR_ICT/YBR_RCT are inverted by the JPEG 2000 decoder), or palette indices."""
     require("pydicom", "dicom", "DICOM input")
     from pydicom.pixels import apply_color_lut, convert_color_space
 
-    photometric = str(ds.PhotometricInterpretation).strip().upper()
     try:
-        if photometric == "PALETTE COLOR":
-            arr = apply_color_lut(arr, ds)
-        elif photometric.startswith("YBR") and photometric not in ("YBR_ICT", "YBR_RCT"):
-            arr = convert_color_space(arr, photometric, "RGB")
-    except Exception as exc:  # noqa: BLE001
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if photometric == "PALETTE COLOR":
+                arr = apply_color_lut(arr, ds)
+                top = float(2 ** int(ds.RedPaletteColorLookupTableDescriptor[2]) - 1)
+            else:
+                if photometric in ("YBR_FULL", "YBR_FULL_422"):  # only when a caller passes raw YBR
+                    arr = convert_color_space(arr, photometric, "RGB")
+                top = float(2 ** int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8) - 1)
+    except Exception as exc:  # noqa: BLE001 - malformed palettes: one line
         raise DicomError(path, f"colour conversion failed ({exc.__class__.__name__})") from None
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise DicomError(path, f"pixel data has shape {arr.shape}; a radiograph is one 2-D frame")
-    top = float(2 ** int(ds.get("BitsStored") or 8) - 1)
-    luma = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
-    return _scale(luma.astype(np.float64), 0.0, top)
+    rgb = arr.astype(np.float64)
+    luma = rgb[..., 0] * LUMA[0] + rgb[..., 1] * LUMA[1] + rgb[..., 2] * LUMA[2]
+    return _scale(luma, 0.0, top)
 
 
 _TRUNCATED = (
@@ -404,29 +451,77 @@ _TRUNCATED = (
 )
 
 
-def _check_length(path: str | Path, ds: Any, header: DicomHeader) -> None:
-    """Uncompressed pixel data shorter than the header's geometry: a truncated file."""
-    meta = getattr(ds, "file_meta", None)
-    syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
-    if syntax is not None and syntax.is_compressed:
-        return
+def _is_truncated(ds: Any) -> bool:
+    """Native (not encapsulated) pixel data shorter than pydicom's expected length for the header."""
+    from pydicom.pixels.utils import get_expected_length
+
     try:
-        samples, bits = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 8)
-        expected = (header.rows * header.columns * samples * header.frames * bits + 7) // 8
-    except (TypeError, ValueError):
-        return
-    if len(ds.PixelData) < expected:
-        raise DicomError(path, _TRUNCATED)
+        syntax = ds.file_meta.TransferSyntaxUID
+        if syntax.is_encapsulated:
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return len(ds.PixelData) < get_expected_length(ds)
+    except Exception:  # noqa: BLE001 - a header too broken to compute the length: not a truncation verdict
+        return False
 
 
-def _check_decoder(path: str | Path, header: DicomHeader) -> None:
-    """Refuse a compressed transfer syntax no installed package decodes, naming what to install."""
+# pydicom's decoder plugin labels → the module that declares its DECODER_DEPENDENCIES
+_PLUGIN_MODULES = {"gdcm": "gdcm", "pylibjpeg": "pylibjpeg", "pillow": "pillow", "pyjpegls": "pyjpegls",
+                   "pydicom": "rle"}  # fmt: skip
+# import names in those declarations → what pip installs
+_PIP_NAMES = {"gdcm": "python-gdcm"}
+
+
+def decoder_plugins(uid: str) -> list[tuple[str, tuple[str, ...], bool]]:
+    """pydicom's decoder plugins for a transfer syntax, in the order it tries them: (plugin label, the pip
+    packages it needs, installed). Native syntaxes (no plugin needed) give ``[]``."""
+    import importlib
+
+    require("pydicom", "dicom", "DICOM input")
+    from pydicom.pixels import get_decoder
+
+    decoder = get_decoder(uid)
+    available = set(decoder.available_plugins)
+    labels = [*getattr(decoder, "_available", {}), *getattr(decoder, "_unavailable", {})]
+    out = []
+    for label in labels:
+        module = importlib.import_module(f"pydicom.pixels.decoders.{_PLUGIN_MODULES.get(label, label)}")
+        needs = module.DECODER_DEPENDENCIES.get(uid, ())
+        names = [_PIP_NAMES.get(n, n) for n in (re.split(r"[<>=!~ ]", d)[0] for d in needs) if n != "numpy"]
+        out.append((label, tuple(names) or ("pydicom",), label in available))
+    return out
+
+
+#: The packages ``pip install 'cxrlab[dicom]'`` brings (pyproject.toml's ``dicom`` extra).
+DICOM_EXTRA = ("pydicom", "python-gdcm", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg")
+
+
+def _install_hint(uid: str) -> str:
+    """'pip install A B' (or several alternatives) for the missing decoders of a syntax; '' when none."""
+    missing = [pkgs for _, pkgs, ok in decoder_plugins(uid) if not ok]
+    if not missing:
+        return ""
+    hint = "pip install " + " or pip install ".join(" ".join(pkgs) for pkgs in missing)
+    extra = [" ".join(pkgs) for pkgs in missing if set(pkgs) <= set(DICOM_EXTRA)]
+    if len(extra) == len(missing):
+        hint += " (all come with pip install 'cxrlab[dicom]')"
+    elif extra:
+        hint += f" (pip install 'cxrlab[dicom]' brings {' and '.join(extra)})"
+    return hint
+
+
+def _check_decoder(path: str | Path, header: DicomHeader) -> Any:
+    """pydicom's decoder for the file's transfer syntax; refuse one with no (installed) decoder in one
+    line naming the syntax and what to install."""
     require("pydicom", "dicom", "DICOM input")
     from pydicom.pixels import get_decoder
 
     uid = header.transfer_syntax
     if not uid:
-        return  # no file meta: pydicom assumes little endian
+        raise DicomError(
+            path, "no transfer syntax in the file meta information: the pixel data cannot be read"
+        )
     name = _syntax_name(uid)
     try:
         decoder = get_decoder(uid)
@@ -434,15 +529,25 @@ def _check_decoder(path: str | Path, header: DicomHeader) -> None:
         raise DicomError(path, f"transfer syntax {name} is not supported (no pixel-data decoder)") from None
     if not decoder.is_available:
         raise DicomError(
-            path,
-            f"transfer syntax {name} needs a decoder that is not installed "
-            "(pip install 'cxrlab[dicom]')",
+            path, f"transfer syntax {name} needs a decoder that is not installed: {_install_hint(uid)}"
         )
+    return decoder
 
 
-def _decoder_reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{exc.__class__.__name__}: {text[:160]}" if text else exc.__class__.__name__
+def _decode_failure(decoder: Any, exc: BaseException) -> str:
+    """One complete line: the syntax, each decoder's own reason, and what to install (or: damaged)."""
+    uid = str(decoder.UID)
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    if lines and lines[0].startswith("Unable to decode as exceptions were raised by all available plugins"):
+        why = "; ".join(lines[1:]) or lines[0]  # pydicom lists one 'plugin: reason' line per decoder
+    else:
+        why = f"{exc.__class__.__name__}: {' '.join(lines)}" if lines else exc.__class__.__name__
+    text = f"{_syntax_name(uid)} pixel data cannot be decoded ({why})"
+    hint = _install_hint(uid) if decoder.UID.is_encapsulated else ""
+    if hint:
+        return f"{text}; another decoder may read it: {hint}"
+    return f"{text}; the pixel data or its header is probably damaged"
 
 
 def _sop_name(ds: Any) -> str:
