@@ -34,7 +34,7 @@ need = ["cxrlab/assets/pneumoniamnist.npz", "cxrlab/pages/templates/run_report.h
         "cxrlab/pages/templates/base.html", "cxrlab/pages/templates/style.css",
         "cxrlab/deploy/templates/serve.html", "cxrlab/recipes/fast_pneumoniamnist.yaml",
         "cxrlab/reproduce/reports.yaml", "cxrlab/explain/assets/lungs.safetensors",
-        "cxrlab/explain/assets/lungs.json", "cxrlab/py.typed"]
+        "cxrlab/explain/assets/lungs.json", "cxrlab/py.typed", "cxrlab/reports/templates/model_card.md"]
 missing = [n for n in need if n not in names]
 if missing:
     sys.exit(f"check_wheel: the wheel lacks {', '.join(missing)} (pyproject.toml [tool.setuptools.package-data])")

@@ -188,6 +188,8 @@ RUN_ENTRIES: tuple[str, ...] = (
     "model.json",
     "status.json",
     "report.html",
+    "model_card.json",
+    "model_card.md",
     "checkpoints",
     "logs",
     "tensorboard",

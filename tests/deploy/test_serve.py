@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cxrlab.audit.severity import ranked
 from tests.conftest import DATA, run_cli
 from tests.trust.conftest import one_line_error
 
@@ -153,9 +154,10 @@ def test_predict_model_health_and_docs(servers, small_run, test_images, referenc
     assert model["operating_point"]["threshold"] == meta["operating_point"]["threshold"]
     assert model["metrics"]["auc"]["value"] == pytest.approx(metrics["test"]["auc"])
     assert model["metrics"]["auc"]["ci95"] == pytest.approx(metrics["test"]["auc_ci95"])
-    assert model["warnings"]["audit"] == metrics["audit"]["warnings"]
+    # the run folder's model card (cxrlab.reports.model_card): audit warnings each once, most severe first
+    assert model["warnings"]["audit"] == [w["text"] for w in ranked(metrics["audit"]["warnings"])]
     assert model["warnings"]["lung_attention"] == metrics["lung_attention"]["warnings"]
-    assert any("Not validated on any external dataset" in s for s in model["limitations"])
+    assert any("Not validated on any external dataset" in x["text"] for x in model["limitations"])
 
     assert open_.get("/healthz")[1]["status"] == "ok"
     status, docs, _ = open_.get("/docs")

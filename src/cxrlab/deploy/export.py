@@ -7,8 +7,10 @@ the network and turned into calibrated probabilities ``(N, K)`` (the saved tempe
 a multi-label run: one sigmoid per finding, with its threshold per finding). The contract — input size,
 channels, mean/std, resize rule, class names, operating threshold, temperature, cxrlab version, run id —
 travels inside the file: ONNX ``metadata_props`` (one ``cxrlab`` JSON entry plus flat keys) or a TorchScript
-extra file ``cxrlab.json``. Before the file is written, a parity check runs the export
-on 32 real test images of the run and compares its probabilities with cxrlab's own inference.
+extra file ``cxrlab.json``; so does the run's model card (:mod:`cxrlab.reports.model_card`: ONNX key
+``model_card``, TorchScript extra file ``model_card.json``; :func:`read_model_card` reads it back).
+Before the file is written, a parity check runs the export on 32 real test images of the run and compares
+its probabilities with cxrlab's own inference.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from cxrlab.errors import CxrError
 from cxrlab.evaluation.evaluate import logits_to_probs, predict_images
 from cxrlab.evaluation.inference import LoadedRun, image_run, sample_test_images
 from cxrlab.models.tta import with_tta
+from cxrlab.reports.model_card import card_for
 from cxrlab.runs import atomic_write
 
 FORMATS = ("onnx", "torchscript")
@@ -42,6 +45,8 @@ FORMATS = ("onnx", "torchscript")
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 32
 EXTRA_FILE = "cxrlab.json"
+#: The run's model card (:mod:`cxrlab.reports.model_card`): ONNX metadata key / TorchScript extra file.
+CARD_KEY, CARD_FILE = "model_card", "model_card.json"
 CONTRACT_VERSION = "cxrlab-export/1"
 
 
@@ -179,7 +184,9 @@ def require_onnx() -> None:
         require(module, "export", "ONNX export (--format onnx)")
 
 
-def _onnx_bytes(module: Exported, size: int, info: dict[str, Any]) -> bytes:
+def _onnx_bytes(
+    module: Exported, size: int, info: dict[str, Any], card: dict[str, Any] | None = None
+) -> bytes:
     onnx = require("onnx", "export", "ONNX export (--format onnx)")
 
     dummy = torch.rand(2, 1, size, size)
@@ -217,17 +224,25 @@ def _onnx_bytes(module: Exported, size: int, info: dict[str, Any]) -> bytes:
     for key, value in _flat(info).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    if card:  # the model card travels with the model (one JSON entry)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = CARD_KEY, json.dumps(card, sort_keys=True)
     proto.producer_name = "cxrlab"
     proto.producer_version = __version__
     proto.doc_string = f"cxrlab {info['model']} from run {info['run_id']}: grey [0,1] images -> probabilities"
     return proto.SerializeToString()
 
 
-def _torchscript_bytes(module: Exported, size: int, info: dict[str, Any]) -> bytes:
+def _torchscript_bytes(
+    module: Exported, size: int, info: dict[str, Any], card: dict[str, Any] | None = None
+) -> bytes:
     buf = io.BytesIO()
+    extra = {EXTRA_FILE: json.dumps(info, sort_keys=True)}
+    if card:
+        extra[CARD_FILE] = json.dumps(card, sort_keys=True)
     with _quiet(), torch.inference_mode(False), torch.no_grad():
         traced = torch.jit.trace(module, torch.rand(2, 1, size, size))
-        torch.jit.save(traced, buf, _extra_files={EXTRA_FILE: json.dumps(info, sort_keys=True)})
+        torch.jit.save(traced, buf, _extra_files=extra)
     return buf.getvalue()
 
 
@@ -294,7 +309,8 @@ def export_run(
     module = Exported(loaded).eval()
     size = int(loaded.meta["image_size"])
     start = time.perf_counter()
-    data = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(module, size, info)
+    card = card_for(loaded.path)  # the run folder's model card (built now for a run older than cards)
+    data = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(module, size, info, card)
     export_s = time.perf_counter() - start
     check = parity(loaded, data, fmt)
     if not check["max_abs_diff"] <= tolerance:  # NaN fails too
@@ -308,16 +324,21 @@ def export_run(
             "bytes": len(data)}  # fmt: skip
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The cxrlab contract stored in an exported file (ONNX or TorchScript), without running the model."""
+def _stored(path: str | Path) -> dict[str, str]:
+    """The JSON entries cxrlab stored in an exported file: ONNX ``metadata_props``, or a TorchScript
+    archive's extra files (by name without ``.json``); one line when it is neither."""
     path = Path(path)
     try:
         if zipfile.is_zipfile(path):  # a TorchScript archive
             with zipfile.ZipFile(path) as archive:
-                name = next((n for n in archive.namelist() if n.endswith(f"/extra/{EXTRA_FILE}")), None)
-                if name is None:
+                out = {}
+                for n in archive.namelist():
+                    for key, name in (("cxrlab", EXTRA_FILE), (CARD_KEY, CARD_FILE)):
+                        if n.endswith(f"/extra/{name}"):
+                            out[key] = archive.read(n).decode("utf-8")
+                if "cxrlab" not in out:
                     raise CxrError(f"{path} is a TorchScript file without cxrlab metadata")
-                return json.loads(archive.read(name))
+                return out
         onnx = require("onnx", "export", "reading an ONNX file")
         proto = onnx.load(str(path), load_external_data=False)
     except CxrError:
@@ -327,4 +348,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     props = {p.key: p.value for p in proto.metadata_props}
     if "cxrlab" not in props:
         raise CxrError(f"{path} is an ONNX file without cxrlab metadata")
-    return json.loads(props["cxrlab"])
+    return props
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The cxrlab contract stored in an exported file (ONNX or TorchScript), without running the model."""
+    return json.loads(_stored(path)["cxrlab"])
+
+
+def read_model_card(path: str | Path) -> dict[str, Any]:
+    """The run's model card stored in an exported file (``model_card.json`` of the run at export time)."""
+    stored = _stored(path)
+    if CARD_KEY not in stored:
+        raise CxrError(f"{path} carries no model card (exported before cxrlab wrote cards): export it again")
+    return json.loads(stored[CARD_KEY])

@@ -31,7 +31,6 @@ import base64
 import contextlib
 import hmac
 import io
-import json
 import math
 import os
 import secrets
@@ -54,18 +53,13 @@ from cxrlab._optional import require
 from cxrlab.deploy.export import contract, run_id
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.inference import LoadedRun, image_run
-from cxrlab.metrics import read_metrics, table_rows
+from cxrlab.reports.model_card import DISCLAIMER, card_for
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 TOKEN_ENV = "CXRLAB_SERVE_TOKEN"
 #: Multipart framing (boundaries, part headers) allowed on top of the upload limit.
 FRAMING_BYTES = 64 * 1024
 HEATMAP_NOTE = "not requested: add ?heatmap=true for a Grad-CAM overlay and the lung-attention share"
-DISCLAIMER = (
-    "A research model trained with cxrlab. It is not a medical device and must not be used for diagnosis; "
-    "its numbers hold only for images like its training data."
-)
-
 #: Leading bytes of the image formats cxrlab decodes (DICOM: "DICM" at offset 128).
 _SIGNATURES = (
     b"\x89PNG\r\n\x1a\n",
@@ -218,62 +212,14 @@ def _settle(future: asyncio.Future, result: Any) -> None:
 
 
 def model_card(loaded: LoadedRun, rid: str) -> dict[str, Any]:
-    """What ``GET /v1/model`` returns: contract, headline metrics with CIs, known warnings and limitations."""
-    info = contract(loaded, rid)
-    metrics: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError, CxrError):
-        metrics = read_metrics(loaded.path / "metrics.json")
-    test = metrics.get("test") or {}
-    headline: dict[str, Any] = {"n": test.get("n"), "split": "the run's own test split"}
-    task = "multi" if metrics.get("multilabel") else "single"
-    for row in table_rows(test, task, binary=len(metrics.get("classes") or []) == 2):
-        headline[row["name"]] = {"label": row["label"], "value": row["value"], "ci95": _pair(row["ci95"])}
-    op = test.get("operating_point") or {}
-    if test.get("decision") == "threshold":  # every decision metric above is at the served threshold
-        rule = f"{op.get('positive_class')} when P >= {op.get('threshold')}"
-        headline["decision"] = f"{rule} ({op.get('method')})"
-    headline["warnings"] = list(metrics.get("warnings") or [])  # e.g. a model that predicts one class
-    audit = list((metrics.get("audit") or {}).get("warnings") or [])
-    external = []
-    for file in sorted(loaded.path.glob("*/external.json")):
-        with contextlib.suppress(OSError, ValueError):
-            ext = json.loads(file.read_text(encoding="utf-8"))
-            src = (ext.get("external") or {}).get("source", file.parent.name)
-            external += [f"external validation on {src}: {s}" for s in ext.get("summary") or []]
-    limitations = [DISCLAIMER]
-    if not external:
-        limitations.append(
-            "Not validated on any external dataset (`cxr evaluate RUN --data OTHER`): its accuracy on images "
-            "from other hospitals, scanners or populations is unknown."
-        )
-    source = (metrics.get("data") or {}).get("source")
-    if source:
-        limitations.append(f"Trained and tested on {source} only ({test.get('n', '?')} test images).")
-    return {
-        **info,
-        "metrics": headline,
-        "warnings": {
-            "audit": audit,
-            # the run's lung-attention score (cxrlab.explain.report): a class whose heatmaps miss the lungs
-            "lung_attention": list((metrics.get("lung_attention") or {}).get("warnings") or []),
-            "external_validation": external,
-        },
-        "limitations": limitations,
-    }
-
-
-def _num(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if out == out else None
-
-
-def _pair(values: Any) -> list[float | None] | None:
-    if not values:
-        return None
-    return [_num(v) for v in values]
+    """What ``GET /v1/model`` returns: the preprocessing and decision contract, then the run folder's model
+    card (:mod:`cxrlab.reports.model_card`: intended use, training data and its ranked audit warnings,
+    metrics with CIs, external validations, lung attention, the OOD guard, subgroups, ranked limitations;
+    built now for a run trained before cards existed). ``create_app`` adds the server's ``heatmaps``."""
+    card: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError, CxrError):  # an unreadable card: the contract is served
+        card = card_for(loaded.path)
+    return {**card, **contract(loaded, rid)}
 
 
 MAX_UPLOAD_MB = 10_240

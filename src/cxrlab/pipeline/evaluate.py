@@ -124,6 +124,7 @@ def evaluate_run(
     internal = read_metrics(own) if own.is_file() else None
     if data is not None and internal is not None:
         write_external(target, loaded, internal, result)
+        _refresh_card(loaded.path, target / "external.json")
     return result
 
 
@@ -148,6 +149,18 @@ def _subgroup_data(loaded: Any, prepared: Any, data: str | None) -> Any:
     cfg = loaded.cfg
     csv = cfg.data.patient_csv if data is None else None
     return subgroup_data(cfg.eval, prepared.index, prepared.paths["test"], csv, cfg.data.file_column)
+
+
+def _refresh_card(run: Path, external: Path) -> None:
+    """The run's model card rewritten with the external validation just written (also when ``--out`` put
+    it outside the run folder: the card records where). A run folder that cannot be written keeps its old
+    card, with a warning line."""
+    from cxrlab.reports.model_card import write_card
+
+    try:
+        write_card(run, [external])
+    except OSError as exc:
+        _warn(f"warning: {run}/model_card.json not updated with this external validation ({exc})")
 
 
 def _warn(line: str) -> None:

@@ -342,6 +342,7 @@ def _run(
 
         log_test_metrics(out / "tensorboard", metrics["test"], trained.epochs_done)
     _write_results(out, cfg, metrics, clock)
+    _write_card(out)
     write_status(out, "finished", epochs_done=trained.epochs_done)
     return metrics
 
@@ -360,6 +361,17 @@ def _write_results(out: Path, cfg: RunConfig, metrics: dict[str, Any], clock: St
     metrics["timing"].update(clock.timing())
     write_metrics(out / "metrics.json", metrics)
     write_run_report(out, cfg, metrics)
+
+
+def _write_card(out: Path) -> None:
+    """model_card.md and model_card.json from what the run folder now holds
+    (:mod:`cxrlab.reports.model_card`); a card that cannot be written is a warning line, never a lost run."""
+    from cxrlab.reports.model_card import write_card
+
+    try:
+        write_card(out)
+    except Exception as exc:  # noqa: BLE001 - the run is trained, scored and reported
+        print(f"warning: no model card ({exc.__class__.__name__}: {exc})", file=sys.stderr)
 
 
 def _print_warnings(warnings: list[str]) -> None:
