@@ -147,6 +147,8 @@ def test_cli_audit_finds_planted_leakage_and_shortcut(planted, tmp_path):
     assert meta["accuracy"] >= 0.95 and meta["chance"] < 0.6 and meta["balanced_accuracy"] >= 0.95
     assert {s["property"] for s in meta["signal"][:4]} >= {"format", "width"}
     assert 0 <= image["accuracy"] <= 1 and "train_to_test" in image
+    # Kermany names its patients (personN_): the baselines' CIs resample patients, as the model's metrics do
+    assert meta["ci_unit"] == image["ci_unit"] == image["train_to_test"]["ci_unit"] == "patient"
     text = " ".join(a["warnings"])
     for phrase in ("acquisition properties alone", "exact copies", "near duplicates", "1 patient(s)"):
         assert phrase in text, phrase

@@ -50,11 +50,15 @@ def cross_validated(make: Callable[[], Any], X: np.ndarray, y: np.ndarray, folds
         return cross_val_predict(make(), X, y, cv=folds)
 
 
-def _scores(y: np.ndarray, pred: np.ndarray, k: int, seed: int) -> dict[str, Any]:
+def _scores(
+    y: np.ndarray, pred: np.ndarray, k: int, seed: int, groups: list[str] | None = None
+) -> dict[str, Any]:
+    """Accuracy and balanced accuracy with 95% CIs, patients resampled when ``groups`` names them."""
     one_hot = np.eye(k)[pred]
-    ci = bootstrap_ci(y, one_hot, pred, BOOTSTRAP, seed)
+    ci = bootstrap_ci(y, one_hot, pred, BOOTSTRAP, seed, groups)
     return {
         "n": int(len(y)),
+        "ci_unit": "patient" if groups is not None else "image",
         "accuracy": float(np.mean(pred == y)),
         "accuracy_ci95": ci.get("accuracy"),
         "balanced_accuracy": balanced_accuracy(y, pred, k),
@@ -81,19 +85,25 @@ def _evaluate(
     splits: np.ndarray,
     k: int,
     seed: int,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Cross-validated scores, chance, p-value, and train(+val) → test scores when there is a test split."""
+    """Cross-validated scores, chance, p-value, and train(+val) → test scores when there is a test split;
+    CIs resample the patients ``groups`` names (None: images)."""
     if folds is None:
         return {"skipped": "too few images per class (or patients) for cross-validation"}
     pred = cross_validated(make, X, y, folds)
-    out: dict[str, Any] = {**_scores(y, pred, k, seed), **_chance(y, k), "folds": len(folds)}
+    out: dict[str, Any] = {**_scores(y, pred, k, seed, groups), **_chance(y, k), "folds": len(folds)}
     out["p_value"] = _p_value(y, pred, out["chance"])
     test = splits == "test"
     if test.any() and (~test).any() and len(np.unique(y[~test])) == k:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = make().fit(X[~test], y[~test])
-        out["train_to_test"] = {**_scores(y[test], model.predict(X[test]), k, seed), **_chance(y[test], k)}
+        test_groups = None if groups is None else [g for g, t in zip(groups, test, strict=True) if t]
+        out["train_to_test"] = {
+            **_scores(y[test], model.predict(X[test]), k, seed, test_groups),
+            **_chance(y[test], k),
+        }
     return out
 
 
@@ -133,16 +143,22 @@ def _tree(seed: int) -> Callable[[], Any]:
 
 
 def metadata_baseline(
-    props: list[dict[str, Any]], y: np.ndarray, folds: Folds | None, splits: np.ndarray, k: int, seed: int = 0
+    props: list[dict[str, Any]],
+    y: np.ndarray,
+    folds: Folds | None,
+    splits: np.ndarray,
+    k: int,
+    seed: int = 0,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """A classifier that sees only acquisition properties, never pixels; and which properties
-    carry the signal."""
+    carry the signal. ``groups``: each image's patient (CIs resample patients)."""
     keys = property_keys(props)  # type: ignore[arg-type]
     X, names = metadata_matrix(props, keys)
     out = {
         "model": "random forest (50 trees) on acquisition properties only",
         "features": list(keys),
-        **_evaluate(_forest(seed), X, y, folds, splits, k, seed),
+        **_evaluate(_forest(seed), X, y, folds, splits, k, seed, groups),
     }
     if "skipped" in out:
         return out
@@ -171,9 +187,16 @@ def image_matrix(thumbs: np.ndarray) -> np.ndarray:
 
 
 def image_baseline(
-    thumbs: np.ndarray, y: np.ndarray, folds: Folds | None, splits: np.ndarray, k: int, seed: int = 0
+    thumbs: np.ndarray,
+    y: np.ndarray,
+    folds: Folds | None,
+    splits: np.ndarray,
+    k: int,
+    seed: int = 0,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A linear model on 8×8 thumbnails and intensity histograms (ridge: closed form, fast)."""
+    """A linear model on 8×8 thumbnails and intensity histograms (ridge: closed form, fast); ``groups``:
+    each image's patient (CIs resample patients)."""
     from sklearn.linear_model import RidgeClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -183,5 +206,5 @@ def image_baseline(
 
     return {
         "model": "linear (ridge) classifier on 8x8 thumbnails + 16-bin intensity histogram",
-        **_evaluate(make, image_matrix(thumbs), y, folds, splits, k, seed),
+        **_evaluate(make, image_matrix(thumbs), y, folds, splits, k, seed, groups),
     }

@@ -254,12 +254,14 @@ def _audit(
     groups = np.array([pid if pid is not None else f"image:{i}" for i, pid in enumerate(ids)])
     splits = np.array(items.splits)
     folds = make_folds(items.labels, groups, seed)
+    # the baselines' CIs resample patients where the data names them, as the model's metrics do
+    ci_groups = groups.tolist() if any(pid is not None for pid in ids) else None
     if thumbs is not None and len(thumbs):
         phashes = perceptual_hashes(thumbs)
         duplicates = find_duplicates(
             items.paths, items.splits, items.labels.tolist(), classes, hashes, phashes, max_distance
         )
-        image = image_baseline(thumbs, items.labels, folds, splits, k, seed)
+        image = image_baseline(thumbs, items.labels, folds, splits, k, seed, ci_groups)
     else:
         duplicates = find_duplicates(
             items.paths,
@@ -273,7 +275,7 @@ def _audit(
         duplicates["method"]["near"] = "not checked (no decoded images)"
         image = {"skipped": "no decoded images"}
     if props is not None and props:
-        metadata = metadata_baseline(props, items.labels, folds, splits, k, seed)
+        metadata = metadata_baseline(props, items.labels, folds, splits, k, seed, ci_groups)
         properties = per_class_summary(props, items.labels, classes)
     else:
         reason = (
