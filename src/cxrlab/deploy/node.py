@@ -6,7 +6,8 @@ Images come in two ways (either or both):
   titles in ``--allow`` (any other is rejected, and logged); the called AE title must be ``--ae-title``. A
   C-STORE whose object cannot be decoded as a radiograph by cxrlab's own reader (no pixel data, a damaged
   file, a multi-frame or non-image object) is answered with failure status 0xC000 and an error comment,
-  logged in one line, and the node keeps serving.
+  logged in one line, and the node keeps serving. The SR and heatmap a cxrlab node made (a whole study
+  sent back) are accepted and skipped.
 - **watch** (``--watch URL``): a DICOMweb client (dicomweb-client) that lists the server's instances every
   ``--poll`` seconds (QIDO-RS), keeps those of ``--modalities`` not seen before (``seen.txt``) and fetches
   each as stored (WADO-RS, ``transfer-syntax=*``).
@@ -54,6 +55,7 @@ from cxrlab.errors import ConfigError, CxrError
 from cxrlab.evaluation.inference import LoadedRun, iter_predictions
 
 LOGGER = "cxrlab.node"
+MANUFACTURER = "cxrlab"  # the SR's and heatmap's Manufacturer: how a node knows its own outputs
 FAILURE = 0xC000  # C-STORE "Error: cannot understand" (PS3.4 Annex B.2.3)
 log = logging.getLogger(LOGGER)
 
@@ -92,6 +94,19 @@ class NodeOptions:
     backoff_s: float = 2.0
     once: bool = False
 
+    def __post_init__(self) -> None:
+        """Contradictory or missing options: one line, before any model is loaded."""
+        if self.port is None and not self.watch:
+            raise ConfigError("cxr node needs --port (receive C-STORE), --watch URL (poll DICOMweb) or both")
+        if self.port is not None and not self.allow:
+            raise ConfigError("--port receives images only from the AE titles in --allow AE1,AE2; give them")
+        if self.pacs is None and not self.watch:
+            raise ConfigError("results go to --pacs HOST:PORT:AET (C-STORE) or the --watch server (STOW-RS)")
+        if self.once and not self.watch:
+            raise ConfigError("--once polls --watch once and exits; it needs --watch URL")
+        if self.retries < 0 or self.backoff_s < 0 or self.poll_s <= 0:
+            raise ConfigError("--retries and --backoff must be >= 0 and --poll > 0")
+
 
 @dataclass
 class _Job:
@@ -119,18 +134,10 @@ class Node:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        if self.opts.port is None and not self.opts.watch:
-            raise ConfigError("cxr node needs --port (receive C-STORE), --watch URL (poll DICOMweb) or both")
-        if self.opts.port is not None and not self.opts.allow:
-            raise ConfigError("--port receives images only from the AE titles in --allow AE1,AE2; give them")
-        if self.opts.pacs is None and not self.opts.watch:
-            raise ConfigError("results go to --pacs HOST:PORT:AET (C-STORE) or the --watch server (STOW-RS)")
-        if self.opts.once and not self.opts.watch:
-            raise ConfigError("--once polls --watch once and exits; it needs --watch URL")
         self.opts.out.mkdir(parents=True, exist_ok=True)
         self.version = run_id(self.loaded)
         self.model = str(self.loaded.meta.get("model", self.loaded.cfg.model.name))
-        self.manufacturer = "cxrlab"
+        self.manufacturer = MANUFACTURER
         seen_file = self.opts.out / "seen.txt"
         if seen_file.is_file():
             self.seen.update(line.strip() for line in seen_file.read_text().splitlines() if line.strip())
@@ -209,6 +216,11 @@ class Node:
         sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "?")
         try:
             data = event.encoded_dataset()
+            if _made_here(event.dataset):  # a whole study pushed back, with this node's SR and heatmap
+                log.info(
+                    "C-STORE of %s from %s: an SR/heatmap cxrlab made, accepted and skipped", sop, calling
+                )
+                return 0x0000
             size, resize = int(self.loaded.meta["image_size"]), self.loaded.meta.get("resize", "squash")
             self._decode(data, size, resize)
         except Exception as exc:  # noqa: BLE001 - a network peer can send anything: a status, one line
@@ -236,7 +248,9 @@ class Node:
     def _client(self) -> Any:
         api = require("dicomweb_client.api", "pacs", "cxr node")
         logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
-        return api.DICOMwebClient(url=self.opts.watch)
+        client = api.DICOMwebClient(url=self.opts.watch)
+        client.set_http_retry_params(retry=False)  # the node's own retries (--retries, --backoff) only
+        return client
 
     def poll_once(self) -> list[tuple[str, str, str]]:
         """List the server's instances (QIDO-RS, paged) and queue those of ``--modalities`` not seen yet;
@@ -281,7 +295,7 @@ class Node:
         if data is None:
             assert job.uids is not None
             try:
-                data = self._retry(f"WADO-RS fetch of instance {job.uids[2]}", lambda: self._fetch(job.uids))
+                data = self._retry(f"WADO-RS fetch of {job.uids[2]}", lambda: self._fetch(job.uids))
             except DeliveryError as exc:
                 return self._failed(job, "fetch", str(exc))
         with warnings.catch_warnings():
@@ -314,9 +328,7 @@ class Node:
         )  # fmt: skip
         outputs = [sr] if sc is None else [sr, sc]
         try:
-            where = self._retry(
-                f"storing the results of instance {ids['instance']}", lambda: self._store(outputs)
-            )
+            where = self._retry(f"storing the results of {ids['instance']}", lambda: self._store(outputs))
         except DeliveryError as exc:
             return self._failed(job, "store", str(exc), ids)
         record = {
@@ -402,8 +414,10 @@ class Node:
         self._append("failures.jsonl", record)
         if ids.get("instance"):
             self._mark_seen(ids["instance"])  # reported, not retried at every poll; see docs/serving.md
-        log.error("FAILED (%s) instance %s from %s: %s; listed in %s", stage, ids.get("instance", "?"),
-                  job.origin, why, self.opts.out / "failures.jsonl")  # fmt: skip
+        what = why if ids.get("instance", "?") in why else f"instance {ids.get('instance', '?')}: {why}"
+        log.error(
+            "FAILED (%s) from %s: %s; listed in %s", stage, job.origin, what, self.opts.out / "failures.jsonl"
+        )
         return None
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
@@ -454,6 +468,13 @@ def setup_logging(out: Path, echo: Callable[[str], None] | None = None) -> Path:
     return path
 
 
+def _made_here(ds: Any) -> bool:
+    """Whether ``ds`` is an SR or heatmap written by a cxrlab node (its Manufacturer and series)."""
+    return str(ds.get("Manufacturer", "")) == MANUFACTURER and str(
+        ds.get("SeriesDescription", "")
+    ).startswith("cxrlab ")
+
+
 def _value(item: dict[str, Any], tag: str) -> str:
     values = (item.get(tag) or {}).get("Value") or [""]
     return str(values[0]).strip()
@@ -464,8 +485,14 @@ def _ae(title: Any) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    """An exception as one short line (its class name when it says nothing)."""
+    """An exception as one short line: ``HTTP 404 Not Found``, the socket error (``[Errno 111] Connection
+    refused``), else its text (its class name when it has none)."""
+    response = getattr(exc, "response", None)
+    if getattr(response, "status_code", None) is not None:
+        return f"HTTP {response.status_code} {getattr(response, 'reason', '') or ''}".strip()
     text = " ".join(str(exc).split())
+    if "[Errno" in text:
+        text = text[text.index("[Errno") :].split(")")[0].rstrip("'\"")
     return (text or exc.__class__.__name__)[:300]
 
 
