@@ -199,6 +199,10 @@ def collect(
             continue
         if any(a.name == attr.name for a in attributes):
             continue
+        label = table.roles.get("label") if table is not None else None
+        if label and attr.source == f"column {label!r} of {Path(table.file).name}":
+            notes.append(f"{attr.name} ({attr.source}) is the label the model predicts: not a subgroup")
+            continue
         levels = attr.levels()
         left = attr.blank + sum(attr.unparsed.values())
         if left:

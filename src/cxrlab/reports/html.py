@@ -157,6 +157,7 @@ def eval_report_context(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
         "data": result["data"],
         "multilabel": bool(result.get("multilabel")),
         "thresholds": result.get("thresholds"),
+        "subgroups": subgroup_context(folder, result),
         **attention_context(folder, result),
         **timing_context(result.get("timing") or {}),  # absent in older evaluations
     }
