@@ -170,6 +170,25 @@ def test_12_bit_values_in_16_bits_keep_their_contrast(tmp_path, base):
     assert len(np.unique(out)) >= min(200, len(np.unique(base)) - 5) and _corr(out, base) > 0.99
 
 
+def test_histogram_percentiles_equal_numpys():
+    """The fast window (a histogram of the stored integers, through the rescale) is np.percentile's."""
+    from pydicom.pixels import apply_modality_lut
+
+    from cxrlab.data.dicom import _integer_window, stored_window
+
+    rng = np.random.default_rng(3)
+    for dtype, slope, intercept in ((np.uint16, 1, 0), (np.int16, 2.5, -1024), (np.uint16, -0.5, 100)):
+        info = np.iinfo(dtype)
+        arr = rng.integers(max(info.min, -3000), min(info.max, 3000), (97, 89)).astype(dtype)
+        arr[:3] = arr.max()  # a saturated band, as detectors give
+        ds = Dataset()
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelRepresentation, ds.BitsStored = int(dtype == np.int16), 16
+        fast = _integer_window(arr, ds)
+        assert fast is not None
+        assert np.allclose(fast, stored_window(apply_modality_lut(arr, ds)), rtol=0, atol=1e-6)
+
+
 def test_8_bit_keeps_its_stored_values(tmp_path, base):
     """8 bits stored, no VOI: the stored values are the image (no percentile stretch)."""
     dim = (base // 2).astype(np.uint8)  # a dim 8-bit image stays dim

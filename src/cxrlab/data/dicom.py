@@ -339,13 +339,13 @@ def to_uint8(
             if plain and arr.dtype == np.uint8 and (lo, hi) == (0.0, 255.0):
                 out = arr.copy()  # 8 bits stored, identity rescale, no VOI: the stored values are the image
                 return 255 - out if photometric == "MONOCHROME1" else out
-            values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+            values = np.asarray(apply_modality_lut(arr, ds))  # float64 when rescaled
             if voi != "none":
                 values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
                 if voi == "lut":
                     lo, hi = 0.0, float(2 ** _lut_bits(ds.VOILUTSequence[0]) - 1)
             elif bits > 8:
-                lo, hi = stored_window(values)
+                lo, hi = _integer_window(arr, ds) or stored_window(values)
         except DicomError:
             raise
         except Exception as exc:  # noqa: BLE001 - malformed LUTs or windows: one line
@@ -373,6 +373,37 @@ def stored_window(values: np.ndarray) -> tuple[float, float]:
     return lo, hi
 
 
+def _integer_window(arr: np.ndarray, ds: Any) -> tuple[float, float] | None:
+    """:func:`stored_window` of the Modality-LUT output, computed from a histogram of the stored integers
+    (``np.percentile``'s linear interpolation, exactly; ~7x faster on a 2048² 12-bit image) and mapped
+    through the rescale, which is affine. None where that does not hold (a Modality LUT Sequence, float
+    or very wide data): then the caller sorts."""
+    from pydicom.pixels import apply_modality_lut
+
+    if arr.dtype.kind not in "iu" or ds.get("ModalityLUTSequence") or arr.size == 0:
+        return None
+    low, high = int(arr.min()), int(arr.max())
+    if high - low > 1 << 20:
+        return None
+    flat = arr.ravel()
+    counts = np.bincount(
+        flat - np.asarray(low, dtype=flat.dtype) if low >= 0 else flat.astype(np.int64) - low
+    )
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+    found = []
+    for q in PERCENTILES:
+        h = (n - 1) * q / 100.0
+        f = int(np.floor(h))
+        below, above = np.searchsorted(cum, [f, min(f + 1, n - 1)], side="right")
+        found.append(low + float(below) + (h - f) * float(above - below))
+    if found[1] <= found[0]:
+        found = [float(low), float(high)]
+    mapped = np.asarray(apply_modality_lut(np.asarray(found, dtype=np.float64), ds), dtype=np.float64)
+    lo, hi = sorted(float(v) for v in mapped)
+    return lo, hi
+
+
 def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """``lo … hi`` linearly onto 0–255, clipped, rounded half up; all zeros when ``hi == lo``."""
     if hi < lo:
@@ -381,7 +412,12 @@ def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
         lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
         if hi <= lo:
             return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values - lo) * (255.0 / (hi - lo))
+    if max(abs(lo), abs(hi)) < 2**24:
+        # float32 is exact for the integers of <= 24-bit data and 6x faster here than float64
+        values = values.astype(np.float32, copy=False)
+        scaled = (values - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    else:
+        scaled = (values.astype(np.float64, copy=False) - lo) * (255.0 / (hi - lo))
     np.clip(scaled, 0, 255, out=scaled)
     return (scaled + 0.5).astype(np.uint8)  # round half up; values are finite (integers through LUTs)
 
