@@ -19,7 +19,7 @@ from cxrlab._optional import MissingDependencyError, message, require
 from cxrlab.errors import CxrError
 
 BLOCKED = ["fastapi", "starlette", "uvicorn", "python_multipart", "onnx", "onnxruntime", "onnxscript",
-           "optuna", "pytorch_grad_cam", "pydicom", "torchxrayvision", "timm"]  # fmt: skip
+           "optuna", "pytorch_grad_cam", "pydicom", "torchxrayvision", "timm", "pynetdicom"]  # fmt: skip
 
 CHILD = r"""
 import contextlib, io, json, sys
@@ -54,6 +54,7 @@ def blocked_runs(tmp_path_factory):
         ["serve", str(tmp / "no-run")],
         ["export", str(tmp / "no-run"), "--format", "onnx", "--out", str(tmp / "m.onnx")],
         ["sweep", "--config", str(recipe), "--param", "lr=1e-3,1e-4", "--out", str(tmp / "sweep")],
+        ["node", str(tmp / "no-run"), "--out", str(tmp / "node"), "--watch", "http://127.0.0.1:9/dicom-web"],
     ]
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(BLOCKED), json.dumps(commands)],
@@ -66,7 +67,8 @@ def blocked_runs(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("command", "extra", "dist"),
-    [("serve", "serve", "fastapi"), ("export", "export", "onnx"), ("sweep", "sweep", "optuna")],
+    [("serve", "serve", "fastapi"), ("export", "export", "onnx"), ("sweep", "sweep", "optuna"),
+     ("node", "pacs", "pynetdicom")],  # fmt: skip
 )
 def test_a_command_without_its_extra_says_in_one_line_what_to_install(blocked_runs, command, extra, dist):
     result = blocked_runs[command]

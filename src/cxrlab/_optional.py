@@ -40,6 +40,9 @@ EXTRAS: dict[str, str] = {
     "timm": "timm",
     "psycopg2": "postgres",
     "fairlearn": "fairness",
+    "pynetdicom": "pacs",
+    "highdicom": "pacs",
+    "dicomweb_client": "pacs",
 }
 
 #: The distribution (what ``pip install`` takes) where it differs from the import name.
@@ -50,6 +53,7 @@ DISTRIBUTIONS: dict[str, str] = {
     "multipart": "python-multipart",
     "openjpeg": "pylibjpeg-openjpeg",
     "psycopg2": "psycopg2-binary",
+    "dicomweb_client": "dicomweb-client",
 }
 
 
