@@ -433,3 +433,15 @@ def test_label_file_pointing_at_dicoms(dicom_data, tmp_path):
     assert index.layout == "labels" and len(index.samples) == 26 and len(index.dicom) == 26
     assert all(s.group.startswith("pid-") for s in index.samples)  # no patient column: the header's id
     assert load_gray(index.samples[0].path, 32).shape == (32, 32)
+
+
+def test_cache_key_of_a_dicom_follows_the_decode_version(dicom_dir, tmp_path, monkeypatch):
+    """A new DICOM pixel pipeline re-decodes DICOMs (never serves the old decode); other images keep keys."""
+    from cxrlab.data import cache
+
+    png = tmp_path / "x.png"
+    png.write_bytes(b"\x89PNG")
+    before = cache.file_key(str(dicom_dir / SIIM), 64, "squash"), cache.file_key(str(png), 64, "squash")
+    monkeypatch.setattr(cache, "DICOM_DECODE_VERSION", "test")
+    after = cache.file_key(str(dicom_dir / SIIM), 64, "squash"), cache.file_key(str(png), 64, "squash")
+    assert before[0] != after[0] and before[1] == after[1]

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlab.data.dicom import DECODE_VERSION as DICOM_DECODE_VERSION
+from cxrlab.data.dicom import is_dicom
 from cxrlab.data.images import ImageReadError, load_gray
 
 CACHE_VERSION = "1"
@@ -60,6 +62,8 @@ def file_key(path: str, size: int, resize: str) -> str:
     """Cache key of one decoded image: file identity + target geometry."""
     st = os.stat(path)
     ident = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{size}|{resize}|v{CACHE_VERSION}"
+    if is_dicom(path):  # a change of the DICOM pixel pipeline re-decodes DICOMs only
+        ident += f"|dicom{DICOM_DECODE_VERSION}"
     return hashlib.sha1(ident.encode()).hexdigest()
 
 

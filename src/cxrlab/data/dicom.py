@@ -66,6 +66,11 @@ ATTRIBUTES = {
     "PixelSpacing": "pixel_spacing",
 }
 
+#: Version of the pixel pipeline below: part of the cache key of every DICOM file (cxrlab.data.cache), so
+#: a change of how DICOMs decode never serves images decoded the old way. 2: issue 28 (colour, palette,
+#: percentile window for > 8-bit data without VOI).
+DECODE_VERSION = "2"
+
 #: ``data.dicom_patient_ids`` choices.
 PATIENT_ID_MODES = ("hashed", "raw")
 
