@@ -193,6 +193,35 @@ def compare_lung_attention(internal: dict[str, Any], external: dict[str, Any]) -
     }
 
 
+SUBGROUP_METRICS = ("auc", "sensitivity", "specificity", "underdiagnosis_rate")
+
+
+def compare_subgroups(internal: dict[str, Any], external: dict[str, Any]) -> dict[str, Any]:
+    """Per subgroup (``subgroups`` of both metrics.json, cxrlab.evaluation.subgroups): each metric inside
+    and outside with its CI and the drop (internal − external); groups computed on one side only named."""
+    a, b = internal.get("subgroups") or {}, external.get("subgroups") or {}
+    if not a.get("groups") and not b.get("groups"):
+        why = a.get("skipped") or b.get("skipped") or "no subgroup was computed on either side"
+        return {"rows": [], "note": why}
+    inside = {(g["attribute"], g["group"]): g for g in a.get("groups", [])}
+    outside = {(g["attribute"], g["group"]): g for g in b.get("groups", [])}
+    rows = []
+    for key in [k for k in inside if k in outside]:
+        i, e = inside[key], outside[key]
+        for metric in SUBGROUP_METRICS:
+            row = _row(metric, metric.replace("_", " "), i, e)
+            if row["internal"] is None and row["external"] is None:
+                continue
+            label = f"{key[0]} {key[1]}: {row['metric']}"
+            n = {"n_internal": i["n_images"], "n_external": e["n_images"]}
+            rows.append({**row, "label": label, "attribute": key[0], "group": key[1], **n})
+    one_side = [f"{k[0]} {k[1]}" for k in inside if k not in outside] + [
+        f"{k[0]} {k[1]}" for k in outside if k not in inside
+    ]
+    note = f"computed on one side only: {', '.join(one_side)}" if one_side else ""
+    return {"rows": rows, "note": note}
+
+
 def _pct(interval: Any) -> str:
     return f" (95% CI {interval[0]:.0%}-{interval[1]:.0%})" if interval else ""
 
@@ -230,6 +259,7 @@ def write_external(
         **cmp,
         "overlap_with_training": overlap,
         "lung_attention": lungs,
+        "subgroups": compare_subgroups(internal, external),
         "summary": sentences,
     }
     write_json(target / "external.json", result)
