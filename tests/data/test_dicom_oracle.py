@@ -200,6 +200,17 @@ def test_which_bundled_files_are_refused_and_why():
     assert all(refused[n].endswith("the pixel data or its header is probably damaged") for n in damaged)
 
 
+def test_bundled_files_without_pixel_data_are_refused_as_non_images():
+    """The other 14 of pydicom's 78 top-level files (SR, RT plans and structures, an ECG, bare datasets)."""
+    others = [p for p in sorted(BUNDLED.glob("*.dcm")) if p not in FILES]
+    assert len(others) >= 10
+    for path in others:
+        with pytest.raises(DicomError) as refused:
+            read_dicom(path)
+        assert refused.value.reason.startswith("no pixel data: a non-image DICOM object"), path.name
+        assert refused.value.reason.endswith("; give image files")
+
+
 def test_ct_keeps_its_grey_levels():
     """CT_small.dcm (16 bits stored, no VOI window): windowed on its own values, not on 0…65535."""
     path = BUNDLED / "CT_small.dcm"

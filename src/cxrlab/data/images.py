@@ -5,7 +5,7 @@ mode (L, RGB, RGBA, P with transparency, CMYK, LA) or EXIF orientation, becomes 
 ``(size, size)`` ``uint8`` array. Radiographs are grayscale: colour inputs (figure crops,
 screenshots) are converted with ITU-R 601 luma, so colour cannot become a shortcut.
 DICOM files (``.dcm``/``.dicom``, or no ending and the ``DICM`` marker) go through
-:mod:`cxrlab.data.dicom` (Modality LUT, VOI LUT/window, Bits Stored → 8 bits, MONOCHROME1 inverted).
+:mod:`cxrlab.data.dicom` (Modality LUT, VOI LUT/window or percentile window → 8 bits, MONOCHROME1 inverted).
 """
 
 from __future__ import annotations
