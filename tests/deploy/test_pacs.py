@@ -299,3 +299,39 @@ def test_node_options_are_checked_in_one_line(small_run, tmp_path, args, message
     proc = run_cli("node", str(small_run), "--out", str(tmp_path / "o"), "--no-heatmap", *args)
     assert proc.returncode != 0
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sr_is_valid_for_dcmtk_and_says_outside_when_the_guard_flags(small_run, dicom_files, tmp_path):
+    """DCMTK's dsrdump (an outside SR reader) parses the SR without a warning, in-distribution and
+    out-of-distribution alike; a flagged image's Finding is 'outside what this model was validated on'."""
+    import shutil
+
+    import cxrlab
+    from cxrlab.deploy.dicom_out import OUTSIDE, read_report, structured_report, to_bytes
+    from cxrlab.evaluation.inference import load_run
+
+    dsrdump = shutil.which("dsrdump")
+    if dsrdump is None:
+        pytest.skip("DCMTK's dsrdump is not installed (apt-get install dcmtk)")
+    loaded = load_run(small_run)
+    source = pydicom.dcmread(
+        next(f for f in dicom_files if f.name.startswith("nihgcp_")), stop_before_pixels=True
+    )
+    result = cxrlab.predict(small_run, [str(dicom_files[0])])[0]
+    flagged = {**result, "ood": {"in_distribution": False, "score": 30.0, "threshold": 12.0,
+                                 "reasons": ["lateral view"]}}  # fmt: skip
+    for name, res in (("as_predicted", result), ("flagged", flagged)):
+        sr = structured_report(
+            source, res, classes=loaded.classes, operating_point=loaded.meta["operating_point"],
+            model="small_cnn", version="v", series_uid=pydicom.uid.generate_uid(),
+            sop_uid=pydicom.uid.generate_uid(), manufacturer="cxrlab", description="cxrlab findings",
+        )  # fmt: skip
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(to_bytes(sr))
+        proc = subprocess.run([dsrdump, str(path)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+        assert "Comprehensive SR Document" in proc.stdout and "probability of" in proc.stdout
+        report = read_report(pydicom.dcmread(path))
+        assert report["probabilities"] == pytest.approx(res["probabilities"], abs=1e-6)
+    assert report["finding"].startswith(OUTSIDE) and report["ood_verdict"].startswith(OUTSIDE)
+    assert "lateral view" in report["ood_verdict"]

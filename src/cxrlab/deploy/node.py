@@ -22,7 +22,8 @@ disk), gets a heatmap from cxrlab's Grad-CAM engine (:class:`cxrlab.explain.inli
 Nothing is lost silently: a fetch or a store that fails is retried ``--retries`` times with exponential
 backoff (``--backoff`` seconds, doubled each time), then logged and appended to ``failures.jsonl``. The
 output folder (``--out``) holds ``node.log``, ``results.jsonl`` (one line per image: UIDs, decision,
-probabilities, threshold, OOD verdict, the SR's and SC's UIDs), ``failures.jsonl`` and ``seen.txt``.
+probabilities, threshold, OOD verdict, the SR's and SC's UIDs, seconds taken), ``failures.jsonl`` and
+``seen.txt`` (the instances done or reported, which a restarted watch skips; delete a line to redo one).
 
 Privacy: the node logs and records UIDs, AE titles, addresses, classes and numbers only, never a header
 value that names the patient (name, id, birth date, sex, accession number…); highdicom's and pydicom's
@@ -291,6 +292,7 @@ class Node:
         """Fetch (watch), predict, explain, write the SR and SC, store them back; record the outcome."""
         pydicom = require("pydicom", "pacs", "cxr node")
         uid = require("pydicom.uid", "pacs", "cxr node")
+        start = time.perf_counter()
         data = job.data
         if data is None:
             assert job.uids is not None
@@ -338,7 +340,7 @@ class Node:
             "ood": dicom_out.ood_verdict(result.get("ood")),
             "lung_share": None if heat is None else heat["lung_share"],
             "sr": str(sr.SOPInstanceUID), "sc": None if sc is None else str(sc.SOPInstanceUID),
-            "stored_to": where,
+            "stored_to": where, "seconds": round(time.perf_counter() - start, 3),
         }  # fmt: skip
         self._append("results.jsonl", record)
         self._mark_seen(ids["instance"], str(sr.SOPInstanceUID), *([str(sc.SOPInstanceUID)] if sc else []))
