@@ -331,3 +331,25 @@ def test_subgroups_can_be_turned_off(nih_run, tmp_path):
     cfg = RunConfig.load(nih_run / "config.yaml")
     cfg.eval.subgroups = []
     assert subgroup_data(cfg.eval, None, []) is None
+
+
+def test_compare_puts_subgroups_of_runs_on_the_same_images_side_by_side(nih_run, tmp_path):
+    import shutil
+
+    other = tmp_path / "copy"
+    shutil.copytree(nih_run, other)  # a second run folder scored on the same test images
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", str(nih_run), str(other), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    with (out / "subgroups.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    groups = json.loads((nih_run / "metrics.json").read_text())["subgroups"]["groups"]
+    assert len(rows) == 2 * (len(groups) + 1)  # each run: overall + every computed subgroup
+    first = {(r["attribute"], r["group"]): r for r in rows if r["run"] == rows[0]["run"]}
+    for g in groups:
+        r = first[(g["attribute"], g["group"])]
+        assert int(r["n_images"]) == g["n_images"] and r["test_set"] == "A"
+        assert (r["auc"] == "" and g["auc"] is None) or float(r["auc"]) == pytest.approx(g["auc"])
+    md = (out / "compare.md").read_text()
+    assert "## Per subgroup (same test images)" in md and f"{other.name}: underdiagnosis" in md
+    assert "Per subgroup (same test images)" in (out / "compare.html").read_text()

@@ -50,6 +50,8 @@ from cxrlab.experiments.compare.statistics import (
     multilabel_paired_tests,
     paired_tests,
 )
+from cxrlab.experiments.compare.subgroups import FIELDS as SUBGROUP_FIELDS
+from cxrlab.experiments.compare.subgroups import subgroup_rows, subgroup_tables
 from cxrlab.runs import atomic_write, check_out_folder, check_writable, write_csv
 
 __all__ = [
@@ -63,7 +65,7 @@ __all__ = [
 COMPARE_FIELDS = compare_fields()
 COMPARE_OUTPUTS = (
     "compare.csv", "compare.md", "compare.html", "pairwise.csv", "pairwise_auc.csv", "groups.csv",
-    "group_tests.csv", "plots",
+    "group_tests.csv", "subgroups.csv", "plots",
 )  # fmt: skip
 
 
@@ -101,6 +103,10 @@ def compare_summaries(
     plots["accuracy_vs_time"] = plot_accuracy_vs_time(rows, out / "plots" / "accuracy_vs_time.png")
 
     ctx = context(summaries, rows, pairs, auc_pairs, group_rows, group_tests, plots)
+    sub_rows = subgroup_rows(summaries)  # per subgroup (cxrlab.evaluation.subgroups), runs side by side
+    if sub_rows:
+        write_csv(out / "subgroups.csv", sub_rows, SUBGROUP_FIELDS)
+    ctx["subgroup_tables"] = subgroup_tables(summaries)
     md = render_markdown(ctx)
     atomic_write(out / "compare.md", md)
     write_html(out / "compare.html", ctx)
