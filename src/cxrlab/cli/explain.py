@@ -92,9 +92,9 @@ def explain(
             if s["lung_share"] is None:
                 typer.echo(f"{what} {name}: no lung share (all {s['empty']} heatmaps empty)")
                 continue
+            ci = f"95% CI {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f}" if s.get("ci95") else "CI not estimable"
             typer.echo(
-                f"{what} {name}: lung share {s['lung_share']:.3f} "
-                f"(95% CI {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f}; lung area {s['lung_area']:.3f}; "
+                f"{what} {name}: lung share {s['lung_share']:.3f} ({ci}; lung area {s['lung_area']:.3f}; "
                 f"n={s['n']}{empty})"
             )
     for w in summary["warnings"]:

@@ -76,12 +76,14 @@ def attention_report(
     min_share: float = MIN_LUNG_SHARE,
     progress: bool = True,
     method: str = DEFAULT_METHOD,
+    patients: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """metrics.json's ``gallery`` and ``lung_attention`` for the test images ``images`` (uint8, the
     classifier's geometry) with true ``labels``, calibrated ``probs`` and thresholded ``preds``; gallery
     thumbnails are written to ``folder/plots/gallery/`` (paths in the result relative to ``folder``).
     ``progress``: a progress bar over the heatmaps (on a terminal only), once they are being computed;
-    ``method``: the CAM method (:data:`cxrlab.explain.methods.METHODS`, ``eval.explain_method``)."""
+    ``method``: the CAM method (:data:`cxrlab.explain.methods.METHODS`, ``eval.explain_method``);
+    ``patients``: each test image's patient (the lung share's CI resamples patients; None: images)."""
     from cxrlab.explain.cam import CamEngine
     from cxrlab.explain.lungs import Segmenter, square_gray
     from cxrlab.explain.methods import get_method
@@ -144,8 +146,9 @@ def attention_report(
     }
     if score_lungs:
         out["lung_attention"] = _lung_summary(
-            sample, labels, preds, classes, share_of, len(images), max_images, seed, n_boot, min_share, seg
-        )
+            sample, labels, preds, classes, share_of, len(images), max_images, seed, n_boot, min_share, seg,
+            patients,
+        )  # fmt: skip
         out["lung_attention"].update(method=cam_method.name, layer=layer_name)
     else:
         out["lung_attention"] = {
@@ -217,7 +220,7 @@ def _gallery(picks, images, paths, labels, probs, classes, cams, lungs, folder, 
 
 
 def _lung_summary(
-    sample, labels, preds, classes, share_of, n_test, max_images, seed, n_boot, min_share, seg
+    sample, labels, preds, classes, share_of, n_test, max_images, seed, n_boot, min_share, seg, patients=None
 ) -> dict[str, Any]:
     from cxrlab.explain.score import mean_ci, summarise, warnings_for
 
@@ -225,10 +228,12 @@ def _lung_summary(
     for i in sample:
         share, area = share_of(int(i))
         rows.append({"class": classes[int(preds[i])], "true": classes[int(labels[i])],
-                     "lung_share": share, "lung_area": area})  # fmt: skip
+                     "lung_share": share, "lung_area": area,
+                     "patient": patients[int(i)] if patients else ""})  # fmt: skip
     by_class = summarise(rows, "class", min_share, n_boot)
-    scored = [r["lung_share"] for r in rows if r["lung_share"] is not None]
-    mean, ci = mean_ci(scored, n_boot) if scored else (None, None)
+    scored = [r for r in rows if r["lung_share"] is not None]
+    groups = [r["patient"] for r in scored] if patients else None
+    mean, ci = mean_ci([r["lung_share"] for r in scored], n_boot, groups=groups) if scored else (None, None)
     return {
         "status": "done",
         "n": len(rows),
@@ -240,6 +245,7 @@ def _lung_summary(
         "seed": seed,
         "grouped_by": "predicted class (the class each heatmap explains)",
         "min_share": min_share,
+        "ci_unit": "patient" if patients else "image",  # what the CIs resample
         "overall": {
             "n": len(scored),
             "empty": len(rows) - len(scored),
@@ -280,10 +286,11 @@ def for_run(
         probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64)
         labels = np.array([classes.index(r["true"]) for r in rows], dtype=np.int64)
         preds = np.array([classes.index(r["pred"]) for r in rows], dtype=np.int64)
+        patients = [r.get("patient") or "" for r in rows]  # predictions.csv names them where the data does
         return attention_report(
             loaded, images, [r["path"] for r in rows], labels, probs, preds, folder, cfg.eval.explain,
             cfg.eval.explain_images, cfg.train.seed, cfg.eval.bootstrap or 1000, progress=progress,
-            method=cfg.eval.explain_method,
+            method=cfg.eval.explain_method, patients=patients if all(patients) else None,
         )  # fmt: skip
     except Exception as exc:  # the run is trained and scored: a failed gallery must not fail it
         note = f"failed: {exc.__class__.__name__}: {exc}"

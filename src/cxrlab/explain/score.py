@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrlab.stats import bootstrap_index_blocks, percentile_ci
+from cxrlab.stats import bootstrap_intervals
 
 #: Warn when a group's mean lung share is below this (documented in docs/explain.md).
 MIN_LUNG_SHARE = 0.5
@@ -29,38 +29,39 @@ def lung_share(cam: np.ndarray, mask: np.ndarray) -> float | None:
     return None if total <= 0 else float((cam * mask).sum() / total)
 
 
-def mean_ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, list[float]]:
-    """Mean and its 95% percentile-bootstrap interval (images resampled)."""
+def mean_ci(
+    values: list[float], n_boot: int = 2000, seed: int = 0, groups: list[str] | None = None
+) -> tuple[float, list[float] | None]:
+    """Mean and its 95% bootstrap interval (:func:`cxrlab.stats.bootstrap_intervals`: scipy's BCa), the
+    patients ``groups`` names resampled (a patient never split), else the images; None when not estimable
+    (no resamples, one patient, no spread)."""
     v = np.asarray(values, dtype=np.float64)
     if not len(v):
-        return float("nan"), [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    if n_boot <= 0:
-        return float(v.mean()), percentile_ci(v[:0])
-    # in blocks: n_boot x n indices at once is GBs for a large gallery; the generator's stream is the same
-    boots = np.concatenate([v[idx].mean(axis=1) for idx in bootstrap_index_blocks(rng, len(v), n_boot)])
-    return float(v.mean()), percentile_ci(boots)
+        return float("nan"), None
+    intervals = bootstrap_intervals(lambda w: {"mean": (w @ v) / w.sum(1)}, len(v), groups, n_boot, seed)
+    return float(v.mean()), intervals.ci.get("mean")
 
 
 def summarise(
     rows: list[dict[str, Any]], key: str, min_share: float = MIN_LUNG_SHARE, n_boot: int = 2000
 ) -> dict[str, dict[str, Any]]:
     """Per value of ``rows[i][key]``: images scored (``n``) and with an all-zero heatmap (``empty``: Grad-CAM
-    finds no positive evidence for the class), mean lung share with 95% CI, mean lung area (the share a
-    uniform heatmap would get), ``lift`` (share / area) and ``low`` (mean share below ``min_share``)."""
+    finds no positive evidence for the class), mean lung share with 95% CI (patients resampled when every
+    row names its ``patient``), mean lung area (the share a uniform heatmap would get), ``lift`` (share /
+    area) and ``low`` (mean share below ``min_share``)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(str(r[key]), []).append(r)
     out = {}
     for name in sorted(groups):
         scored = [r for r in groups[name] if r.get("lung_share") is not None]
-        mean, ci = mean_ci([r["lung_share"] for r in scored], n_boot)
+        mean, ci = mean_ci([r["lung_share"] for r in scored], n_boot, groups=_patients(scored))
         area = float(np.mean([r["lung_area"] for r in groups[name]]))
         out[name] = {
             "n": len(scored),
             "empty": len(groups[name]) - len(scored),  # all-zero heatmaps: no share to measure
             "lung_share": round(mean, 4) if scored else None,
-            "ci95": [round(c, 4) for c in ci] if scored else None,
+            "ci95": [round(c, 4) for c in ci] if scored and ci else None,
             "lung_area": round(area, 4),
             # share over area: 1 = no more on the lungs than an evenly spread heatmap
             "lift": round(mean / area, 3) if scored and area > 0 else None,
@@ -69,13 +70,22 @@ def summarise(
     return out
 
 
+def _patients(rows: list[dict[str, Any]]) -> list[str] | None:
+    """Each row's ``patient``, or None unless every row names one (then images are the unit)."""
+    groups = [str(r.get("patient") or "") for r in rows]
+    return groups if groups and all(groups) else None
+
+
 def warnings_for(
     summary: dict[str, dict[str, Any]], what: str, min_share: float = MIN_LUNG_SHARE
 ) -> list[str]:
     """One sentence per group whose mean share is below ``min_share``."""
+    def interval(s: dict[str, Any]) -> str:
+        return f"95% CI {s['ci95'][0]:.0%}-{s['ci95'][1]:.0%}" if s.get("ci95") else "CI not estimable"
+
     return [
         f"{what} {name!r}: only {s['lung_share']:.0%} of the heatmaps' mass is on the lungs "
-        f"(95% CI {s['ci95'][0]:.0%}-{s['ci95'][1]:.0%}, n={s['n']}; threshold {min_share:.0%}): its "
+        f"({interval(s)}, n={s['n']}; threshold {min_share:.0%}): its "
         "model reads something other than the lungs (text markers, borders, devices)"
         for name, s in summary.items()
         if s["low"]
