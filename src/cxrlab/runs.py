@@ -186,6 +186,8 @@ RUN_ENTRIES: tuple[str, ...] = (
     "metrics.json",
     "model.safetensors",
     "model.json",
+    "ood.json",
+    "ood.npz",
     "status.json",
     "report.html",
     "model_card.json",

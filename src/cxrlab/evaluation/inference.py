@@ -441,8 +441,17 @@ def predict_arrays(
     loaded: LoadedRun, arrays: np.ndarray, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated probabilities ``(N, K)`` and predicted class indices (saved threshold) for uint8 images."""
+    probs, preds, _ = predict_with_features(loaded, arrays, device)
+    return probs, preds
+
+
+def predict_with_features(
+    loaded: LoadedRun, arrays: np.ndarray, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`predict_arrays` and the OOD guard's features ``(N, C)`` (:mod:`cxrlab.evaluation.ood`), from
+    one pass of the model."""
     meta = loaded.meta
-    logits, _ = predict_images(
+    logits, feats = predict_images(
         loaded.model,
         arrays,
         meta["channels"],
@@ -452,6 +461,12 @@ def predict_arrays(
         loaded.cfg.eval.precision,
         tta_shift=loaded.tta_shift,
     )
+    return (*_decide(loaded, logits), feats)
+
+
+def _decide(loaded: LoadedRun, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and decisions from logits (calibration, saved thresholds)."""
+    meta = loaded.meta
     if meta.get("task") == "multilabel":  # one sigmoid per finding; above[i, j]: at or over its threshold
         from cxrlab.evaluation.multilabel import sigmoid
 
@@ -470,9 +485,12 @@ def iter_predictions(
     entry of :func:`expand_inputs` passes through)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from cxrlab.evaluation.ood import OodGuard, dicom_header, not_assessed
+
     meta = loaded.meta
     size, resize = meta["image_size"], meta.get("resize", "squash")
     device = resolve_device("auto")
+    guard = OodGuard.load(loaded.path)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(paths), chunk):
             part = paths[start : start + chunk]
@@ -483,8 +501,11 @@ def iter_predictions(
                 for p, d in zip(part, decoded, strict=True)
             ]
             if good:
-                probs, preds = predict_arrays(loaded, np.stack([decoded[i] for i in good]), device)
-                for i, p, k in zip(good, probs, preds, strict=True):
+                batch = np.stack([decoded[i] for i in good])
+                probs, preds, feats = predict_with_features(loaded, batch, device)
+                headers = [dicom_header(part[i]) for i in good]  # DICOM: view, body part, modality
+                ood = guard.assess(feats, headers) if guard else [not_assessed(h) for h in headers]
+                for i, p, k, o in zip(good, probs, preds, ood, strict=True):
                     above = [c for c, hit in zip(loaded.classes, k, strict=True) if hit] if k.ndim else None
                     results[i] = {
                         "image": str(part[i]),
@@ -494,6 +515,7 @@ def iter_predictions(
                         "probabilities": {
                             c: round(float(v), 6) for c, v in zip(loaded.classes, p, strict=True)
                         },
+                        "ood": o,  # in_distribution, score, threshold, reasons (cxrlab.evaluation.ood)
                     }
             yield results
 

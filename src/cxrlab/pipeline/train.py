@@ -26,6 +26,7 @@ from cxrlab.data.prepare import PreparedData, prepare_data
 from cxrlab.data.splits import COLUMNS, SPLITS_FILE, split_rows
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.inference import load_run
+from cxrlab.evaluation.ood import fit_run as fit_ood_guard
 from cxrlab.evaluation.scoring import evaluate_trained
 from cxrlab.explain.report import for_run as attention_for_run
 from cxrlab.metrics import write_metrics
@@ -332,6 +333,7 @@ def _run(
     clock.move(trained.timing.get("eval_inputs_s", 0.0), "train", "evaluate")
     state["evaluating"], state["stage"] = True, "evaluating"
     metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
+    fit_ood_guard(out, trained, cfg, seed=cfg.train.seed)  # ood.json + ood.npz (cxrlab.evaluation.ood)
     metrics["environment"] = environment()
     metrics["audit"] = audit
     clock.lap("evaluate")
