@@ -183,6 +183,9 @@ def test_listen_orthanc_pushes_a_study(listening, orthanc, dicom_files):
     wait_for(lambda: len(_outputs_of(orthanc, uid)[0]) > before, 180, "the SR of the pushed study")
     srs, scs = _outputs_of(orthanc, uid)
     assert len(scs) == len(srs) == before + 1
+    src = pydicom.dcmread(rsna, stop_before_pixels=True)
+    for ds in [sr for sr, _ in srs] + scs:
+        assert (ds.StudyInstanceUID, ds.PatientID) == (src.StudyInstanceUID, src.PatientID)
     assert _log_lines(out, "C-STORE from ORTHANC")
     if before:  # the study held an SR and a heatmap of the watch test: sent along, accepted and skipped
         assert len(_log_lines(out, "cxrlab made, accepted and skipped")) >= 2
