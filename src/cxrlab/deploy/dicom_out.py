@@ -65,11 +65,13 @@ def _num(name: Any, value: float) -> Any:
 
 def ood_verdict(ood: dict[str, Any] | None) -> str:
     """One line for the SR (and the node's results): in distribution, outside, or not assessed."""
-    if not ood:
+    if not ood or ood.get("in_distribution") is None:  # a run without a guard (cxrlab.evaluation.ood)
         return NOT_ASSESSED
-    score, threshold = float(ood.get("score", "nan")), float(ood.get("threshold", "nan"))
-    how = f"score {score:.4g}, threshold {threshold:.4g}"
-    if ood.get("in_distribution", True):
+    if ood.get("score") is None:  # no guard, but an acquisition check (e.g. the modality) objects
+        how = "no guard: acquisition checks only"
+    else:
+        how = f"score {float(ood['score']):.4g}, threshold {float(ood['threshold']):.4g}"
+    if ood.get("in_distribution") is True:
         return f"within what this model was validated on ({how})"
     reasons = "; ".join(str(r) for r in ood.get("reasons") or [])
     return f"{OUTSIDE} ({how}{': ' + reasons if reasons else ''})"
@@ -78,7 +80,7 @@ def ood_verdict(ood: dict[str, Any] | None) -> str:
 def decision_text(result: dict[str, Any]) -> str:
     """The Finding: the predicted class, or :data:`OUTSIDE` when the guard flags the image."""
     ood = result.get("ood") or {}
-    if ood and not ood.get("in_distribution", True):
+    if ood.get("in_distribution") is False:
         return f"{OUTSIDE}: no finding reported (model output {result['class']!s} not applicable)"
     return str(result["class"])
 
@@ -167,7 +169,7 @@ def structured_report(
                           operating_point["threshold"]))  # fmt: skip
     ood = result.get("ood")
     items.append(_text(_code("ood-verdict", "out-of-distribution verdict"), ood_verdict(ood)))
-    if ood:
+    if ood and ood.get("score") is not None:
         items.append(_num(_code("ood-score", "out-of-distribution score"), ood["score"]))
         items.append(_num(_code("ood-threshold", "out-of-distribution threshold"), ood["threshold"]))
     if lung_share is not None:

@@ -37,8 +37,10 @@ import numpy as np
 from cxrlab.errors import ModelError
 
 if TYPE_CHECKING:
-    from cxrlab.evaluation.inference import LoadedRun
     from cxrlab.training.train import Trained
+
+#: a :class:`cxrlab.evaluation.inference.LoadedRun` (not imported: inference imports this module)
+LoadedRun = Any
 
 GUARD_JSON = "ood.json"
 GUARD_NPZ = "ood.npz"
@@ -334,20 +336,18 @@ def _from_cache(trained: Trained, split: str) -> np.ndarray | None:
     return predict_features(trained.model, cached, trained.suffix)[1]
 
 
-def fit_run(run_dir: str | Path, trained: Trained, cfg: Any, seed: int = 0) -> dict[str, Any] | None:
+def fit_run(run_dir: str | Path, trained: Trained, loaded: LoadedRun, seed: int = 0) -> dict[str, Any] | None:
     """Fit the run's guard after training and write it into ``run_dir``; returns ood.json's content, or
     None when the run has no images to guard (autoencoder codes) or too few training/validation images.
 
     The fast path's cached features are reused (training features at the training precision, validation
-    and test features at ``eval.precision``); other runs compute them with the saved model."""
-    from cxrlab.evaluation.inference import load_run
-
+    and test features at ``eval.precision``); other runs compute them with the saved model (``loaded``: the
+    run folder just written, loaded by :func:`cxrlab.evaluation.inference.load_run`)."""
     data = trained.data
     if data.codes is not None or "train" not in data.images or "val" not in data.images:
         return None
     if len(data.images["train"]) < 2 or len(data.images["val"]) < 1:
         return None
-    loaded = load_run(run_dir)
     # the cached inputs are the unshifted images: a run with test-time shift averaging computes them again
     loaded_tta = loaded.tta_shift > 0
     recomputed = False

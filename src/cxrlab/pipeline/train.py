@@ -333,7 +333,7 @@ def _run(
     clock.move(trained.timing.get("eval_inputs_s", 0.0), "train", "evaluate")
     state["evaluating"], state["stage"] = True, "evaluating"
     metrics = evaluate_trained(cfg, out, trained, t0, progress=progress)
-    fit_ood_guard(out, trained, cfg, seed=cfg.train.seed)  # ood.json + ood.npz (cxrlab.evaluation.ood)
+    fit_ood_guard(out, trained, load_run(out), seed=cfg.train.seed)  # ood.json + ood.npz
     metrics["environment"] = environment()
     metrics["audit"] = audit
     clock.lap("evaluate")
