@@ -353,3 +353,48 @@ def test_compare_puts_subgroups_of_runs_on_the_same_images_side_by_side(nih_run,
     md = (out / "compare.md").read_text()
     assert "## Per subgroup (same test images)" in md and f"{other.name}: underdiagnosis" in md
     assert "Per subgroup (same test images)" in (out / "compare.html").read_text()
+
+
+def test_audit_counts_the_subgroup_mix_and_warns_when_a_split_lacks_one(nih):
+    from cxrlab.audit.subgroups import subgroup_mix
+
+    index, *_ = nih
+    samples = index.samples
+    paths = [s.path for s in samples]
+    mix = subgroup_mix(index, paths, [s.split for s in samples])
+    sex = next(a for a in mix["attributes"] if a["name"] == "sex")
+    for split in ("train", "val", "test"):
+        assert sum(sex["counts"][split].values()) == sum(s.split == split for s in samples)
+    assert not [w for w in mix["warnings"] if "sex" in w]
+    # every 80+ image moved to train: val and test have none, and say so
+    band = {p: sg.normalise("age", index.table.rows[s.row][index.table.columns.index("Patient Age")])
+            for p, s in zip(paths, samples, strict=True)}  # fmt: skip
+    moved = ["train" if band[p] == "80+" else s.split for p, s in zip(paths, samples, strict=True)]
+    mix = subgroup_mix(index, paths, moved)
+    lines = [w for w in mix["warnings"] if "80+" in w]
+    n80 = sum(b == "80+" for b in band.values())
+    assert lines == [
+        f"the val split has no image of age band 80+ (train {n80}): thresholds are chosen without them",
+        f"the test split has no image of age band 80+ (train {n80}): its performance there cannot be measured",
+    ]
+
+
+def test_the_training_audit_reports_the_subgroup_mix(nih_run):
+    audit = json.loads((nih_run / "metrics.json").read_text())["audit"]
+    names = [a["name"] for a in audit["subgroups"]["attributes"]]
+    assert names == ["sex", "age band", "view"]
+    sex = audit["subgroups"]["attributes"][0]["counts"]
+    assert set(sex) == {"train", "val", "test"} and sum(sex["test"].values()) == 206
+
+
+def test_cxr_audit_page_shows_the_subgroup_mix(tmp_path):
+    file = _need(COVID / "labels.csv", "covid-ieee")
+    out = tmp_path / "audit"
+    proc = run_cli("audit", "--data", str(COVID / "images"), "--labels", str(file), "--labels-format",
+                   "covid-ieee", "--label-column", "view", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    mix = json.loads((out / "audit.json").read_text())["subgroups"]
+    assert [a["name"] for a in mix["attributes"]] == ["sex", "age band"]  # view is the label
+    assert any("is the label the model predicts" in n for n in mix["notes"])
+    html = (out / "audit.html").read_text()
+    assert "Subgroup mix per split" in html and "36 of 235 images have no usable value" in html

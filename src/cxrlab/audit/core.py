@@ -21,6 +21,7 @@ from cxrlab.audit.baselines import image_baseline, make_folds, metadata_baseline
 from cxrlab.audit.duplicates import NEAR_DISTANCE, THUMBNAIL, find_duplicates, perceptual_hashes, thumbnails
 from cxrlab.audit.patients import patient_ids, patient_overlap
 from cxrlab.audit.properties import per_class_summary, read_properties
+from cxrlab.audit.subgroups import subgroup_mix
 from cxrlab.data.images import is_image_file
 from cxrlab.data.index import SPLITS, DatasetIndex, small_val_warning
 from cxrlab.data.splits import array_sha256, file_sha256
@@ -122,7 +123,7 @@ def audit_dataset(
     return result
 
 
-QUICK_AUDIT_VERSION = "2"  # bump when _quick's output changes, so cached results are not reused
+QUICK_AUDIT_VERSION = "3"  # bump when _quick's output changes, so cached results are not reused
 
 
 def quick_audit(data: Any, cache_dir: str | None = None) -> dict[str, Any]:
@@ -299,8 +300,9 @@ def _audit(
         "properties": properties,
         "metadata_baseline": metadata,
         "image_baseline": image,
+        "subgroups": subgroup_mix(index, items.paths, items.splits),
     }
-    result["warnings"] = make_warnings(result)
+    result["warnings"] = make_warnings(result) + result["subgroups"]["warnings"]
     return result
 
 
@@ -355,6 +357,7 @@ def _audit_multilabel(
         "metadata_baseline": {"skipped": "multi-label: see findings_baseline (one per finding)"},
         "image_baseline": {"skipped": "multi-label: not run"},
         "findings_baseline": baseline,
+        "subgroups": subgroup_mix(index, items.paths, items.splits),
     }
     notes = list(getattr(index, "notes", []))
     if getattr(index, "missing", 0):
@@ -365,6 +368,7 @@ def _audit_multilabel(
         notes
         + findings_warnings(baseline)
         + [w for w in make_warnings(result) if not w.startswith("The given validation split is tiny")]
+        + result["subgroups"]["warnings"]
     )
     return result
 

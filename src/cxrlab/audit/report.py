@@ -39,6 +39,11 @@ def audit_context(r: dict[str, Any], plot: Path | None) -> dict[str, Any]:
         ],
         "duplicate_summary": [[k.replace("_", " "), v] for k, v in r["duplicates"]["summary"].items()],
         "bad": r["unreadable"] + r.get("non_images", []),
+        "subgroup_tables": [  # the subgroup mix per split (cxrlab.audit.subgroups); absent in older audits
+            {"name": a["name"], "source": a["source"], "header": [a["name"], *a["counts"]],
+             "rows": [[lv, *[c.get(lv, 0) for c in a["counts"].values()]] for lv in a["levels"]]}
+            for a in (r.get("subgroups") or {}).get("attributes", [])
+        ],  # fmt: skip
     }
 
 
