@@ -280,6 +280,13 @@ def test_undeliverable_instance_and_pacs_down_are_retried_then_reported(
     assert down.process(_Job(origin="test", data=to_bytes(copy))) is None
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert failures[-1]["stage"] == "store" and "DOWN" in failures[-1]["reason"]
+    # an unexpected error whose text quotes the header: the patient's values are scrubbed before logging
+    from cxrlab.deploy.node import _identity
+
+    job = _Job(origin="test", ids={"instance": str(copy.SOPInstanceUID)}, identity=_identity(copy))
+    down._failed(job, "process", f"ValueError: invalid value {copy.PatientName!s} / {copy.PatientID}")
+    for text in ((out / "failures.jsonl").read_text(), (out / "node.log").read_text()):
+        assert str(copy.PatientID) not in text and "[patient data removed]" in text
 
 
 def test_node_writes_no_patient_identity(listening, identities):

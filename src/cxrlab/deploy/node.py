@@ -116,6 +116,8 @@ class _Job:
     origin: str
     data: bytes | None = None
     uids: tuple[str, str, str] | None = None  # study, series, instance
+    ids: dict[str, str] = field(default_factory=dict)  # study and instance UIDs, once read
+    identity: set[str] = field(default_factory=set, repr=False)  # values scrubbed from any message
 
 
 class DeliveryError(CxrError):
@@ -303,10 +305,11 @@ class Node:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-        ids = {
+        ids = job.ids = {
             "study": str(source.get("StudyInstanceUID", "")),
             "instance": str(source.get("SOPInstanceUID", "")),
         }
+        job.identity = _identity(source)
         with self._lock, in_memory(data) as path:
             result = next(iter(iter_predictions(self.loaded, [path], chunk=1, workers=1)))[0]
             if "error" in result:
@@ -411,7 +414,9 @@ class Node:
         raise AssertionError("unreachable")
 
     def _failed(self, job: _Job, stage: str, why: str, ids: dict[str, str] | None = None) -> None:
-        ids = ids or ({"study": job.uids[0], "instance": job.uids[2]} if job.uids else {})
+        ids = ids or job.ids or ({"study": job.uids[0], "instance": job.uids[2]} if job.uids else {})
+        for value in sorted(job.identity, key=len, reverse=True):  # an unexpected error quoting the header
+            why = why.replace(value, "[patient data removed]")
         record = {"time": _now(), "origin": job.origin, "stage": stage, **ids, "reason": why}
         self._append("failures.jsonl", record)
         if ids.get("instance"):
@@ -468,6 +473,24 @@ def setup_logging(out: Path, echo: Callable[[str], None] | None = None) -> Path:
         log.addHandler(_Echo())
     logging.getLogger("pydicom").propagate = False  # its messages may quote header values
     return path
+
+
+#: Header attributes whose values never enter a log or record (scrubbed from error messages too).
+IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "OtherPatientIDs",
+               "OtherPatientNames", "PatientAddress", "AccessionNumber", "ReferringPhysicianName",
+               "InstitutionName", "StudyID", "PatientMotherBirthName", "PatientTelephoneNumbers")  # fmt: skip
+
+
+def _identity(ds: Any) -> set[str]:
+    """The non-trivial values of :data:`IDENTIFYING` in ``ds`` (and each part of a person name)."""
+    values: set[str] = set()
+    for keyword in IDENTIFYING:
+        value = ds.get(keyword)
+        items = value if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]
+        for item in items:
+            text = str(item or "").strip()
+            values |= {text, *text.replace("^", " ").split()} if text else set()
+    return {v for v in values if len(v) >= 3}
 
 
 def _made_here(ds: Any) -> bool:
