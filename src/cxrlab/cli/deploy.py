@@ -128,8 +128,11 @@ def node(
     model name and run id, the out-of-distribution verdict, a reference to the image) and the heatmap as a
     Secondary Capture, sent by C-STORE to --pacs or by STOW-RS to the --watch server. Failed fetches and
     stores are retried with backoff, then logged and listed in OUT/failures.jsonl; logs never hold patient
-    names or ids. Example, with Orthanc on 127.0.0.1 (docs/serving.md):
+    names or ids. Examples, with Orthanc on 127.0.0.1 (docs/serving.md):
+
+    \b
     cxr node runs/covid --out node-out --port 11112 --allow ORTHANC --pacs 127.0.0.1:4242:ORTHANC
+    cxr node runs/covid --out node-out --watch http://127.0.0.1:8042/dicom-web --once
     """
     import signal
 
