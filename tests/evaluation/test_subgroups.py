@@ -398,3 +398,26 @@ def test_cxr_audit_page_shows_the_subgroup_mix(tmp_path):
     assert any("is the label the model predicts" in n for n in mix["notes"])
     html = (out / "audit.html").read_text()
     assert "Subgroup mix per split" in html and "36 of 235 images have no usable value" in html
+
+
+def test_dicom_folders_group_by_header_sex_age_view_and_manufacturer(tmp_path):
+    """The 4 real DICOMs in a class folder: PatientSex, PatientAge ('081' style numbers), ViewPosition
+    from the headers; Manufacturer is blank in all four, so it is named in one line, not compared."""
+    import shutil
+
+    pytest.importorskip("pydicom")
+    src = sorted(_need(DATA / "dicom", "real DICOMs").glob("*.dcm"))
+    for i, f in enumerate(src):
+        folder = tmp_path / ("a" if i % 2 else "b")
+        folder.mkdir(exist_ok=True)
+        shutil.copy(f, folder / f.name)
+    index = discover(tmp_path, val_fraction=0.25, test_fraction=0.25, require_test=False)
+    paths = [s.path for s in index.samples]
+    data = sg.collect(index, paths, min_n=1)
+    by = {a.name: a for a in data.attributes}
+    assert list(by) == ["sex", "age band", "view"]
+    assert all(a.source.startswith("DICOM ") for a in by.values())
+    assert by["sex"].levels() == {"F": 1, "M": 3}
+    assert by["age band"].levels() == {"60-79": 3, "80+": 1}
+    assert by["view"].levels() == {"AP": 1, "PA": 2} and by["view"].blank == 1
+    assert any(n.startswith("manufacturer (DICOM Manufacturer) has no usable value") for n in data.notes)
