@@ -52,6 +52,16 @@ def run_copy(small_run, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def validated(run_copy, kermany_dir, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """The copy after `cxr evaluate RUN --data OTHER` on a real external set; with the card before it."""
+    before = _card(run_copy)
+    data = _other_hospital(tmp_path_factory.mktemp("ext") / "hospital A", kermany_dir, 0)
+    proc = run_cli("evaluate", str(run_copy), "--data", str(data), "--label-map", MAPPING, "-q")
+    assert proc.returncode == 0, proc.stderr
+    return run_copy, data, before
+
+
 def test_training_writes_the_card_from_its_evidence(small_run):
     card = _card(small_run)
     metrics = json.loads((small_run / "metrics.json").read_text())
@@ -104,12 +114,9 @@ def test_training_writes_the_card_from_its_evidence(small_run):
     assert f"| ROC AUC | {auc['value']:.3f} | [{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}] |" in md
 
 
-def test_external_validation_rewrites_the_card(run_copy, kermany_dir, tmp_path):
-    before = _card(run_copy)
+def test_external_validation_rewrites_the_card(validated, kermany_dir, tmp_path):
+    run_copy, data, before = validated
     assert any("Not validated on any external dataset" in t for t in _texts(before))
-    data = _other_hospital(tmp_path / "hospital A", kermany_dir, 0)
-    proc = run_cli("evaluate", str(run_copy), "--data", str(data), "--label-map", MAPPING, "-q")
-    assert proc.returncode == 0, proc.stderr
     ext = json.loads((run_copy / "external" / "external.json").read_text())
     card = _card(run_copy)
     assert card["written"] >= before["written"] and "external/external.json" in card["evidence"]
@@ -167,11 +174,12 @@ def test_export_embeds_the_card(fmt, run_copy, tmp_path):
         assert json.loads(props["model_card"]) == card
 
 
-def test_served_card_and_the_page(run_copy, tmp_path):
+def test_served_card_and_the_page(validated, tmp_path):
     """/v1/model is the run folder's card plus the contract and the server's heatmaps; the page shows its
     limitations once each, ranked, in a few lines (checked in a real Chromium)."""
     from tests.deploy.test_serve import Server
 
+    run_copy = validated[0]
     card = _card(run_copy)
     server = Server(run_copy).wait()
     try:

@@ -122,6 +122,10 @@ def test_code_cnn_run_records_encode_and_train_time(codes_dir, tiny_kermany, tmp
     assert m["timing"]["train_s"] > 0 and m["data"]["codes"]["shape"] == [256, 8, 8]
     assert m["test"]["n"] == 24 and m["test"]["accuracy_ci95"][0] <= m["test"]["accuracy"]
     assert json.loads((out / "model.json").read_text())["input"] == "codes"
+    card = json.loads((out / "model_card.json").read_text())  # a codes run has its model card too
+    assert card["input"]["kind"] == "codes" and "autoencoder codes" in card["intended_use"]["summary"]
+    assert card["metrics"]["accuracy"]["value"] == pytest.approx(m["test"]["accuracy"])
+    assert card["ood"]["status"] == ("assessed" if (out / "ood.json").is_file() else "not assessed")
     # same test images as a raw-image run on the same data: paired comparison through `cxr compare`
     raw = tmp_path / "raw-run"
     proc = train_small_cnn(tiny_kermany, raw)

@@ -78,6 +78,23 @@ def test_run_is_multilabel_on_the_fast_path(ml_run):
     assert 0 <= m["test"]["macro_auc"] <= 1 and m["test"]["bootstrap_unit"].startswith("patient (")
 
 
+def test_multilabel_run_has_its_model_card(ml_run):
+    """model_card.json / .md of a multi-label run (cxrlab.reports.model_card): the registry's multi-label
+    metrics with CIs, every finding's AUC and saved threshold."""
+    run, _ = ml_run
+    m, card = _metrics(run), json.loads((run / "model_card.json").read_text())
+    assert card["task"] == "multilabel" and card["classes"] == m["findings"]
+    assert card["metrics"]["macro_auc"]["value"] == pytest.approx(m["test"]["macro_auc"])
+    assert card["metrics"]["macro_auc"]["ci95"] == pytest.approx(m["test"]["macro_auc_ci95"])
+    for f in m["findings"]:
+        saved = m["thresholds"][f]["threshold"]
+        assert card["operating_point"]["thresholds"][f] == pytest.approx(saved, abs=1e-5)
+        auc = m["test"]["per_finding"][f]["auc"]
+        assert card["metrics"]["per_finding"][f]["auc"] == (None if auc is None else pytest.approx(auc))
+    md = (run / "model_card.md").read_text()
+    assert "| finding | test positives | ROC AUC | 95% CI |" in md and "## Known limitations" in md
+
+
 def test_balanced_pos_weight_is_negatives_over_positives_in_train(ml_run):
     run, _ = ml_run
     m = _metrics(run)

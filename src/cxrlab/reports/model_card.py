@@ -483,8 +483,10 @@ def _pct(interval: Any) -> str:
 def _external_line(e: dict[str, Any], internal_source: str | None) -> tuple[str, str, str]:
     """``(severity, topic, text)``: where the model was validated and how much it dropped."""
     parts, worst = [], 0.0
-    for row in e["metrics"]:
-        if row["metric"] not in ("ROC AUC", "accuracy") or row.get("drop") is None:
+    for row in e["metrics"]:  # AUC and accuracy, and sensitivity or specificity where they drop a lot
+        if row.get("drop") is None:
+            continue
+        if row["metric"] not in ("ROC AUC", "accuracy") and row["drop"] < LARGE_DROP:
             continue
         parts.append(f"{row['metric']} {row['internal']:.3f} internally, {row['external']:.3f} there "
                      f"({-row['drop']:+.3f})")  # fmt: skip
