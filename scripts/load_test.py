@@ -6,6 +6,7 @@ Prints requests/s, latency p50/p95/max, errors by status, and the server's resid
 warm-up and at the end. Bounded: at most --clients requests in flight, never anything but 127.0.0.1.
 
     .venv/bin/python scripts/load_test.py RUN --images DIR [DIR...] --clients 4 --duration 60
+    (add --backend torch to measure the PyTorch fallback)
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) the process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_ready(port: int, proc: subprocess.Popen | None, timeout: float = 180) -> None:
@@ -102,6 +112,8 @@ def main() -> None:
     ap.add_argument("--max-images", type=int, default=64)
     ap.add_argument("--port", type=int, help="use a server already running on 127.0.0.1:PORT")
     ap.add_argument("--token", default=None)
+    ap.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                    help="the server's --backend (ignored with --port)")  # fmt: skip
     ap.add_argument("--json", dest="json_out", help="also write the results here")
     args = ap.parse_args()
     if not 1 <= args.clients <= 64 or not 0 < args.duration <= 600:
@@ -123,6 +135,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "cxrlab", "serve", args.run, "--host", "127.0.0.1", "--port", str(port)]
         if args.token:
             cmd += ["--token", args.token]
+        cmd += ["--backend", args.backend]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(port, proc)
@@ -130,6 +143,8 @@ def main() -> None:
         client(port, bodies, 0, time.monotonic() + 3, warm, args.token)  # warm-up: first batches, allocator
         pid = proc.pid if proc else None
         rss_start = rss_mb(pid) if pid else None
+        load_start = os.getloadavg()
+        cpu_start = cpu_s(pid) if pid else None
         results: list[list] = [[] for _ in range(args.clients)]
         stop = time.monotonic() + args.duration
         t0 = time.perf_counter()
@@ -143,6 +158,7 @@ def main() -> None:
             t.join()
         wall = time.perf_counter() - t0
         rss_end = rss_mb(pid) if pid else None
+        cpu_end = cpu_s(pid) if pid else None
         if proc is not None and proc.poll() is not None:
             raise SystemExit(f"the server died during the test ({proc.returncode})")
     finally:
@@ -174,6 +190,14 @@ def main() -> None:
             "max": round(max(ok) * 1000, 1) if ok else None,
         },
         "server_rss_mb": {"start": rss_start and round(rss_start, 1), "end": rss_end and round(rss_end, 1)},
+        # the server's CPU time per answered request: what a request costs, whatever else the machine runs
+        "server_cpu_ms_per_request": (
+            round((cpu_end - cpu_start) * 1000 / len(ok), 1)
+            if cpu_start is not None and cpu_end is not None and ok
+            else None
+        ),
+        "backend": args.backend if args.port is None else "as the server runs",
+        "load_average": {"start": load_start, "end": os.getloadavg()},
         "cpu": _cpu(),
         "cores": os.cpu_count(),
     }

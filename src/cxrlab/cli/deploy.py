@@ -64,6 +64,13 @@ def serve(
     ] = False,
     method: Annotated[str, Opt(help=method_help())] = "gradcam",
     layer: Annotated[str, Opt(help="heatmap target module (default: the model family's)")] = None,
+    backend: Annotated[
+        str,
+        Opt(
+            help="inference engine: onnx (the model exported to ONNX at startup, run by onnxruntime), torch, "
+            "or auto (onnx when the [export] extra is installed, else torch)"
+        ),
+    ] = "auto",
 ) -> None:
     """Serve a run's model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /docs and a web page at /.
 
@@ -84,7 +91,7 @@ def serve(
 
     run_serve(
         run, host, port, token, max_upload_mb, decode_workers, announce=lambda s: typer.echo(s, err=True),
-        explain=explainer, heatmaps=heatmaps,
+        explain=explainer, heatmaps=heatmaps, backend=backend.lower(),
     )  # fmt: skip
 
 

@@ -51,10 +51,14 @@ CONTRACT_VERSION = "cxrlab-export/1"
 
 
 class Exported(nn.Module):
-    """Grey [0, 1] images ``(N, 1, H, W)`` → calibrated class probabilities ``(N, K)``."""
+    """Grey [0, 1] images ``(N, 1, H, W)`` → calibrated class probabilities ``(N, K)``; with
+    ``features=True`` also the penultimate features ``(N, D)`` (the input of the output layer, as
+    :func:`cxrlab.evaluation.evaluate.predict_images` returns them), a second output named ``features``."""
 
-    def __init__(self, loaded: LoadedRun):
+    def __init__(self, loaded: LoadedRun, features: bool = False):
         super().__init__()
+        self.with_features = features
+        self.output_names = ["probabilities", "features"] if features else ["probabilities"]
         meta = loaded.meta
         channels = int(meta["channels"])
         mean, std = list(meta["mean"]), list(meta["std"])
@@ -68,10 +72,16 @@ class Exported(nn.Module):
         self.temperature = float(meta.get("temperature", 1.0))
         self.multilabel = meta.get("task") == "multilabel"  # one sigmoid per finding, not a softmax
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.channels != 1:
             x = x.expand(-1, self.channels, -1, -1)
-        z = self.model((x - self.mean) / self.std) / self.temperature
+        x = (x - self.mean) / self.std
+        if self.with_features:
+            feats = self.model.features(x)
+            return self._probs(self.model.head.out(feats) / self.temperature), feats
+        return self._probs(self.model(x) / self.temperature)
+
+    def _probs(self, z: torch.Tensor) -> torch.Tensor:
         if self.multilabel:
             return torch.sigmoid(z)
         if z.shape[1] == 1:
@@ -198,7 +208,7 @@ def _onnx_bytes(
                 (dummy,),
                 dynamo=True,
                 input_names=["image"],
-                output_names=["probabilities"],
+                output_names=module.output_names,
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                 verbose=False,
             )
@@ -214,8 +224,8 @@ def _onnx_bytes(
                 path,
                 dynamo=False,
                 input_names=["image"],
-                output_names=["probabilities"],
-                dynamic_axes={"image": {0: "N"}, "probabilities": {0: "N"}},
+                output_names=module.output_names,
+                dynamic_axes={name: {0: "N"} for name in ["image", *module.output_names]},
                 opset_version=17,
             )
             proto = onnx.load(path)

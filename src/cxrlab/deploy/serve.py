@@ -40,7 +40,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -126,50 +126,197 @@ class _Job:
     display: np.ndarray | None = None  # set: a heatmap is wanted
 
 
+class Served(NamedTuple):
+    """What :meth:`Predictor.submit` answers for one image."""
+
+    probabilities: np.ndarray  # (K,) calibrated
+    heatmap: dict[str, Any] | None  # None when none was asked for; a dict with "error" when none was made
+    features: np.ndarray  # (D,) penultimate features: the input of the output layer (for the OOD guard)
+
+
+BACKENDS = ("auto", "onnx", "torch")
+#: What ``--backend auto`` needs for onnxruntime (the ``[export]`` extra).
+_ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
+#: Images of the startup check that the ONNX graph gives PyTorch fp32's probabilities.
+_STARTUP_CHECK_IMAGES = 4
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; a container's cgpus where it limits it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class TorchEngine:
+    """The run's PyTorch model (channels_last, the run's eval precision): the fallback backend."""
+
+    name = "torch"
+
+    def __init__(self, loaded: LoadedRun, device: str = "cpu", fp32: bool = False):
+        from cxrlab.models.tta import with_tta
+        from cxrlab.runtime import inference_dtype, prepare_for_inference
+
+        self.loaded, self.device = loaded, device
+        self.net = with_tta(prepare_for_inference(loaded.model, device), loaded.tta_shift)
+        self.dtype = None if fp32 else inference_dtype(loaded.cfg.eval.precision, device)
+
+    def __call__(self, images: np.ndarray, max_batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities ``(N, K)`` and penultimate features ``(N, D)`` of uint8 ``(N, H, W)``."""
+        from cxrlab.data.prepare import to_tensor
+        from cxrlab.evaluation.evaluate import logits_to_probs
+        from cxrlab.runtime import batched
+
+        meta, net = self.loaded.meta, self.net
+
+        def run(x):
+            feats = net.features(x)
+            return net.head.out(feats), feats
+
+        logits, feats = batched(
+            run,
+            lambda s: to_tensor(images[s], meta["channels"], tuple(meta["mean"]), tuple(meta["std"])),
+            len(images),
+            max_batch,
+            self.device,
+            self.dtype,
+        )
+        return logits_to_probs(logits, meta.get("temperature", 1.0)), feats
+
+
+class OnnxEngine:
+    """The run's model exported to ONNX in memory (:mod:`cxrlab.deploy.export`, with a second output
+    ``features``) and run by an onnxruntime session on the CPU, ``threads`` intra-op threads."""
+
+    name = "onnx"
+
+    def __init__(self, loaded: LoadedRun, threads: int | None = None):
+        from cxrlab.deploy.export import Exported, _onnx_bytes
+
+        ort = require("onnxruntime", "export", "cxr serve --backend onnx")
+        self.loaded = loaded
+        self.threads = threads or cpu_cores()
+        start = time.perf_counter()
+        data = _onnx_bytes(Exported(loaded, features=True).eval(), int(loaded.meta["image_size"]),
+                           contract(loaded))  # fmt: skip
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1  # one batch at a time: the inference thread
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # idle intra-op threads sleep instead of spinning: the decode threads need those cores between batches
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.version = ort.__version__
+        self.export_s = time.perf_counter() - start
+        self.bytes = len(data)
+
+    def __call__(self, images: np.ndarray, max_batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities ``(N, K)`` and penultimate features ``(N, D)`` of uint8 ``(N, H, W)``."""
+        probs, feats = [], []
+        for start in range(0, len(images), max_batch):
+            x = (images[start : start + max_batch].astype(np.float32) / 255.0)[:, None]
+            p, f = self.session.run(None, {"image": x})
+            probs.append(p)
+            feats.append(f)
+        return np.concatenate(probs), np.concatenate(feats)
+
+
+def startup_check(engine: OnnxEngine, loaded: LoadedRun) -> float:
+    """Max |Δp| between the ONNX graph and the PyTorch model in fp32 on a few fixed images (seeded noise
+    and a gradient, no data folder needed); the real-image parity check is ``cxr export``'s and the tests'."""
+    size = int(loaded.meta["image_size"])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (_STARTUP_CHECK_IMAGES, size, size), dtype=np.uint8)
+    images[0] = np.linspace(0, 255, size, dtype=np.uint8)[None, :]
+    reference, _ = TorchEngine(loaded, fp32=True)(images)
+    got, _ = engine(images)
+    return float(np.abs(got.astype(np.float64) - reference).max())
+
+
+def make_engine(loaded: LoadedRun, backend: str = "auto", device: str = "cpu"
+                ) -> tuple[TorchEngine | OnnxEngine, str]:  # fmt: skip
+    """The inference engine for ``--backend`` (auto: onnx when onnxruntime and onnx are installed and the
+    run infers in fp32, else torch) and one line saying which it is and why."""
+    from cxrlab._optional import available
+    from cxrlab.deploy.export import PARITY_TOLERANCE, require_onnx
+    from cxrlab.runtime import inference_dtype
+
+    if backend not in BACKENDS:
+        raise CxrError(f"--backend {backend!r}: choose onnx, torch or auto")
+    reduced = inference_dtype(loaded.cfg.eval.precision, device) is not None
+    if backend == "auto":
+        missing = [m for m in _ONNX_MODULES if not available(m)]
+        why = (
+            f"{', '.join(missing)} not installed; pip install 'cxrlab[export]' for onnxruntime" if missing
+            else f"the run infers in {loaded.cfg.eval.precision} (eval.precision), onnxruntime in fp32"
+            if reduced or device != "cpu" else None
+        )  # fmt: skip
+        if why:
+            return TorchEngine(loaded, device), f"backend: PyTorch ({why})"
+    if backend == "torch":
+        return TorchEngine(loaded, device), "backend: PyTorch (--backend torch)"
+    require_onnx()
+    try:
+        engine = OnnxEngine(loaded)
+    except Exception as exc:  # noqa: BLE001 - a graph the exporter cannot take: PyTorch still serves it
+        if backend == "onnx":
+            why = f"{exc.__class__.__name__}: {' '.join(str(exc).splitlines())[:200]}"
+            raise CxrError(
+                f"--backend onnx: the model cannot be exported to ONNX ({why}); use --backend torch"
+            ) from None
+        return TorchEngine(loaded, device), f"backend: PyTorch (ONNX export failed: {exc.__class__.__name__})"
+    diff = startup_check(engine, loaded)
+    if not diff <= PARITY_TOLERANCE:  # NaN fails too
+        if backend == "onnx":
+            raise CxrError(
+                f"--backend onnx: the ONNX graph differs from PyTorch by {diff:.2g} in probability "
+                f"(limit {PARITY_TOLERANCE:g}); use --backend torch"
+            )
+        return TorchEngine(loaded, device), f"backend: PyTorch (ONNX differs by {diff:.2g})"
+    return engine, (
+        f"backend: onnxruntime {engine.version}, {engine.threads} intra-op thread(s), exported in "
+        f"{engine.export_s:.1f} s, max |Δp| vs PyTorch fp32 {diff:.1e} at startup (--backend torch: PyTorch)"
+    )
+
+
 @dataclass
 class Predictor:
-    """The run's model, prepared once; :meth:`submit` batches images waiting at the same moment."""
+    """The run's model, prepared once; :meth:`submit` batches images waiting at the same moment.
+
+    ``backend``: ``auto`` (onnxruntime when installed, else PyTorch), ``onnx`` or ``torch``
+    (:func:`make_engine`); ``backend_note`` says which one serves and why."""
 
     loaded: LoadedRun
     max_batch: int = 16
     device: str = "cpu"
     explain: ImageExplainer | None = None
+    backend: str = "auto"
     _queue: list[_Job] = field(default_factory=list)
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _thread: threading.Thread | None = None
     batches: int = 0
 
     def __post_init__(self) -> None:
-        from cxrlab.models.tta import with_tta
-        from cxrlab.runtime import inference_dtype, prepare_for_inference
-
-        self.net = with_tta(prepare_for_inference(self.loaded.model, self.device), self.loaded.tta_shift)
-        self.dtype = inference_dtype(self.loaded.cfg.eval.precision, self.device)
+        self.engine, self.backend_note = make_engine(self.loaded, self.backend, self.device)
+        self.backend = self.engine.name
         self._thread = threading.Thread(target=self._loop, name="cxrlab-inference", daemon=True)
         self._thread.start()
 
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities ``(N, K)`` and penultimate features ``(N, D)`` for uint8 images
+        ``(N, H, W)`` (same maths as cxr predict)."""
+        return self.engine(images, self.max_batch)
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities ``(N, K)`` for uint8 images ``(N, H, W)`` (same maths as cxr predict)."""
-        from cxrlab.data.prepare import to_tensor
-        from cxrlab.evaluation.evaluate import logits_to_probs
-        from cxrlab.runtime import batched
+        """Calibrated probabilities ``(N, K)`` for uint8 images ``(N, H, W)``."""
+        return self.predict(images)[0]
 
-        meta = self.loaded.meta
-        (logits,) = batched(
-            self.net,
-            lambda s: to_tensor(images[s], meta["channels"], tuple(meta["mean"]), tuple(meta["std"])),
-            len(images),
-            self.max_batch,
-            self.device,
-            self.dtype,
-        )
-        return logits_to_probs(logits, meta.get("temperature", 1.0))
-
-    async def submit(
-        self, image: np.ndarray, display: np.ndarray | None = None
-    ) -> tuple[np.ndarray, dict[str, Any] | None]:
-        """Probabilities of one image, and its heatmap when ``display`` is given (None, or a dict with
-        ``error``, when none could be made); waits for the inference thread (one batch at a time)."""
+    async def submit(self, image: np.ndarray, display: np.ndarray | None = None) -> Served:
+        """Probabilities and features of one image, and its heatmap when ``display`` is given (None, or
+        a dict with ``error``, when none could be made); waits for the inference thread (one batch at a
+        time)."""
         loop = asyncio.get_running_loop()
         job = _Job(image, loop.create_future(), loop, display)
         with self._cv:
@@ -184,9 +331,11 @@ class Predictor:
                     self._cv.wait()
                 jobs, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             try:
-                probs = self.probabilities(np.stack([j.image for j in jobs]))
+                probs, feats = self.predict(np.stack([j.image for j in jobs]))
                 self.batches += 1
-                results: list[Any] = [(p, self._heatmap(j, p)) for j, p in zip(jobs, probs, strict=True)]
+                results: list[Any] = [
+                    Served(p, self._heatmap(j, p), f) for j, p, f in zip(jobs, probs, feats, strict=True)
+                ]
             except Exception as exc:  # noqa: BLE001 - reported to each waiting request, never kills the thread
                 results = [exc] * len(jobs)
             for job, res in zip(jobs, results, strict=True):
@@ -243,11 +392,13 @@ def create_app(
     max_batch: int = 16,
     explain: Explainer | None = None,
     heatmaps: bool = False,
+    backend: str = "auto",
 ):
     """The FastAPI application serving ``run`` (the model is loaded and prepared here, once).
 
     ``explain``: the heatmap factory (module docstring); ``heatmaps``: a heatmap in every response unless
-    the request says ``?heatmap=false`` (without it, only on ``?heatmap=true``)."""
+    the request says ``?heatmap=false`` (without it, only on ``?heatmap=true``); ``backend``: ``auto``,
+    ``onnx`` or ``torch`` (:func:`make_engine`)."""
     require("fastapi", "serve", "cxr serve")
     require("python_multipart", "serve", "cxr serve")
     from fastapi import Depends, FastAPI
@@ -274,7 +425,8 @@ def create_app(
         "layer": getattr(image_explainer, "layer_name", None),
         **({} if image_explainer is not None else {"why_not": why_not}),
     }
-    predictor = Predictor(loaded, max_batch=max_batch, explain=image_explainer)
+    predictor = Predictor(loaded, max_batch=max_batch, explain=image_explainer, backend=backend)
+    card["backend"] = {"engine": predictor.backend, "note": predictor.backend_note}
     decoder = ThreadPoolExecutor(max_workers=max(1, decode_workers), thread_name_prefix="cxrlab-decode")
     limit = int(max_upload_mb * 1024 * 1024)
     size, resize = int(loaded.meta["image_size"]), loaded.meta.get("resize", "squash")
@@ -332,6 +484,7 @@ def create_app(
             "status": "ok",
             "run_id": rid,
             "model": card["model"],
+            "backend": predictor.backend,
             "uptime_s": round(time.time() - started, 1),
         }
 
@@ -389,9 +542,10 @@ def create_app(
         except Exception as exc:  # noqa: BLE001 - ImageReadError, DicomError…: the image is unusable
             raise ApiError(422, f"{name or 'the upload'} cannot be decoded: {exc}") from None
         del data
-        probs, heat = await predictor.submit(image, display)
+        served = await predictor.submit(image, display)
+        heat = served.heatmap
         del display
-        response = decision(loaded, probs, rid)
+        response = decision(loaded, served.probabilities, rid)
         if want:
             response.update(heatmap_fields(heat))
         elif image_explainer is None:
@@ -633,6 +787,7 @@ def serve(
     announce: Callable[[str], None] = print,
     explain: Explainer | None = None,
     heatmaps: bool = False,
+    backend: str = "auto",
 ) -> None:
     """Serve ``run`` until interrupted (uvicorn, one process)."""
     uvicorn = require("uvicorn", "serve", "cxr serve")
@@ -641,12 +796,15 @@ def serve(
     if not 1 <= decode_workers <= 256:
         raise CxrError(f"--decode-workers {decode_workers}: give a number of threads from 1 to 256")
     token = token or os.environ.get(TOKEN_ENV) or None
+    if backend not in BACKENDS:
+        raise CxrError(f"--backend {backend!r}: choose onnx, torch or auto")
     check_port(host, port)
     app = create_app(run, token=token, max_upload_mb=max_upload_mb, decode_workers=decode_workers,
-                     explain=explain, heatmaps=heatmaps)  # fmt: skip
+                     explain=explain, heatmaps=heatmaps, backend=backend)  # fmt: skip
     card = app.state.card
     where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     announce(f"serving {card['model']} (run {card['run_id']}) on {where}  ·  API docs: {where}/docs")
+    announce(card["backend"]["note"])
     hm = card["heatmaps"]
     if hm["available"]:
         announce(
