@@ -254,6 +254,7 @@ def test_serve_answers_with_the_verdict(fast_run):
                 assert time.monotonic() < end, "server did not start"
                 time.sleep(0.5)
         answers = [_upload(port, Path(p).name, Path(p).read_bytes()) for p in (image, ct)]
+        page = _page_verdicts(port, [image, ct])
     finally:
         proc.terminate()
         proc.wait(30)
@@ -264,3 +265,52 @@ def test_serve_answers_with_the_verdict(fast_run):
         assert got["ood"]["threshold"] == want["ood"]["threshold"]
     assert answers[1]["in_distribution"] is False
     assert any("modality 'CT'" in why for why in answers[1]["ood"]["reasons"])
+    # the page: the in-distribution image's class; for the CT file the words instead of a class
+    assert page[0]["decision"] == "→ " + answers[0]["class"] and "within what" in page[0]["ood"]
+    assert page[1]["decision"] == "outside what this model was validated on"
+    assert "modality 'CT'" in page[1]["ood"] and "do not apply" in page[1]["ood"]
+
+
+def _page_verdicts(port: int, files: list[str]) -> list[dict]:
+    """The service page in headless Chromium: each file chosen in turn, the decision and verdict lines."""
+    from tests.browser import chromium, chromium_page, page_errors
+
+    if chromium() is None:
+        pytest.skip(
+            "chromium is not installed (CI installs it in .ci/run; locally: apt-get install chromium)"
+        )
+    seen = []
+    with chromium_page(("Page", "Runtime", "Log", "DOM"), timeout=60) as cdp:
+        cdp.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
+        cdp.wait_for("Page.loadEventFired", 60)
+
+        def js(expr: str):
+            return cdp.call("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
+
+        for file in files:
+            js("document.getElementById('status').textContent = ''")
+            root = cdp.call("DOM.getDocument")["root"]["nodeId"]
+            node = cdp.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+            cdp.call("DOM.setFileInputFiles", files=[file], nodeId=node)
+            end = time.monotonic() + 120
+            while not (js("document.getElementById('status').textContent") or "").startswith("done"):
+                assert time.monotonic() < end, js("document.getElementById('status').textContent")
+                time.sleep(0.3)
+            seen.append({k: js(f"document.getElementById('{k}').textContent") for k in ("decision", "ood")})
+        assert page_errors(cdp.events) == []
+    return seen
+
+
+def test_cxr_predict_says_outside_and_writes_the_verdict_to_its_csv(fast_run, tmp_path):
+    from cxrlab.runs import read_csv
+
+    image, ct = _test_paths(fast_run)[0], _pydicom_file("CT_small.dcm")
+    table = run_cli("predict", str(fast_run), image, ct, check=True)
+    flags = [line for line in table.stderr.splitlines() if line.startswith("outside what")]
+    assert len(flags) == 1 and ct in flags[0] and "modality 'CT'" in flags[0], table.stderr
+    out = tmp_path / "p.csv"
+    run_cli("predict", str(fast_run), image, ct, "--out", str(out), check=True)
+    rows = {r["image"]: r for r in read_csv(out)}
+    assert rows[ct]["in_distribution"] == "False" and "modality 'CT'" in rows[ct]["ood_reasons"]
+    assert float(rows[ct]["ood_score"]) > float(rows[ct]["ood_threshold"])
+    assert rows[image]["in_distribution"] in ("True", "False") and rows[image]["ood_score"]

@@ -337,6 +337,10 @@ def _predict(
                 probs = "  ".join(f"{c}={p:.3f}" for c, p in r["probabilities"].items())
                 line = f"{r['image']}\t{r['class']}\t{probs}"
                 (bar.write(line) if bar is not None else typer.echo(line))
+            if (r.get("ood") or {}).get("in_distribution") is False and not as_json:  # the OOD guard
+                why = "; ".join(r["ood"]["reasons"])
+                flag = f"outside what this model was validated on: {r['image']}: {why}"
+                (bar.write(flag, file=sys.stderr) if bar is not None else typer.echo(flag, err=True))
         results += part
         if bar is not None:
             bar.update(len(part))
@@ -353,11 +357,17 @@ def _predict(
     if out is not None:
         from cxrlab.runs import write_csv
 
-        fields = ["image", "class", *(f"p_{c}" for c in loaded.classes), "error"]
+        ood_fields = ["in_distribution", "ood_score", "ood_threshold", "ood_reasons"]  # the OOD guard
+        fields = ["image", "class", *(f"p_{c}" for c in loaded.classes), *ood_fields, "error"]
         extra = ["lung_share", "lung_area", "heatmap_class", "overlay"] if explainer is not None else []
         for r in results:
+            ood = r.get("ood") or {}
+            verdict = {"in_distribution": ood.get("in_distribution"), "ood_score": ood.get("score"),
+                       "ood_threshold": ood.get("threshold"),
+                       "ood_reasons": "; ".join(ood.get("reasons") or [])}  # fmt: skip
             rows.append({"image": r["image"], "class": r.get("class", ""), "error": r.get("error", ""),
                          **{f"p_{c}": v for c, v in r.get("probabilities", {}).items()},
+                         **{k: "" if v is None else v for k, v in verdict.items()},
                          **{f: "" if r.get(f) is None else r[f] for f in extra}})  # fmt: skip
         write_csv(
             out / "predictions.csv" if explainer is not None else out, rows, fields[:-1] + extra + ["error"]

@@ -53,6 +53,7 @@ from cxrlab._optional import require
 from cxrlab.deploy.export import contract, run_id
 from cxrlab.errors import CxrError
 from cxrlab.evaluation.inference import LoadedRun, image_run
+from cxrlab.evaluation.ood import OodGuard, not_assessed, upload_header
 from cxrlab.reports.model_card import DISCLAIMER, card_for
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -60,6 +61,7 @@ TOKEN_ENV = "CXRLAB_SERVE_TOKEN"
 #: Multipart framing (boundaries, part headers) allowed on top of the upload limit.
 FRAMING_BYTES = 64 * 1024
 HEATMAP_NOTE = "not requested: add ?heatmap=true for a Grad-CAM overlay and the lung-attention share"
+
 #: Leading bytes of the image formats cxrlab decodes (DICOM: "DICM" at offset 128).
 _SIGNATURES = (
     b"\x89PNG\r\n\x1a\n",
@@ -410,6 +412,7 @@ def create_app(
     loaded = image_run(run)
     rid = run_id(loaded)
     card = model_card(loaded, rid)
+    guard = OodGuard.load(loaded.path)  # None: a run without one; every answer says "not assessed"
     image_explainer, why_not = None, "this server has no explainer"
     if explain is not None:
         try:
@@ -541,11 +544,13 @@ def create_app(
             )
         except Exception as exc:  # noqa: BLE001 - ImageReadError, DicomError…: the image is unusable
             raise ApiError(422, f"{name or 'the upload'} cannot be decoded: {exc}") from None
+        header = upload_header(data) if kind == "dicom" else None  # view, body part, modality only
         del data
         served = await predictor.submit(image, display)
         heat = served.heatmap
         del display
-        response = decision(loaded, served.probabilities, rid)
+        ood = guard.assess(served.features[None], [header])[0] if guard else not_assessed(header)
+        response = decision(loaded, served.probabilities, rid, ood)
         if want:
             response.update(heatmap_fields(heat))
         elif image_explainer is None:
@@ -605,8 +610,12 @@ def heatmap_fields(heat: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def decision(loaded: LoadedRun, probs: np.ndarray, rid: str) -> dict[str, Any]:
-    """The JSON answer for one image: probabilities, and the class at the saved operating threshold."""
+def decision(
+    loaded: LoadedRun, probs: np.ndarray, rid: str, ood: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON answer for one image: probabilities, the class at the saved operating threshold, and the
+    out-of-distribution verdict (``ood``: :meth:`cxrlab.evaluation.ood.OodGuard.assess`'s entry; None: not
+    assessed), also as the top-level ``in_distribution`` (True, False, or None when not assessed)."""
     from cxrlab.evaluation.evaluate import thresholded
 
     classes = loaded.classes
@@ -631,6 +640,8 @@ def decision(loaded: LoadedRun, probs: np.ndarray, rid: str) -> dict[str, Any]:
         "heatmap_note": HEATMAP_NOTE,
         "lung_share": None,
     }
+    out["ood"] = ood if ood is not None else not_assessed()
+    out["in_distribution"] = out["ood"]["in_distribution"]
     return out
 
 
