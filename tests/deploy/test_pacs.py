@@ -280,7 +280,7 @@ def test_undeliverable_instance_and_pacs_down_are_retried_then_reported(
     opts = NodeOptions(out=out, watch=f"http://127.0.0.1:{closed}/dicom-web",
                        pacs=Peer("127.0.0.1", closed, "DOWN"), retries=1, backoff_s=0.05)  # fmt: skip
     down = Node(loaded, opts)
-    assert down.poll_once() == []
+    assert down.poll_once() is None
     assert "cannot list instances" in (out / "node.log").read_text()
     from cxrlab.deploy.dicom_out import to_bytes
 
@@ -352,3 +352,21 @@ def test_sr_is_valid_for_dcmtk_and_says_outside_when_the_guard_flags(small_run, 
         assert report["probabilities"] == pytest.approx(res["probabilities"], abs=1e-6)
     assert report["finding"].startswith(OUTSIDE) and report["ood_verdict"].startswith(OUTSIDE)
     assert "lateral view" in report["ood_verdict"]
+
+
+def test_node_once_with_the_server_down_and_a_busy_port_exit_with_one_line(small_run, tmp_path):
+    import socket
+
+    closed = free_port()
+    proc = run_cli("node", str(small_run), "--out", str(tmp_path / "a"), "--no-heatmap", "--once",
+                   "--watch", f"http://127.0.0.1:{closed}/dicom-web")  # fmt: skip
+    assert proc.returncode != 0 and "cannot list the instances" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("node", str(small_run), "--out", str(tmp_path / "b"), "--no-heatmap",
+                       "--port", str(port), "--allow", "A", "--pacs", f"127.0.0.1:{closed}:X")  # fmt: skip
+    assert proc.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -145,6 +145,7 @@ class Node:
         if seen_file.is_file():
             self.seen.update(line.strip() for line in seen_file.read_text().splitlines() if line.strip())
         self._queued: set[str] = set()
+        self.failures = 0  # reported in this run
 
     # ------------------------------------------------------------------ running
 
@@ -153,10 +154,11 @@ class Node:
         server = self._start_server() if self.opts.port is not None else None
         worker = threading.Thread(target=self._work, name="cxr-node-worker", daemon=True)
         worker.start()
+        listed: list | None = []
         try:
             while not self._stop.is_set():
                 if self.opts.watch:
-                    self.poll_once()
+                    listed = self.poll_once()
                 if self.opts.once:
                     self.jobs.join()
                     break
@@ -169,6 +171,12 @@ class Node:
             self.jobs.join()  # what was accepted is processed (or reported) before the node exits
             self._stop.set()
             log.info("node stopped")
+        if self.opts.once and listed is None:  # a cron job learns it from the exit status
+            raise CxrError(
+                f"cannot list the instances at {self.opts.watch}; see {self.opts.out / 'node.log'}"
+            )
+        if self.opts.once and self.failures:
+            raise CxrError(f"{self.failures} image(s) failed; listed in {self.opts.out / 'failures.jsonl'}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -198,7 +206,13 @@ class Node:
         ae.require_calling_aet = list(self.opts.allow)
         ae.require_called_aet = True
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)]
-        server = ae.start_server((self.opts.host, self.opts.port), block=False, evt_handlers=handlers)
+        try:
+            server = ae.start_server((self.opts.host, self.opts.port), block=False, evt_handlers=handlers)
+        except OSError as exc:
+            raise CxrError(
+                f"cannot listen on {self.opts.host}:{self.opts.port} ({exc.strerror or exc}); "
+                "choose another --port"
+            ) from None
         log.info(
             "listening as AE %s on %s:%d, accepting C-STORE from %s",
             self.opts.ae_title, self.opts.host, self.opts.port, ", ".join(self.opts.allow),
@@ -255,9 +269,10 @@ class Node:
         client.set_http_retry_params(retry=False)  # the node's own retries (--retries, --backoff) only
         return client
 
-    def poll_once(self) -> list[tuple[str, str, str]]:
+    def poll_once(self) -> list[tuple[str, str, str]] | None:
         """List the server's instances (QIDO-RS, paged) and queue those of ``--modalities`` not seen yet;
-        returns their (study, series, instance) UIDs. A server that cannot be reached is one log line."""
+        returns their (study, series, instance) UIDs. A server that cannot be reached is one log line (and
+        None)."""
         found: list[tuple[str, str, str]] = []
         try:
             client, offset = self._client(), 0
@@ -275,7 +290,7 @@ class Node:
         except Exception as exc:  # noqa: BLE001 - a server down or refusing: say so, try at the next poll
             log.warning("watch: cannot list instances at %s (%s); next try in %g s",
                         self.opts.watch, _reason(exc), self.opts.poll_s)  # fmt: skip
-            return []
+            return None
         for uids in found:
             self._queued.add(uids[2])
             self.jobs.put(_Job(origin=f"DICOMweb {self.opts.watch}", uids=uids))
@@ -418,6 +433,7 @@ class Node:
         for value in sorted(job.identity, key=len, reverse=True):  # an unexpected error quoting the header
             why = why.replace(value, "[patient data removed]")
         record = {"time": _now(), "origin": job.origin, "stage": stage, **ids, "reason": why}
+        self.failures += 1
         self._append("failures.jsonl", record)
         if ids.get("instance"):
             self._mark_seen(ids["instance"])  # reported, not retried at every poll; see docs/serving.md
