@@ -165,5 +165,8 @@ def node(
         explainer = Explainer(loaded, method=method)
     the_node = Node(loaded, opts, explainer)
     setup_logging(out, echo=lambda line: typer.echo(line, err=True))
-    signal.signal(signal.SIGTERM, lambda *_: the_node.stop())
-    the_node.run()
+    previous = signal.signal(signal.SIGTERM, lambda *_: the_node.stop())  # finish the queue, then exit
+    try:
+        the_node.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
