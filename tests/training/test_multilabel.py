@@ -274,6 +274,23 @@ def test_external_validation_on_nih_hires_per_finding(ml_run, tmp_path):
             assert entry["auc"] is None
     assert m["test"]["label_policy"]["file"] == str(HIRES / "labels.csv")
     assert "macro ROC AUC" in (out / "report.html").read_text()
+    # the run's model card lists this external validation (written with --out outside the run folder)
+    card = json.loads((run / "model_card.json").read_text())
+    [e] = [e for e in card["external_validation"] if e["file"] == str((out / "metrics.json").resolve())]
+    assert e["source"] == str(HIRES / "images") and e["n"] == 19
+    both = [
+        f
+        for f, v in m["test"]["per_finding"].items()
+        if v["auc"] is not None and m["internal_auc"][f]["auc"] is not None
+    ]
+    [row] = e["metrics"]
+    assert row["external"] == pytest.approx(np.mean([m["test"]["per_finding"][f]["auc"] for f in both]))
+    assert row["internal"] == pytest.approx(np.mean([m["internal_auc"][f]["auc"] for f in both]))
+    texts = [x["text"] for x in card["limitations"]]
+    assert not any("Not validated on any external dataset" in t for t in texts)
+    assert any(
+        t.startswith(f"Externally validated on {HIRES / 'images'} (19 images): macro ROC AUC") for t in texts
+    )
 
 
 def _renamed_test_rows(run, path):

@@ -76,6 +76,8 @@ def evaluate_run(
     if meta.get("task") == "multilabel":
         result = _multilabel_result(loaded, prepared, source, target, clock, labels)
         _write_results(target, result, clock)
+        if data is not None:
+            _refresh_card(loaded.path, target / "metrics.json")
         return result
     y = prepared.labels["test"]
     task = SingleLabel()

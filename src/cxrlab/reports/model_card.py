@@ -84,7 +84,7 @@ def build_card(run: str | Path, external: Iterable[str | Path] = ()) -> dict[str
     multilabel = bool(metrics.get("multilabel") or meta.get("task") == "multilabel")
     test = metrics.get("test") or {}
     data = metrics.get("data") or {}
-    externals = [e for e in (_external(run, f) for f in _external_files(run, external)) if e]
+    externals = [e for e in (_external(run, f, metrics) for f in _external_files(run, external)) if e]
     evidence += [e["file"] for e in externals]
     ood = _ood(run)
     if ood["status"] == "assessed":
@@ -266,8 +266,10 @@ def _operating_point(meta: dict[str, Any], test: dict[str, Any], multilabel: boo
 
 
 def _external_files(run: Path, more: Iterable[str | Path]) -> list[Path]:
-    """Every external.json of the run: inside its folder, recorded by its previous card, and ``more``."""
-    found = sorted(run.glob("*/external.json"))
+    """Every external validation of the run: its folder's ``*/external.json`` (single-label) and
+    ``*/metrics.json`` (a multi-label evaluation on other data, the ones with ``findings_match``), those its
+    previous card recorded, and ``more``."""
+    found = sorted(run.glob("*/external.json")) + sorted(run.glob("*/metrics.json"))
     previous = run / CARD_JSON
     if previous.is_file():
         with contextlib.suppress(OSError, ValueError, TypeError, CxrError):
@@ -287,18 +289,21 @@ def _external_files(run: Path, more: Iterable[str | Path]) -> list[Path]:
 _DROP_METRICS = ("ROC AUC", "accuracy", "sensitivity", "specificity")
 
 
-def _external(run: Path, file: Path) -> dict[str, Any] | None:
-    """One external validation from its external.json; None when the file is unreadable."""
+def _external(run: Path, file: Path, internal: dict[str, Any]) -> dict[str, Any] | None:
+    """One external validation from its external.json (or a multi-label evaluation's metrics.json); None
+    when the file is unreadable or is no external validation (e.g. the run's own re-scoring)."""
+    try:
+        name = str(file.resolve().relative_to(run.resolve()))
+    except ValueError:
+        name = str(file.resolve())
+    if file.name == "metrics.json":
+        return _external_multilabel(file, name, internal)
     try:
         ext = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(ext, dict) or "external" not in ext:
         return None
-    try:
-        name = str(file.resolve().relative_to(run.resolve()))
-    except ValueError:
-        name = str(file.resolve())
     rows = {r.get("metric"): r for r in ext.get("metrics") or []}
     shown = [
         {
@@ -320,6 +325,40 @@ def _external(run: Path, file: Path) -> dict[str, Any] | None:
         if overlap.get("checked")
         else None,
         "summary": list(ext.get("summary") or []),
+    }
+
+
+def _external_multilabel(file: Path, name: str, internal: dict[str, Any]) -> dict[str, Any] | None:
+    """A multi-label `cxr evaluate RUN --data OTHER`: the macro ROC AUC over the findings both sides score,
+    internally (the run's test split) and there."""
+    try:
+        ev = read_metrics(file)
+    except (OSError, ValueError, CxrError):
+        return None
+    if not ev.get("multilabel") or "findings_match" not in ev:
+        return None
+    per = (ev.get("test") or {}).get("per_finding") or {}
+    own = ((internal.get("test") or {}).get("per_finding")) or {}
+
+    def auc(d: dict[str, Any], f: str) -> float | None:
+        return to_number((d.get(f) or {}).get("auc"))
+
+    both = [f for f in per if auc(per, f) is not None and auc(own, f) is not None]
+    rows = []
+    if both:
+        a = sum(auc(own, f) or 0.0 for f in both) / len(both)
+        b = sum(auc(per, f) or 0.0 for f in both) / len(both)
+        rows.append({"metric": f"macro ROC AUC over the {len(both)} findings both score", "internal": a,
+                     "internal_ci95": None, "external": b, "external_ci95": None, "drop": a - b})  # fmt: skip
+    data = ev.get("data") or {}
+    return {
+        "source": data.get("source"),
+        "n": (ev.get("test") or {}).get("n"),
+        "counts": None,
+        "file": name,
+        "metrics": rows,
+        "duplicates_of_training": None,
+        "summary": list((ev.get("test") or {}).get("notes") or []),
     }
 
 
@@ -420,6 +459,9 @@ def _limitations(
             text = (f"The external set {e['source']} shares {dup} of its {e['n']} images with the training "
                     "or validation images: it is not independent.")  # fmt: skip
             add("critical", "test leakage", text)
+        for note in e["summary"]:  # a multi-label evaluation's note that its images share training's names
+            if "not an external test" in note:
+                add("critical", "test leakage", f"The external set {e['source']}: {note}.")
         add(*_external_line(e, source))
     for w in card["training_data"]["audit"]["warnings"]:
         add(w["severity"], w["topic"], w["text"])
@@ -486,7 +528,7 @@ def _external_line(e: dict[str, Any], internal_source: str | None) -> tuple[str,
     for row in e["metrics"]:  # AUC and accuracy, and sensitivity or specificity where they drop a lot
         if row.get("drop") is None:
             continue
-        if row["metric"] not in ("ROC AUC", "accuracy") and row["drop"] < LARGE_DROP:
+        if "ROC AUC" not in row["metric"] and row["metric"] != "accuracy" and row["drop"] < LARGE_DROP:
             continue
         parts.append(f"{row['metric']} {row['internal']:.3f} internally, {row['external']:.3f} there "
                      f"({-row['drop']:+.3f})")  # fmt: skip
