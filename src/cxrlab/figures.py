@@ -7,6 +7,7 @@ pages all draw through it. A run's plots follow ``eval.figure_format`` / ``eval.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -15,7 +16,10 @@ from typing import TYPE_CHECKING
 
 import matplotlib
 
-matplotlib.use("Agg")
+# Files need no window: Agg. A Jupyter kernel keeps its own (inline) backend, or the notebook's plots would
+# stop showing once cxrlab is used; save_figure closes every figure it writes, so none of cxrlab's appear.
+if "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
