@@ -81,6 +81,8 @@ def test_every_audit_warning_has_its_own_rule():
     [finding] = findings_warnings(baseline)
     assert classify(finding)["severity"] == "high"
     assert classify("the data audit could not run (ValueError: x); run `cxr audit`")["severity"] == "medium"
+    mix = "the test split has no image of view AP (train 40, val 6): its performance there cannot be measured"
+    assert classify(mix) == {"severity": "medium", "topic": "subgroups", "text": mix}  # audit.subgroups
     assert (
         classify("1,204 label-file row(s) have no image under the data folder and were left out")["severity"]
         == "low"

@@ -45,6 +45,7 @@ RULES: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
         (r"\d+ of \d+ images \(\d+%\) have no patient id", "medium", "patient ids"),
         (r"the given validation split is tiny", "medium", "validation size"),
         (r"the data audit could not run", "medium", "audit"),
+        (r"the (train|val|test) split has no image of ", "medium", "subgroups"),
         (r"[\d,]+ unreadable file\(s\) skipped", "low", "unreadable files"),
         (r"[\d,]+ label-file row\(s\) have no image", "low", "label file"),
         (r"[\d,]+ rows (with an empty|repeat an image|in no split)", "low", "label file"),
