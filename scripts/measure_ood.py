@@ -147,6 +147,7 @@ def main() -> None:
             "flagged_by_acquisition": round(float(np.mean([bool(acquisition_reasons(h)) for h in heads])), 4),
             "in_training_data": sum(_sha(p) in train_hashes for p in used),
             "median_score": round(float(np.median(scores)), 2),
+            "files": [p.name for p in used],
         }
 
     sets: dict[str, dict] = {}
@@ -184,7 +185,6 @@ def main() -> None:
             seen.add(key)
             distinct.append(f)
     sets["non-chest (pydicom CT/MR)"] = outside("non-chest", distinct, [dicom_header(p) for p in distinct])
-    sets["non-chest (pydicom CT/MR)"]["files"] = [p.name for p in distinct]
 
     # the ablation's training and validation features: the run's own split, recomputed at fp32
     split_rows = _rows(loaded.path / "splits.csv")
