@@ -42,7 +42,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cxrlab.config import DataConfig, LabelsConfig, RunConfig
-from cxrlab.data.index import SPLITS, DatasetIndex, Sample, discover
+from cxrlab.data.index import SPLITS, DatasetIndex, Sample
 from cxrlab.errors import ConfigError, DataError
 
 __all__ = ["ChestXrayDataset", "open"]
@@ -117,6 +117,10 @@ def open(  # noqa: A001 - cxrlab.datasets.open, as the issue and torchxrayvision
     data = _data_config(path, classes, label_cfg, resize, val_fraction, test_fraction, val_split,
                         group_pattern, cache_dir)  # fmt: skip
     index = _index(data, seed)
+    if classes and index.task == "multilabel":
+        raise ConfigError(
+            f"classes= picks single-label classes; {data.labels.file} is multi-label: pick with findings="
+        )
     npz_size = _npz_size(index)
     side = size if size is not None else npz_size or DEFAULT_SIZE
     source = _Source(index, data, seed)
@@ -222,8 +226,8 @@ class ChestXrayDataset(Dataset):
 
     @property
     def metadata(self) -> Any:
-        """The metadata table, a pandas DataFrame in dataset order (module docstring for its columns);
-        editing it does not change the dataset."""
+        """The metadata table, a pandas DataFrame in dataset order (module docstring for its columns); a
+        fresh copy each time, so editing it changes neither the dataset nor the next call's table."""
         if self._frame is None:
             from cxrlab._optional import require
 
@@ -234,7 +238,7 @@ class ChestXrayDataset(Dataset):
             for c in ("age", *(self.classes if self.task == "multilabel" else [])):
                 frame[c] = frame[c].astype("float64")
             self._frame = frame
-        return self._frame
+        return self._frame.copy()
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -493,18 +497,13 @@ def _validated(model: Any, fields: dict[str, Any], what: str) -> Any:
 def _index(data: DataConfig, seed: int) -> DatasetIndex:
     """:func:`~cxrlab.data.index.discover` as ``cxr train`` calls it; a folder of images without class
     subfolders becomes an unlabelled index (layout ``images``)."""
-    from cxrlab.data.prepare import apply_task
+    from cxrlab.data.prepare import index_dataset
 
     root = Path(data.path).expanduser()  # type: ignore[arg-type]
     labelled = bool(data.labels.file)
     if not labelled and root.is_dir() and not _has_subfolders(root):
         return _unlabelled(root, data)
-    index = discover(
-        data.path, data.classes, data.label_map, data.val_fraction, data.test_fraction, data.group_pattern,
-        seed, data.max_per_class, True, data.patient_csv, data.patient_column, data.file_column, data.labels,
-        val_split=data.val_split, dicom_patient_ids=data.dicom_patient_ids,
-    )  # fmt: skip
-    apply_task(index, data.labels.task if labelled else "auto", data.labels.no_finding)
+    index = index_dataset(data, seed)
     if index.layout == "codes":
         raise DataError(
             f"{data.path} holds autoencoder codes, not images; open the images they were encoded from"

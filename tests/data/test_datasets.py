@@ -110,6 +110,8 @@ def test_nih_label_file_against_pandas(nih):
     meta = nih.metadata
     assert nih.task == "multilabel" and len(nih.findings) == 14 and nih.findings == nih.classes
     assert len(meta) == len(raw) == 1000
+    meta["edited"] = 1  # a copy: the next table is as it was
+    assert "edited" not in nih.metadata
     rows = raw.loc[[p.rsplit("/", 1)[1] for p in meta.path]]
     for finding in nih.findings:
         want = rows["Finding Labels"].str.split("|").apply(lambda fs, f=finding: float(f in fs)).to_numpy()
@@ -253,6 +255,8 @@ def test_unreadable_images_are_named_and_can_be_left_out(tmp_path, covid_dir):
         (lambda: cxrlab.datasets.open(NIH / "images", labels=NIH / "labels.csv", preset="chexpert"),
          "has no column 'Path'"),
         (lambda: cxrlab.datasets.open(42), "path is a int; give a folder"),
+        (lambda: cxrlab.datasets.open(NIH / "images", labels=NIH / "labels.csv", preset="nih", classes="A"),
+         "is multi-label: pick with findings="),
     ],
 )
 def test_bad_input_is_one_line(call, message):
