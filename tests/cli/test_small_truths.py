@@ -165,3 +165,20 @@ def test_the_lock_holds_while_training_and_is_gone_after(tmp_path, small_covid, 
     with run_lock(run):  # and the folder can be locked again at once
         assert (run / LOCK).is_file()
     assert not (run / LOCK).exists()
+
+
+def test_train_leaves_the_callers_config_as_given(tmp_path, small_covid):
+    """The Python API resolves defaults (here the model's input size) on its own copy: a notebook's config
+    object is not changed by training, and config.yaml records what the run resolved."""
+    from cxrlab.pipeline.train import train
+
+    cfg = RunConfig.model_validate(
+        {"data": {"path": str(small_covid)}, "model": {"name": "small_cnn"},
+         "train": {"epochs": 1, "tensorboard": False},
+         "eval": {"explain": "off", "tsne": False, "bootstrap": 50}}
+    )  # fmt: skip
+    before = cfg.model_dump()
+    train(cfg, tmp_path / "run", progress=False)
+    assert cfg.model_dump() == before and cfg.data.image_size is None
+    saved = RunConfig.load(tmp_path / "run" / "config.yaml")
+    assert saved.data.image_size == 64  # small_cnn's input size, resolved in the run

@@ -62,24 +62,22 @@ def audit_dataset(
     ``progress``: progress bars over reading and hashing the files (drawn on a terminal only)."""
     from cxrlab.config import DataConfig
     from cxrlab.data.cache import ImageCache
-    from cxrlab.data.index import discover
+    from cxrlab.data.prepare import index_dataset
     from cxrlab.runtime import progress as progress_bar
 
     start = time.perf_counter()
-    defaults = DataConfig()
-    index = discover(
-        path,
-        classes,
-        label_map,
-        defaults.val_fraction,
-        defaults.test_fraction,
-        group_pattern,
-        seed,
-        patient_csv=patient_csv,
+    # the index `cxr train` would make of these settings: the same seed, fractions and task
+    data_cfg = DataConfig(
+        path=str(path),
+        classes=classes,
+        label_map=label_map or {},
+        group_pattern=group_pattern,
+        patient_csv=str(patient_csv) if patient_csv else None,
         patient_column=patient_column,
         file_column=file_column,
-        labels=labels,
+        **({"labels": labels} if labels is not None else {}),
     )
+    index = index_dataset(data_cfg, seed)
     unreadable: dict[str, str] = {}
     if index.npz is not None:
         samples = index.samples

@@ -74,24 +74,7 @@ def prepare_data(
             "no data given: pass --data FOLDER (or a .npz file; with --labels FILE.csv, the folder of its "
             "images), or set data.path in the config"
         )
-    index = discover(
-        cfg.path,
-        cfg.classes,
-        cfg.label_map,
-        cfg.val_fraction,
-        cfg.test_fraction,
-        cfg.group_pattern,
-        seed,
-        cfg.max_per_class,
-        require_test,
-        cfg.patient_csv,
-        cfg.patient_column,
-        cfg.file_column,
-        cfg.labels,
-        val_split=cfg.val_split,
-        dicom_patient_ids=cfg.dicom_patient_ids,
-    )
-    apply_task(index, cfg.labels.task if cfg.labels.file else "auto", cfg.labels.no_finding)
+    index = index_dataset(cfg, seed, require_test=require_test)
     if cfg.extra_train:
         if index.task == "multilabel":
             raise DataError(
@@ -110,6 +93,33 @@ def prepare_data(
         _from_files(out, image_size, cfg, progress)
     out.decode_s = time.perf_counter() - start
     return out
+
+
+def index_dataset(
+    cfg: DataConfig, seed: int = 0, require_test: bool = True, capped: bool = True
+) -> DatasetIndex:
+    """The index of ``cfg.path`` exactly as ``cxr train`` splits it: :func:`~cxrlab.data.index.discover` with
+    every setting of the data section (the one place they are passed on), then ``data.labels.task``.
+    ``capped=False`` ignores ``max_per_class`` (recorded images looked up by path must all be there)."""
+    index = discover(
+        cfg.path,  # type: ignore[arg-type]
+        classes=cfg.classes,
+        label_map=cfg.label_map,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        group_pattern=cfg.group_pattern,
+        seed=seed,
+        max_per_class=cfg.max_per_class if capped else None,
+        require_test=require_test,
+        patient_csv=cfg.patient_csv,
+        patient_column=cfg.patient_column,
+        file_column=cfg.file_column,
+        labels=cfg.labels,
+        val_split=cfg.val_split,
+        dicom_patient_ids=cfg.dicom_patient_ids,
+    )
+    apply_task(index, cfg.labels.task if cfg.labels.file else "auto", cfg.labels.no_finding)
+    return index
 
 
 def apply_task(index: DatasetIndex, task: str, no_finding: str = "No Finding") -> None:

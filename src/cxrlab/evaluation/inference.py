@@ -14,7 +14,7 @@ from cxrlab.config import LabelsConfig, RunConfig, validate_model_meta
 from cxrlab.data.images import ImageReadError, load_gray
 from cxrlab.data.index import DatasetIndex, discover
 from cxrlab.data.memory import ACCEPTED, MemoryImage, from_memory, is_memory_image, kind
-from cxrlab.data.prepare import PreparedData, _from_npz, apply_task, from_codes
+from cxrlab.data.prepare import PreparedData, _from_npz, apply_task, from_codes, index_dataset
 from cxrlab.errors import CxrError, DataError, ModelError
 from cxrlab.evaluation.evaluate import logits_to_probs, predict_images, thresholded
 from cxrlab.models import build_model
@@ -168,26 +168,9 @@ def recorded_test_index(loaded: LoadedRun, allow_changed: bool = False) -> Datas
 
     cfg = loaded.cfg
     recorded = read_recorded_test(loaded.path)
-    index = discover(
-        cfg.data.path,
-        cfg.data.classes,
-        cfg.data.label_map,
-        cfg.data.val_fraction,
-        cfg.data.test_fraction,
-        cfg.data.group_pattern,
-        cfg.train.seed,
-        # the recorded images are looked up by path: no cap (it would drop some of them at random) and no
-        # test split carved (what is carved now is not what was tested)
-        None if recorded is not None else cfg.data.max_per_class,
-        require_test=recorded is None,
-        patient_csv=cfg.data.patient_csv,
-        patient_column=cfg.data.patient_column,
-        file_column=cfg.data.file_column,
-        val_split=cfg.data.val_split,
-        labels=cfg.data.labels,
-        dicom_patient_ids=cfg.data.dicom_patient_ids,
-    )
-    apply_task(index, cfg.data.labels.task if cfg.data.labels.file else "auto", cfg.data.labels.no_finding)
+    # the recorded images are looked up by path: no cap (it would drop some of them at random) and no test
+    # split carved (what is carved now is not what was tested)
+    index = index_dataset(cfg.data, cfg.train.seed, require_test=recorded is None, capped=recorded is None)
     if recorded is None:
         index.samples = [s for s in index.samples if s.split == "test"]
         index.split_origin["test"] = (

@@ -290,6 +290,9 @@ def _run(
         stale = settle_stale(out) if zero else None
         if stale:
             print(f"warning: {out} was interrupted ({stale}); resuming it", file=sys.stderr)
+    # resolved below (the model's input size, autoencoder codes' size and channels; each assignment
+    # validated), on a copy: the caller's config, e.g. a notebook's, stays as it was given
+    cfg = cfg.model_copy(deep=True)
     spec = get_spec(cfg.model.name)
     if cfg.eval.explain != "off":
         from cxrlab.explain.methods import get_method
