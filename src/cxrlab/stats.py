@@ -129,6 +129,8 @@ def bootstrap_intervals(
     units, n_units = resampling_units(groups, n)
     point = {k: float(v[0]) for k, v in statistic(np.ones((1, n))).items()}
     names = list(point)
+    if not names:  # a statistic with nothing to estimate (e.g. a subgroup with no computable metric)
+        return out
     if n_units < 2:  # every resample is the test set itself: nothing to resample
         word = "patient" if groups is not None else "image"
         for name in names:
