@@ -30,7 +30,6 @@ Sex and age come from label files only: cxrlab never reads them from DICOM heade
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +51,6 @@ DEFAULT_SIZE = 224
 #: The standard columns of :attr:`ChestXrayDataset.metadata`, before the labels and the file's own.
 COLUMNS = ("path", "patient", "split")
 AFTER = ("view", "sex", "age", "source")
-_SEX = {"m": "M", "male": "M", "f": "F", "female": "F", "o": "O", "other": "O"}
-_AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([YyMmWwDd])?\s*")
-_UNIT = {"y": 1.0, "m": 12.0, "w": 52.1775, "d": 365.25}
 
 
 @dataclass
@@ -578,14 +574,14 @@ def _record(index: DatasetIndex, s: Sample, task: str) -> dict[str, Any]:
 
 
 def _sex(value: str) -> str | None:
-    v = value.strip()
-    return _SEX.get(v.lower(), v) if v and v.lower() not in ("unknown", "u", "nan") else None
+    from cxrlab.data.subgroups import normalise
+
+    return normalise("sex", value)  # M / F / O as the subgroup metrics read it; None when missing
 
 
 def _age(value: str) -> float:
-    """``57``, ``058Y`` (DICOM-style), ``6M`` → years; NaN when blank or not a number."""
-    m = _AGE.fullmatch(value or "")
-    if not m:
-        return float("nan")
-    return float(m.group(1)) / _UNIT[(m.group(2) or "y").lower()]
+    """``57``, ``058Y`` (DICOM-style), ``6M`` → years; NaN when blank or not an age."""
+    from cxrlab.data.subgroups import parse_age
 
+    years = parse_age(value)
+    return float("nan") if years is None else years
