@@ -7,6 +7,7 @@ The shipped segmenter is ``assets/lungs.safetensors`` with its data card ``asset
 from __future__ import annotations
 
 import csv
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,12 +282,19 @@ def _card(data, pairs, train_idx, test_idx, scores, size, base, epochs, seed, ne
 
 
 class Segmenter:
-    """A loaded lung segmenter: :meth:`predict` gives lung probabilities at its own input size."""
+    """A loaded lung segmenter: :meth:`predict` gives lung probabilities at its own input size;
+    :meth:`predict_cached` the same, kept in cxrlab's cache."""
+
+    #: Images per forward pass.
+    BATCH = 32
 
     def __init__(self, net: TinyUNet, size: int, card: dict[str, Any] | None = None):
         self.net = net.eval()
         self.size = size
         self.card = card or {}
+        #: images whose lung probabilities :meth:`predict_cached` read from the cache / computed
+        self.cache_hits = self.cache_misses = 0
+        self._ident: str | None = None
 
     @classmethod
     def load(cls, weights: str | Path | None = None) -> Segmenter:
@@ -317,9 +325,52 @@ class Segmenter:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Lung probabilities ``(N, S, S)`` for uint8 grey images ``(N, S, S)`` at :attr:`size`."""
         out = []
-        for start in range(0, len(images), 32):
-            out.append(torch.sigmoid(self.net(_to_input(images[start : start + 32])))[:, 0].numpy())
+        for start in range(0, len(images), self.BATCH):
+            out.append(torch.sigmoid(self.net(_to_input(images[start : start + self.BATCH])))[:, 0].numpy())
         return np.concatenate(out) if out else np.zeros((0, self.size, self.size), np.float32)
+
+    def predict_cached(self, images: np.ndarray, cache: str | Path | None) -> np.ndarray:
+        """:meth:`predict`, each image's result kept in the cache folder ``cache`` (``ImageCache.root``;
+        None: none) under ``CACHE/lungs/ab/<sha1>.npy``, the key hashing the segmenter's weights, its input
+        size and the image's pixels: an image seen before is not segmented again, and the probabilities
+        read back are the ones computed (float32, bit for bit). Counts in :attr:`cache_hits` /
+        :attr:`cache_misses`; a cache that cannot be written is skipped (one warning)."""
+        from cxrlab.data.cache import load_npy, save_npy
+
+        images = np.asarray(images)
+        if cache is None:
+            self.cache_misses += len(images)
+            return self.predict(images)
+        paths = [self._entry_path(Path(cache), image) for image in images]
+        image_shape = images.shape[1:]
+        found: dict[int, np.ndarray] = {}
+        for i, path in enumerate(paths):
+            hit = load_npy(path)
+            if hit is not None and hit.dtype == np.float32 and hit.shape == image_shape:
+                found[i] = hit
+        missing = [i for i in range(len(images)) if i not in found]
+        writable = True
+        for i, prob in zip(missing, self.predict(images[missing]) if missing else [], strict=True):
+            found[i] = prob
+            writable = writable and save_npy(paths[i], np.ascontiguousarray(prob))
+        self.cache_hits += len(images) - len(missing)
+        self.cache_misses += len(missing)
+        if not len(images):
+            return np.zeros((0, self.size, self.size), np.float32)
+        return np.stack([found[i] for i in range(len(images))])
+
+    def _entry_path(self, cache: Path, image: np.ndarray) -> Path:
+        if self._ident is None:
+            h = hashlib.sha1(f"lungs-v1|{self.size}|torch={torch.__version__}".encode())
+            for name, t in self.net.state_dict().items():
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            self._ident = h.hexdigest()
+        key = hashlib.sha1(self._ident.encode())
+        key.update(f"|{image.dtype}|{image.shape}|".encode())
+        key.update(np.ascontiguousarray(image).tobytes())
+        digest = key.hexdigest()
+        return cache / "lungs" / digest[:2] / f"{digest}.npy"
 
     def mask_for(self, path: str | Path, size: int, resize: str = "squash") -> np.ndarray:
         """The lung mask of image ``path`` in a classifier's input geometry (``size``, ``resize``)."""

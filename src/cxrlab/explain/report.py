@@ -13,6 +13,12 @@ and for at most ``eval.explain_images`` test images (a seeded sample, taken in t
   evenly spread heatmap would get), and a warning when the mean share is below
   :data:`~cxrlab.explain.score.MIN_LUNG_SHARE`.
 
+Cheap by construction (docs/benchmarks.md §10.1): the heatmaps come in batches from one backbone forward
+without gradients plus the head's backward (:class:`~cxrlab.explain.cam.CamEngine`), each image is segmented
+once, and cxrlab's cache (``--cache-dir``, ``$CXRLAB_CACHE_DIR``) keeps each image's lung probabilities and,
+for a frozen backbone, its activations — so a warm run, or ``cxr evaluate`` of the same images, runs neither
+the backbone nor the segmenter. ``cache`` in the result counts what came from it.
+
 A run whose model has no Grad-CAM target layer (an MLP), a multi-label run, a run on autoencoder codes and
 ``eval.explain=off`` get a note instead of a gallery and score.
 """
@@ -36,7 +42,8 @@ from cxrlab.explain.score import MIN_LUNG_SHARE
 MIN_SIZE = 64
 #: Side of the gallery's overlay thumbnails (pixels).
 THUMB = 160
-CHUNK = 16
+#: Test images per batch of heatmaps and lung masks (the progress bar's step).
+CHUNK = 32
 GALLERY = Path("plots") / "gallery"
 
 
@@ -84,9 +91,10 @@ def attention_report(
     ``progress``: a progress bar over the heatmaps (on a terminal only), once they are being computed;
     ``method``: the CAM method (:data:`cxrlab.explain.methods.METHODS`, ``eval.explain_method``);
     ``patients``: each test image's patient (the lung share's CI resamples patients; None: images)."""
-    from cxrlab.explain.cam import CamEngine
+    from cxrlab.explain.cam import CamEngine, upsample
     from cxrlab.explain.lungs import Segmenter, square_gray
     from cxrlab.explain.methods import get_method
+    from cxrlab.explain.score import lung_share
     from cxrlab.runtime import progress as progress_bar
 
     started = time.perf_counter()
@@ -97,9 +105,12 @@ def attention_report(
     if not len(images):
         return skipped("no test images")
     cam_method = get_method(method, "eval.explain_method")  # an unknown name: the command's one line
+    cache = _cache_folder(loaded)
+    # a frozen backbone's activations are the same in every run on its weights: worth keeping
+    frozen = loaded.cfg.model.freeze == "backbone"
     try:
         # on the CPU (`cxr evaluate` may have moved the model to a GPU), fp32, gradients from the layer up
-        engine = CamEngine.for_run(loaded, cam_method.name)
+        engine = CamEngine.for_run(loaded, cam_method.name, cache=cache if frozen else None)
     except CxrError as exc:
         return skipped(f"no {cam_method.label} target layer: {exc}")
     layer_name = engine.layer_name
@@ -119,19 +130,19 @@ def attention_report(
     bar = progress_bar(desc=what, total=len(wanted), quiet=not progress)
     for start in range(0, len(wanted), CHUNK):
         part = wanted[start : start + CHUNK]
-        maps = engine(images[part], [int(preds[i]) for i in part])
+        maps = engine(images[part], [int(preds[i]) for i in part])  # one batch: forward, head backward
         small = np.stack([square_gray(images[i], seg.size) for i in part])
-        for i, cam, lung in zip(part, maps, seg.predict(small), strict=True):
+        for i, cam, lung in zip(part, maps, seg.predict_cached(small, cache), strict=True):
             cams[i], lungs[i] = cam, lung
         bar.update(len(part))
     bar.close()
+    shares: dict[int, tuple[float | None, float]] = {}
 
     def share_of(i: int) -> tuple[float | None, float]:
-        from cxrlab.explain.cam import upsample
-        from cxrlab.explain.score import lung_share
-
-        mask = upsample(lungs[i], size) > 0.5
-        return lung_share(cams[i], mask), float(mask.mean())
+        if i not in shares:  # the gallery's images are in the sample too: one mask each
+            mask = upsample(lungs[i], size) > 0.5
+            shares[i] = lung_share(cams[i], mask), float(mask.mean())
+        return shares[i]
 
     gallery = _gallery(gallery_idx, images, paths, labels, probs, classes, cams, lungs, folder, share_of)
     out: dict[str, dict[str, Any]] = {
@@ -157,7 +168,21 @@ def attention_report(
         }
     seconds = round(time.perf_counter() - started, 2)
     out["gallery"]["seconds"] = out["lung_attention"]["seconds"] = seconds
+    out["gallery"]["cache"] = out["lung_attention"]["cache"] = {
+        "images": len(wanted),
+        "activations_from_cache": engine.cache_hits,  # frozen backbones only
+        "lung_masks_from_cache": seg.cache_hits,
+    }
     return out
+
+
+def _cache_folder(loaded: LoadedRun) -> Path | None:
+    """cxrlab's cache folder as the run's data stage finds it (``--cache-dir``, ``$CXRLAB_CACHE_DIR``, the
+    user cache), or None where it cannot be written (then everything is computed, as without a cache)."""
+    from cxrlab.data.cache import ImageCache
+
+    cache = ImageCache(loaded.cfg.data.cache_dir)
+    return cache.root if cache.enabled else None
 
 
 def _gallery_picks(
