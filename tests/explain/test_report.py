@@ -146,3 +146,61 @@ def test_mlp_run_gets_a_note_not_a_crash(covid_dir, tmp_path):
         assert metrics[key]["note"].startswith("no Grad-CAM target layer: mlp has no convolutional layer")
     check_page(out / "report.html", "run_report")
     assert "Gallery: no Grad-CAM target layer" in (out / "report.html").read_text()
+
+
+def test_split_engine_batched_equals_per_image_and_the_whole_network(fast_run):
+    """The frozen MobileNetV2 run: the engine splits at the backbone (one forward without gradients, the
+    head's backward), and its batched heatmaps equal each image's own and pytorch-grad-cam's on the whole
+    network (max |Δ| ≤ 1e-5)."""
+    import copy
+
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cxrlab.data.images import load_gray
+    from cxrlab.evaluation.inference import load_run
+    from cxrlab.explain.cam import CamEngine
+
+    loaded = load_run(fast_run)
+    rows = _predictions(fast_run)
+    arrays = np.stack([load_gray(r["path"], 96) for r in rows])
+    targets = [loaded.classes.index(r["pred"]) for r in rows]
+    engine = CamEngine.for_run(loaded, "gradcam")
+    assert engine.split and engine.cache is None
+    batched = engine(arrays, targets)
+    single = np.concatenate([engine(arrays[i : i + 1], targets[i : i + 1]) for i in range(len(arrays))])
+    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5)
+    # the oracle: pytorch-grad-cam on the whole loaded network (no split), its README's way
+    model = copy.deepcopy(loaded.model).float().eval().requires_grad_(True)
+    x = engine.tensor(arrays)
+    with pytorch_grad_cam.GradCAM(model=model, target_layers=[model.backbone]) as cam:
+        whole = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+    np.testing.assert_allclose(batched, whole, rtol=0, atol=1e-5)
+    assert (batched.reshape(len(arrays), -1).max(1) > 0).any()
+
+
+def test_a_warm_report_reads_masks_and_activations_from_the_cache(fast_run, tmp_path):
+    """`cxr evaluate` of the run (same test images, same cache as its training): every lung mask and every
+    frozen-backbone activation comes from cxrlab's cache, and the lung-attention numbers are the run's own;
+    with an empty cache they are computed again, written there, and the numbers are the same."""
+    from cxrlab.data.cache import default_cache_dir
+
+    la = json.loads((fast_run / "metrics.json").read_text())["lung_attention"]
+    n = la["cache"]["images"]
+    assert n == 8
+    warm = tmp_path / "warm"
+    run_cli("evaluate", str(fast_run), "--out", str(warm), check=True)
+    got = json.loads((warm / "metrics.json").read_text())["lung_attention"]
+    assert got["cache"] == {"images": n, "activations_from_cache": n, "lung_masks_from_cache": n}
+    keys = ("overall", "by_class", "warnings", "n")
+    assert {k: got[k] for k in keys} == {k: la[k] for k in keys}
+    assert len(list((default_cache_dir() / "lungs").rglob("*.npy"))) >= n
+
+    empty = tmp_path / "cache"
+    cold = tmp_path / "cold"
+    run_cli("evaluate", str(fast_run), "--out", str(cold), env={"CXRLAB_CACHE_DIR": str(empty)}, check=True)
+    fresh = json.loads((cold / "metrics.json").read_text())["lung_attention"]
+    assert fresh["cache"] == {"images": n, "activations_from_cache": 0, "lung_masks_from_cache": 0}
+    assert {k: fresh[k] for k in keys} == {k: la[k] for k in keys}
+    assert len(list((empty / "lungs").rglob("*.npy"))) == n
+    assert len(list((empty / "cam-activations").rglob("*.npy"))) == n
