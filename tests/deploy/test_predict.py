@@ -92,8 +92,9 @@ def test_predict_explain_writes_overlays_and_the_lung_share(small_run, test_imag
         "PNG(s) (gradcam at backbone)"
     )
     rows = read_csv(out / "predictions.csv")
-    assert list(rows[0]) == ["image", "class", "p_covid", "p_normal", "lung_share", "lung_area",
-                             "heatmap_class", "overlay", "error"]  # fmt: skip
+    assert list(rows[0]) == ["image", "class", "p_covid", "p_normal",
+                             "in_distribution", "ood_score", "ood_threshold", "ood_reasons",  # the OOD guard
+                             "lung_share", "lung_area", "heatmap_class", "overlay", "error"]  # fmt: skip
     assert [r["image"] for r in rows] == [*images, str(bad)]
     assert rows[-1]["overlay"] == "" and "not a readable image" in rows[-1]["error"]
     ref = run_cli("explain", str(small_run), *images, "--out", str(tmp_path / "ref"), check=True)
