@@ -375,7 +375,8 @@ def test_audit_counts_the_subgroup_mix_and_warns_when_a_split_lacks_one(nih):
     n80 = sum(b == "80+" for b in band.values())
     assert lines == [
         f"the val split has no image of age band 80+ (train {n80}): thresholds are chosen without them",
-        f"the test split has no image of age band 80+ (train {n80}): its performance there cannot be measured",
+        f"the test split has no image of age band 80+ (train {n80}): "
+        "its performance there cannot be measured",
     ]
 
 

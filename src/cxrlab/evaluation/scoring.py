@@ -211,7 +211,8 @@ class SingleLabel(Task):
         return score(targets, logits, names, decision["op"], decision["temperature"], n_boot, seed, groups)
 
     def write_predictions(self, path, paths, targets, probs, decision, names, groups) -> None:  # noqa: ANN001
-        write_predictions(path, paths, targets, probs, thresholded(probs, decision["op"], names), names, groups)
+        pred = thresholded(probs, decision["op"], names)
+        write_predictions(path, paths, targets, probs, pred, names, groups)
 
     def outcome(self, targets, probs, decision, names):  # noqa: ANN001, ANN201
         """Positive / called per image for subgroup metrics, at the decision predictions.csv records."""
