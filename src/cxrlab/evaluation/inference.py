@@ -16,7 +16,7 @@ from cxrlab.data.index import DatasetIndex, discover
 from cxrlab.data.memory import ACCEPTED, MemoryImage, from_memory, is_memory_image, kind
 from cxrlab.data.prepare import PreparedData, _from_npz, apply_task, from_codes, index_dataset
 from cxrlab.errors import CxrError, DataError, ModelError
-from cxrlab.evaluation.evaluate import logits_to_probs, predict_images, thresholded
+from cxrlab.evaluation.evaluate import logits_to_probs, thresholded
 from cxrlab.models import build_model
 from cxrlab.models.heads import Classifier
 from cxrlab.runs import load_state, read_json, require_run
@@ -432,18 +432,10 @@ def predict_with_features(
     loaded: LoadedRun, arrays: np.ndarray, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`predict_arrays` and the OOD guard's features ``(N, C)`` (:mod:`cxrlab.evaluation.ood`), from
-    one pass of the model."""
-    meta = loaded.meta
-    logits, feats = predict_images(
-        loaded.model,
-        arrays,
-        meta["channels"],
-        tuple(meta["mean"]),
-        tuple(meta["std"]),
-        device,
-        loaded.cfg.eval.precision,
-        tta_shift=loaded.tta_shift,
-    )
+    one pass of the model (:func:`cxrlab.evaluation.ood.logits_and_features`)."""
+    from cxrlab.evaluation.ood import logits_and_features
+
+    logits, feats = logits_and_features(loaded, arrays, device)
     return (*_decide(loaded, logits), feats)
 
 
