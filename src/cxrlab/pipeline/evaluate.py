@@ -131,16 +131,14 @@ def evaluate_run(
 
 
 def _write_results(target: Path, result: dict[str, Any], clock: Stages) -> None:
-    """metrics.json and report.html with the command's wall time in ``timing``, measured as training's
-    (:func:`cxrlab.pipeline.train._write_results`): both written once to time the report, then again with
-    the final numbers so that the HTML and the JSON agree."""
-    result["timing"] = clock.timing()
-    write_metrics(target / "metrics.json", result)
-    write_eval_report(target, result)
-    clock.lap("report")
-    result["timing"] = clock.timing()
-    write_metrics(target / "metrics.json", result)
-    write_eval_report(target, result)
+    """metrics.json and report.html with the command's wall time in ``timing`` (:meth:`Stages.write_timed`,
+    as training's)."""
+
+    def write(m: dict[str, Any]) -> None:
+        write_metrics(target / "metrics.json", m)
+        write_eval_report(target, m)
+
+    clock.write_timed(result, write)
 
 
 def _subgroup_data(loaded: Any, prepared: Any, data: str | None) -> Any:

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,16 @@ class Stages:
         seconds = max(0.0, min(seconds, self.seconds.get(source, 0.0)))
         self.seconds[source] = self.seconds.get(source, 0.0) - seconds
         self.seconds[target] = self.seconds.get(target, 0.0) + seconds
+
+    def write_timed(self, metrics: dict[str, Any], write: Callable[[dict[str, Any]], None]) -> None:
+        """``write(metrics)`` (metrics.json and the report) with the command's time in ``metrics["timing"]``:
+        written once to time the report stage, then again with the final numbers, so that the HTML and the
+        JSON agree (the second writing is the only part of the command outside them)."""
+        metrics.setdefault("timing", {}).update(self.timing())
+        write(metrics)
+        self.lap("report")
+        metrics["timing"].update(self.timing())
+        write(metrics)
 
     def timing(self) -> dict[str, Any]:
         """``{"command_s": …, "stages": {stage: seconds}}`` up to the last lap (3 decimals)."""
@@ -356,16 +366,13 @@ def _write_results(out: Path, cfg: RunConfig, metrics: dict[str, Any], clock: St
     """metrics.json and report.html, with the command's wall time in ``timing``: ``command_s`` from the
     start of the command (`cxr train` once Python started; its imports are the stage ``startup``) to the
     report written, and each stage's seconds in ``timing.stages`` (they add up to ``command_s``). The report
-    stage is measured by writing both files once; they are then written again with the final numbers (HTML
-    and JSON agree), which is the only part of the command outside them (one more rendering, a fraction of
-    a second)."""
-    metrics["timing"].update(clock.timing())
-    write_metrics(out / "metrics.json", metrics)
-    write_run_report(out, cfg, metrics)
-    clock.lap("report")
-    metrics["timing"].update(clock.timing())
-    write_metrics(out / "metrics.json", metrics)
-    write_run_report(out, cfg, metrics)
+    stage is measured by :meth:`Stages.write_timed`."""
+
+    def write(m: dict[str, Any]) -> None:
+        write_metrics(out / "metrics.json", m)
+        write_run_report(out, cfg, m)
+
+    clock.write_timed(metrics, write)
 
 
 def _write_card(out: Path) -> None:
