@@ -230,10 +230,7 @@ class OodGuard:
                 "the features come from another model than the run's"
             )
         d = x - self.mean
-        # the product in float32 (the precision is stored so: half the memory traffic of float64, a relative
-        # error near 1e-6), the sum in float64
-        pd = (d.astype(np.float32) @ self.precision).astype(np.float64)
-        sq = np.sum(pd * d, axis=1)
+        sq = np.einsum("ij,jk,ik->i", d, self.precision.astype(np.float64), d)
         return np.sqrt(np.maximum(sq, 0.0))
 
     def assess(self, feats: np.ndarray, headers: Sequence[Any] | None = None) -> list[dict[str, Any]]:
@@ -289,7 +286,7 @@ class OodGuard:
         info = read_json(run_dir / GUARD_JSON)
         try:
             with np.load(run_dir / GUARD_NPZ, allow_pickle=False) as z:
-                mean, precision = np.asarray(z["mean"], np.float64), np.asarray(z["precision"], np.float32)
+                mean, precision = np.asarray(z["mean"], np.float64), np.asarray(z["precision"], np.float64)
             threshold = float(info["threshold"])
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise ModelError(
